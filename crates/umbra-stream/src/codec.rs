@@ -1,0 +1,168 @@
+//! Confluent wire format: magic byte 0, the writer schema's 4-byte big-endian registry id,
+//! then the Avro body. Decoding resolves the writer schema (fetched by id, cached) against
+//! the reader's own schema, so producers may evolve their schemas compatibly.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use apache_avro::Schema;
+use umbra_schemas::{from_datum, to_datum, Record};
+
+use crate::registry::{RegistryError, SchemaRegistry};
+use crate::StreamError;
+
+/// Why bytes could not be decoded; everything but `RegistryUnavailable` is permanent and
+/// goes to the dead-letter topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeErrorKind {
+    /// Not Confluent framing: too short or a wrong magic byte.
+    Framing,
+    /// The schema id is not in the registry.
+    UnknownSchemaId,
+    /// The writer schema cannot be resolved to the reader's (another record type).
+    Incompatible,
+    /// The body does not decode with its writer schema.
+    Malformed,
+    /// The registry could not be asked; retry, do not dead-letter.
+    RegistryUnavailable,
+}
+
+/// A decode failure with its reason.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{kind:?}: {detail}")]
+pub struct DecodeError {
+    /// Category.
+    pub kind: DecodeErrorKind,
+    /// Human-readable reason.
+    pub detail: String,
+}
+
+impl DecodeError {
+    fn new(kind: DecodeErrorKind, detail: impl Into<String>) -> Self {
+        Self { kind, detail: detail.into() }
+    }
+    /// Whether trying again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        self.kind == DecodeErrorKind::RegistryUnavailable
+    }
+}
+
+/// Splits Confluent framing into (schema id, body).
+pub fn unframe(bytes: &[u8]) -> Result<(u32, &[u8]), DecodeError> {
+    if bytes.len() < 5 {
+        return Err(DecodeError::new(
+            DecodeErrorKind::Framing,
+            format!("{} bytes is too short for Confluent framing (magic byte + 4-byte schema id)", bytes.len()),
+        ));
+    }
+    if bytes[0] != 0 {
+        return Err(DecodeError::new(DecodeErrorKind::Framing, format!("magic byte is {}, expected 0", bytes[0])));
+    }
+    let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+    Ok((id, &bytes[5..]))
+}
+
+/// Prepends Confluent framing to an Avro body.
+pub fn frame(id: u32, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 5);
+    out.push(0);
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// Encoder and decoder of one record type under one registry subject.
+pub struct Codec<T> {
+    registry: Arc<dyn SchemaRegistry>,
+    subject: String,
+    id: u32,
+    schema: Schema,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T: Record> Codec<T> {
+    /// Registers `T`'s schema under `subject` and returns a codec bound to its id.
+    pub async fn register(registry: Arc<dyn SchemaRegistry>, subject: String) -> Result<Self, StreamError> {
+        let schema = T::SCHEMA.parse()?;
+        let id = registry
+            .register(&subject, T::SCHEMA.text)
+            .await
+            .map_err(|e| StreamError::Registry(format!("registering {} under {subject}: {e}", T::SCHEMA.file)))?;
+        Ok(Self { registry, subject, id, schema, _t: PhantomData })
+    }
+
+    /// Registry id of the schema this codec writes with.
+    pub fn schema_id(&self) -> u32 {
+        self.id
+    }
+
+    /// Subject the schema is registered under.
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    /// Encodes `value` in Confluent framing.
+    pub fn encode(&self, value: &T) -> Result<Vec<u8>, StreamError> {
+        let body = to_datum(&self.schema, value).map_err(|e| StreamError::Encode {
+            type_name: std::any::type_name::<T>(),
+            detail: e.to_string(),
+        })?;
+        Ok(frame(self.id, &body))
+    }
+
+    /// Decodes Confluent-framed bytes into `T`.
+    pub async fn decode(&self, bytes: &[u8]) -> Result<T, DecodeError> {
+        let (id, body) = unframe(bytes)?;
+        let writer = if id == self.id {
+            None
+        } else {
+            Some(self.registry.schema(id).await.map_err(|e| match e {
+                RegistryError::NotFound(_) => DecodeError::new(
+                    DecodeErrorKind::UnknownSchemaId,
+                    format!("schema id {id} is not in the registry"),
+                ),
+                RegistryError::Unavailable(d) => DecodeError::new(DecodeErrorKind::RegistryUnavailable, d),
+                other => DecodeError::new(DecodeErrorKind::UnknownSchemaId, other.to_string()),
+            })?)
+        };
+        let writer_schema = writer.as_deref().unwrap_or(&self.schema);
+        from_datum(writer_schema, &self.schema, body).map_err(|e| {
+            let kind = if writer.is_some() { DecodeErrorKind::Incompatible } else { DecodeErrorKind::Malformed };
+            DecodeError::new(kind, format!("schema id {id} as {}: {e}", T::SCHEMA.file))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::FixedRegistry;
+    use umbra_schemas::{HostMetrics, UsageSample};
+
+    async fn codecs() -> (Arc<FixedRegistry>, Codec<UsageSample>, Codec<HostMetrics>) {
+        let reg = Arc::new(FixedRegistry::default());
+        let a = Codec::<UsageSample>::register(reg.clone(), "t-value".into()).await.unwrap();
+        let b = Codec::<HostMetrics>::register(reg.clone(), "h-value".into()).await.unwrap();
+        (reg, a, b)
+    }
+
+    #[tokio::test]
+    async fn round_trip_and_poison_kinds() {
+        let (_reg, samples, hosts) = codecs().await;
+        let s = UsageSample::example();
+        let bytes = samples.encode(&s).unwrap();
+        assert_eq!(bytes[0], 0);
+        assert_eq!(samples.decode(&bytes).await.unwrap(), s);
+
+        let kind = |r: Result<UsageSample, DecodeError>| r.unwrap_err().kind;
+        assert_eq!(kind(samples.decode(b"garbage!").await), DecodeErrorKind::Framing);
+        assert_eq!(kind(samples.decode(&[0, 0]).await), DecodeErrorKind::Framing);
+        let mut wrong_magic = bytes.clone();
+        wrong_magic[0] = 1;
+        assert_eq!(kind(samples.decode(&wrong_magic).await), DecodeErrorKind::Framing);
+        assert_eq!(kind(samples.decode(&frame(999, &bytes[5..])).await), DecodeErrorKind::UnknownSchemaId);
+        let other = hosts.encode(&HostMetrics::example()).unwrap();
+        assert_eq!(kind(samples.decode(&other).await), DecodeErrorKind::Incompatible);
+        assert_eq!(kind(samples.decode(&frame(samples.schema_id(), &[0xff, 0xff, 0xff])).await), DecodeErrorKind::Malformed);
+    }
+}

@@ -1,0 +1,201 @@
+//! Layered configuration: defaults < TOML file < environment. Unknown keys are rejected so a
+//! typo cannot silently fall back to a default.
+//!
+//! Environment: `UMBRA_<SECTION>__<FIELD>` (e.g. `UMBRA_KAFKA__BOOTSTRAP_SERVERS`), plus the
+//! conventional `KAFKA_BOOTSTRAP_SERVERS` and `SCHEMA_REGISTRY_URL`. The file is named by
+//! `--config PATH` or `UMBRA_CONFIG`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Connection to Kafka.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSettings {
+    /// Bootstrap servers, comma-separated `host:port`.
+    pub bootstrap_servers: String,
+    /// Consumer group id; empty means the service's name.
+    pub group_id: String,
+    /// Extra librdkafka properties passed through unchanged (e.g. `security.protocol`).
+    pub properties: BTreeMap<String, String>,
+    /// How long to wait for the broker at start-up before giving up, in milliseconds.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        Self {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            group_id: String::new(),
+            properties: BTreeMap::new(),
+            connect_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// Connection to the schema registry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrySettings {
+    /// Base URL of a Confluent-compatible registry.
+    pub url: String,
+}
+
+impl Default for RegistrySettings {
+    fn default() -> Self {
+        Self { url: "http://127.0.0.1:8081".into() }
+    }
+}
+
+/// The service's own HTTP endpoint (`/healthz`, `/readyz`, `/metrics`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// Listen address; port 0 picks a free port (logged at start-up).
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 0)) }
+    }
+}
+
+/// Configuration of one service: the common sections plus the service's own (`[service]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceConfig<S> {
+    /// Kafka connection.
+    pub kafka: KafkaSettings,
+    /// Schema registry connection.
+    pub registry: RegistrySettings,
+    /// HTTP endpoint.
+    pub http: HttpSettings,
+    /// Prefix prepended to every topic name (isolates test runs and tenants on one cluster).
+    pub topic_prefix: String,
+    /// On shutdown, how long in-flight work may take to finish before the process exits, in ms.
+    pub shutdown_grace_ms: u64,
+    /// Settings of this service.
+    pub service: S,
+}
+
+impl<S: Default> Default for ServiceConfig<S> {
+    fn default() -> Self {
+        Self {
+            kafka: KafkaSettings::default(),
+            registry: RegistrySettings::default(),
+            http: HttpSettings::default(),
+            topic_prefix: String::new(),
+            shutdown_grace_ms: 10_000,
+            service: S::default(),
+        }
+    }
+}
+
+impl<S> ServiceConfig<S> {
+    /// Actual name of a topic given its default name.
+    pub fn topic(&self, default_name: &str) -> String {
+        format!("{}{}", self.topic_prefix, default_name)
+    }
+    /// Consumer group id, defaulting to `service_name`.
+    pub fn group_id(&self, service_name: &str) -> String {
+        if self.kafka.group_id.is_empty() {
+            format!("{}{}", self.topic_prefix, service_name)
+        } else {
+            self.kafka.group_id.clone()
+        }
+    }
+}
+
+/// A configuration that cannot be used; the message is one line.
+#[derive(Debug, thiserror::Error)]
+#[error("bad configuration: {0}")]
+pub struct ConfigError(pub String);
+
+/// Loads `T` from defaults, then `file` (or `UMBRA_CONFIG`), then the environment.
+pub fn load<T: Serialize + DeserializeOwned + Default>(file: Option<&Path>) -> Result<T, ConfigError> {
+    let file: Option<PathBuf> = file.map(Path::to_path_buf).or_else(|| std::env::var_os("UMBRA_CONFIG").map(PathBuf::from));
+    let mut figment = Figment::from(Serialized::defaults(T::default()));
+    if let Some(path) = &file {
+        if !path.exists() {
+            return Err(ConfigError(format!("config file {} does not exist", path.display())));
+        }
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    figment = figment
+        .merge(
+            Env::raw()
+                .only(&["KAFKA_BOOTSTRAP_SERVERS", "SCHEMA_REGISTRY_URL"])
+                .map(|k| match k.as_str() {
+                    "KAFKA_BOOTSTRAP_SERVERS" => "kafka.bootstrap_servers".into(),
+                    _ => "registry.url".into(),
+                }),
+        )
+        .merge(Env::prefixed("UMBRA_").ignore(&["CONFIG"]).split("__"));
+    let value: T = figment.extract().map_err(|e| {
+        let parts: Vec<String> = e.into_iter().map(|e| e.to_string().replace('\n', " ")).collect();
+        ConfigError(parts.join("; "))
+    })?;
+    Ok(value)
+}
+
+/// Checks what deserialization cannot: values that parse but cannot work.
+pub fn validate<S>(config: &ServiceConfig<S>) -> Result<(), ConfigError> {
+    if config.kafka.bootstrap_servers.trim().is_empty() {
+        return Err(ConfigError("kafka.bootstrap_servers is empty".into()));
+    }
+    for server in config.kafka.bootstrap_servers.split(',') {
+        let Some((host, port)) = server.trim().rsplit_once(':') else {
+            return Err(ConfigError(format!("kafka.bootstrap_servers: '{server}' is not host:port")));
+        };
+        if host.is_empty() || port.parse::<u16>().is_err() {
+            return Err(ConfigError(format!("kafka.bootstrap_servers: '{server}' is not host:port")));
+        }
+    }
+    if !(config.registry.url.starts_with("http://") || config.registry.url.starts_with("https://")) {
+        return Err(ConfigError(format!("registry.url: '{}' is not an http(s) URL", config.registry.url)));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields, default)]
+    struct Own {
+        threshold: f64,
+    }
+
+    #[test]
+    fn layers_and_unknown_keys() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "topic_prefix = \"t.\"\n[service]\nthreshold = 0.5\n[kafka]\nbootstrap_servers = \"h:1\"\n")?;
+            jail.set_env("UMBRA_KAFKA__BOOTSTRAP_SERVERS", "env:2");
+            let c: ServiceConfig<Own> = load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.kafka.bootstrap_servers, "env:2");
+            assert_eq!(c.service.threshold, 0.5);
+            assert_eq!(c.topic("umbra.x"), "t.umbra.x");
+            jail.set_env("UMBRA_KAFKA__BOOTSTRAP_SERVER", "typo:2");
+            let err = load::<ServiceConfig<Own>>(None).expect_err("unknown key rejected").to_string();
+            assert!(err.contains("bootstrap_server"), "{err}");
+            assert!(!err.contains('\n'));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn validation() {
+        let mut c = ServiceConfig::<Own>::default();
+        assert!(validate(&c).is_ok());
+        c.kafka.bootstrap_servers = "nohostport".into();
+        assert!(validate(&c).is_err());
+    }
+}

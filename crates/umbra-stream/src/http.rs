@@ -1,0 +1,93 @@
+//! `/healthz` (the process runs), `/readyz` (every readiness gate is open: tables restored,
+//! consumers started) and `/metrics` (Prometheus text).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::StreamError;
+
+/// A set of named gates; the service is ready when all are open.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    gates: Arc<Mutex<Vec<(String, Arc<AtomicBool>)>>>,
+}
+
+impl Readiness {
+    /// Adds a closed gate named `name` and returns the flag that opens it.
+    pub fn gate(&self, name: impl Into<String>) -> Arc<AtomicBool> {
+        let flag = Arc::new(AtomicBool::new(false));
+        self.gates.lock().unwrap_or_else(|p| p.into_inner()).push((name.into(), flag.clone()));
+        flag
+    }
+
+    /// Names of the gates still closed.
+    pub fn waiting_for(&self) -> Vec<String> {
+        self.gates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, f)| !f.load(Ordering::Acquire))
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// True when every gate is open (and there is at least one).
+    pub fn is_ready(&self) -> bool {
+        let gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+        !gates.is_empty() && gates.iter().all(|(_, f)| f.load(Ordering::Acquire))
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    readiness: Readiness,
+    metrics: Metrics,
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
+    if s.readiness.is_ready() {
+        (StatusCode::OK, "ready\n".to_string())
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: waiting for {}\n", s.readiness.waiting_for().join(", ")))
+    }
+}
+
+async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render())
+}
+
+/// Binds `listen` and serves the endpoints until `shutdown`; returns the bound address.
+pub async fn serve(
+    listen: SocketAddr,
+    readiness: Readiness,
+    metrics_: Metrics,
+    shutdown: CancellationToken,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), StreamError> {
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|source| StreamError::Http { addr: listen, source })?;
+    let addr = listener.local_addr().map_err(|source| StreamError::Http { addr: listen, source })?;
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(AppState { readiness, metrics: metrics_ });
+    let handle = tokio::spawn(async move {
+        let result = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "http endpoint failed");
+        }
+    });
+    Ok((addr, handle))
+}

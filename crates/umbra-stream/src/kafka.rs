@@ -1,0 +1,101 @@
+//! librdkafka clients configured the way DESIGN.md §2 asks.
+
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::producer::FutureProducer;
+use rdkafka::ClientConfig;
+
+use crate::config::KafkaSettings;
+use crate::StreamError;
+
+/// Base client configuration: bootstrap servers plus pass-through properties.
+pub fn client_config(settings: &KafkaSettings) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &settings.bootstrap_servers);
+    // IPv4 loopback brokers advertise 127.0.0.1; do not let librdkafka try ::1 first.
+    c.set("broker.address.family", "v4");
+    for (k, v) in &settings.properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// An idempotent producer whose partitioner agrees with Java clients on key → partition.
+pub fn producer(settings: &KafkaSettings) -> Result<FutureProducer, StreamError> {
+    let mut c = client_config(settings);
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "1")
+        .set("message.timeout.ms", "30000");
+    c.create().map_err(|e| StreamError::kafka("creating producer", e))
+}
+
+/// A group consumer for at-least-once processing: offsets are stored by the processor only
+/// after outputs are acknowledged, and the stored offsets are auto-committed.
+pub fn group_consumer(settings: &KafkaSettings, group_id: &str) -> Result<StreamConsumer, StreamError> {
+    let mut c = client_config(settings);
+    c.set("group.id", group_id)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .set("enable.partition.eof", "false");
+    c.create().map_err(|e| StreamError::kafka("creating consumer", e))
+}
+
+/// A consumer that reads assigned partitions and never commits (table restore, tools).
+pub fn reader(settings: &KafkaSettings) -> Result<StreamConsumer, StreamError> {
+    let mut c = client_config(settings);
+    c.set("group.id", "umbra-reader-unused")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false");
+    c.create().map_err(|e| StreamError::kafka("creating reader", e))
+}
+
+/// Waits until the broker answers a metadata request, or fails with a clear message.
+pub async fn wait_for_broker(settings: &KafkaSettings) -> Result<(), StreamError> {
+    let settings = settings.clone();
+    let timeout = Duration::from_millis(settings.connect_timeout_ms.max(1));
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = client_config(&settings)
+            .create()
+            .map_err(|e| StreamError::kafka("creating client", e))?;
+        consumer
+            .fetch_metadata(None, timeout)
+            .map(|_| ())
+            .map_err(|e| StreamError::BrokerUnreachable { bootstrap: settings.bootstrap_servers.clone(), detail: e.to_string() })
+    })
+    .await
+    .map_err(|e| StreamError::Internal(format!("join: {e}")))?
+}
+
+/// Partition ids of a topic, or an error naming the topic when it does not exist.
+pub async fn partitions(settings: &KafkaSettings, topic: &str) -> Result<Vec<i32>, StreamError> {
+    let settings = settings.clone();
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = client_config(&settings)
+            .create()
+            .map_err(|e| StreamError::kafka("creating client", e))?;
+        let md = consumer
+            .fetch_metadata(Some(&topic), Duration::from_millis(settings.connect_timeout_ms.max(1)))
+            .map_err(|e| StreamError::BrokerUnreachable { bootstrap: settings.bootstrap_servers.clone(), detail: e.to_string() })?;
+        let parts: Vec<i32> = md
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic && t.error().is_none())
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        if parts.is_empty() {
+            return Err(StreamError::MissingTopic(topic));
+        }
+        Ok(parts)
+    })
+    .await
+    .map_err(|e| StreamError::Internal(format!("join: {e}")))?
+}
