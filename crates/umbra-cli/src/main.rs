@@ -1,1 +1,134 @@
-fn main(){}
+//! `umbra`: the command people use. Starts the dev stack, produces requests, follows
+//! decisions, prints the shadow table, and runs the dev schema registry.
+
+mod dev;
+mod tools;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "umbra",
+    version,
+    about = "Predictive shadow reservations for workloads: the umbra command"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where to find Kafka and the registry; defaults to the dev stack.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Endpoints {
+    /// Kafka bootstrap servers.
+    #[arg(
+        long,
+        env = "KAFKA_BOOTSTRAP_SERVERS",
+        default_value = "127.0.0.1:9092"
+    )]
+    pub bootstrap_servers: String,
+    /// Schema registry URL.
+    #[arg(
+        long,
+        env = "SCHEMA_REGISTRY_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
+    pub registry_url: String,
+    /// Prefix of every topic name.
+    #[arg(long, env = "UMBRA_TOPIC_PREFIX", default_value = "")]
+    pub topic_prefix: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The local dev stack: broker (Nisshi) and schema registry.
+    Dev {
+        #[command(subcommand)]
+        action: dev::Action,
+    },
+    /// Run the dev schema registry in the foreground.
+    Registry {
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: std::net::SocketAddr,
+        /// Kafka bootstrap servers holding the schemas topic.
+        #[arg(
+            long,
+            env = "KAFKA_BOOTSTRAP_SERVERS",
+            default_value = "127.0.0.1:9092"
+        )]
+        bootstrap_servers: String,
+        /// Topic the schemas persist in.
+        #[arg(long, default_value = "_schemas")]
+        topic: String,
+    },
+    /// Produce one workload request.
+    Request(tools::RequestArgs),
+    /// Print allocation decisions as JSON lines.
+    Decisions {
+        #[command(flatten)]
+        endpoints: Endpoints,
+        /// Keep printing new decisions as they come.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Print the shadow table as JSON lines, one row per workload.
+    Table {
+        #[command(flatten)]
+        endpoints: Endpoints,
+    },
+}
+
+/// Default folder for the dev stack's state (logs, pids, broker storage).
+pub fn default_state_dir() -> PathBuf {
+    std::env::var_os("UMBRA_STATE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(".state/dev"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if matches!(cli.command, Command::Registry { .. }) {
+        umbra_stream::telemetry::init_logging();
+    }
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("umbra: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.command {
+            Command::Dev { action } => dev::run(action).await,
+            Command::Registry {
+                listen,
+                bootstrap_servers,
+                topic,
+            } => {
+                let shutdown = umbra_stream::shutdown::install();
+                let config = umbra_registry::RegistryConfig {
+                    listen,
+                    bootstrap_servers,
+                    topic,
+                };
+                umbra_registry::run(config, shutdown)
+                    .await
+                    .map_err(anyhow::Error::from)
+            }
+            Command::Request(args) => tools::request(args).await,
+            Command::Decisions { endpoints, follow } => tools::decisions(endpoints, follow).await,
+            Command::Table { endpoints } => tools::table(endpoints).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("umbra: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -11,7 +11,7 @@ mod state;
 mod store;
 
 pub use api::router;
-pub use state::{Compatibility, RegistryState, RegistryError};
+pub use state::{Compatibility, RegistryError, RegistryState};
 pub use store::{KafkaStore, StoreError};
 
 use std::net::SocketAddr;
@@ -64,7 +64,10 @@ pub enum ServeError {
 pub async fn run(config: RegistryConfig, shutdown: CancellationToken) -> Result<(), ServeError> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|source| ServeError::Bind { addr: config.listen, source })?;
+        .map_err(|source| ServeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
     let store = KafkaStore::connect(&config.bootstrap_servers, &config.topic).await?;
     let mut state = RegistryState::default();
     let restored = store.restore(&mut state).await?;

@@ -41,7 +41,11 @@ pub struct RegistryError {
 
 impl RegistryError {
     fn new(status: u16, code: u32, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
     }
     /// 40401.
     pub fn subject_not_found(subject: &str) -> Self {
@@ -57,7 +61,11 @@ impl RegistryError {
     }
     /// 40408.
     pub fn subject_config_not_found(subject: &str) -> Self {
-        Self::new(404, 40408, format!("Subject '{subject}' does not have subject-level compatibility configured"))
+        Self::new(
+            404,
+            40408,
+            format!("Subject '{subject}' does not have subject-level compatibility configured"),
+        )
     }
     /// 42201.
     pub fn invalid_schema(why: impl std::fmt::Display) -> Self {
@@ -80,7 +88,11 @@ impl RegistryError {
     }
     /// 50001.
     pub fn store(why: impl std::fmt::Display) -> Self {
-        Self::new(500, 50001, format!("Error in the backend data store: {why}"))
+        Self::new(
+            500,
+            50001,
+            format!("Error in the backend data store: {why}"),
+        )
     }
 }
 
@@ -193,7 +205,9 @@ impl RegistryState {
             }
         };
         match key {
-            LogKey::Schema { subject, version, .. } => {
+            LogKey::Schema {
+                subject, version, ..
+            } => {
                 let Some(value) = value else {
                     // A tombstone hard-deletes the version.
                     if let Some(vs) = self.subjects.get_mut(&subject) {
@@ -209,11 +223,17 @@ impl RegistryState {
                     }
                 };
                 let Ok((parsed, canonical)) = parse_schema(&v.schema) else {
-                    tracing::warn!(id = v.id, "skipping _schemas record whose schema does not parse");
+                    tracing::warn!(
+                        id = v.id,
+                        "skipping _schemas record whose schema does not parse"
+                    );
                     return;
                 };
                 self.by_canonical.entry(canonical).or_insert(v.id);
-                self.schemas.entry(v.id).or_insert(StoredSchema { text: v.schema.clone(), parsed });
+                self.schemas.entry(v.id).or_insert(StoredSchema {
+                    text: v.schema.clone(),
+                    parsed,
+                });
                 let versions = self.subjects.entry(v.subject).or_default();
                 match versions.iter_mut().find(|x| x.version == v.version) {
                     Some(x) => {
@@ -221,7 +241,11 @@ impl RegistryState {
                         x.deleted = v.deleted;
                     }
                     None => {
-                        versions.push(Version { version: v.version, id: v.id, deleted: v.deleted });
+                        versions.push(Version {
+                            version: v.version,
+                            id: v.id,
+                            deleted: v.deleted,
+                        });
                         versions.sort_by_key(|x| x.version);
                     }
                 }
@@ -266,7 +290,11 @@ impl RegistryState {
 
     /// Live version numbers of a subject.
     pub fn versions(&self, subject: &str) -> Result<Vec<u32>, RegistryError> {
-        Ok(self.live_versions(subject)?.iter().map(|v| v.version).collect())
+        Ok(self
+            .live_versions(subject)?
+            .iter()
+            .map(|v| v.version)
+            .collect())
     }
 
     /// One version of a subject: `latest`, `-1` or a number.
@@ -289,7 +317,10 @@ impl RegistryState {
 
     /// Schema text by global id.
     pub fn schema_text(&self, id: u32) -> Result<&str, RegistryError> {
-        self.schemas.get(&id).map(|s| s.text.as_str()).ok_or_else(RegistryError::schema_not_found)
+        self.schemas
+            .get(&id)
+            .map(|s| s.text.as_str())
+            .ok_or_else(RegistryError::schema_not_found)
     }
 
     /// (subject, version) pairs that use a schema id.
@@ -300,7 +331,11 @@ impl RegistryState {
         Ok(self
             .subjects
             .iter()
-            .flat_map(|(s, vs)| vs.iter().filter(|v| v.id == id && !v.deleted).map(move |v| (s.clone(), v.version)))
+            .flat_map(|(s, vs)| {
+                vs.iter()
+                    .filter(|v| v.id == id && !v.deleted)
+                    .map(move |v| (s.clone(), v.version))
+            })
             .collect())
     }
 
@@ -308,7 +343,10 @@ impl RegistryState {
     pub fn lookup(&self, subject: &str, text: &str) -> Result<(u32, u32), RegistryError> {
         let vs = self.live_versions(subject)?;
         let (_, canonical) = parse_schema(text)?;
-        let id = *self.by_canonical.get(&canonical).ok_or_else(RegistryError::schema_not_found)?;
+        let id = *self
+            .by_canonical
+            .get(&canonical)
+            .ok_or_else(RegistryError::schema_not_found)?;
         vs.iter()
             .find(|v| v.id == id)
             .map(|v| (v.id, v.version))
@@ -331,7 +369,12 @@ impl RegistryState {
 
     /// Checks `text` against the versions of `subject` the level asks for; `against` limits
     /// the check to one version (the compatibility endpoint). Returns the problems found.
-    pub fn check(&self, subject: &str, text: &str, against: Option<u32>) -> Result<Vec<String>, RegistryError> {
+    pub fn check(
+        &self,
+        subject: &str,
+        text: &str,
+        against: Option<u32>,
+    ) -> Result<Vec<String>, RegistryError> {
         let (new, _) = parse_schema(text)?;
         let level = self.effective(subject);
         let vs: Vec<&Version> = self
@@ -341,7 +384,9 @@ impl RegistryState {
             .unwrap_or_default();
         let transitive = matches!(
             level,
-            Compatibility::BackwardTransitive | Compatibility::ForwardTransitive | Compatibility::FullTransitive
+            Compatibility::BackwardTransitive
+                | Compatibility::ForwardTransitive
+                | Compatibility::FullTransitive
         );
         let olds: Vec<&Version> = match against {
             Some(n) => vs.into_iter().filter(|v| v.version == n).collect(),
@@ -350,23 +395,39 @@ impl RegistryState {
         };
         let mut problems = Vec::new();
         for old in olds {
-            let old_schema = &self.schemas.get(&old.id).ok_or_else(RegistryError::schema_not_found)?.parsed;
+            let old_schema = &self
+                .schemas
+                .get(&old.id)
+                .ok_or_else(RegistryError::schema_not_found)?
+                .parsed;
             let backward = matches!(
                 level,
-                Compatibility::Backward | Compatibility::BackwardTransitive | Compatibility::Full | Compatibility::FullTransitive
+                Compatibility::Backward
+                    | Compatibility::BackwardTransitive
+                    | Compatibility::Full
+                    | Compatibility::FullTransitive
             );
             let forward = matches!(
                 level,
-                Compatibility::Forward | Compatibility::ForwardTransitive | Compatibility::Full | Compatibility::FullTransitive
+                Compatibility::Forward
+                    | Compatibility::ForwardTransitive
+                    | Compatibility::Full
+                    | Compatibility::FullTransitive
             );
             if backward {
                 if let Err(e) = SchemaCompatibility::can_read(old_schema, &new) {
-                    problems.push(format!("new schema cannot read data written with version {}: {e}", old.version));
+                    problems.push(format!(
+                        "new schema cannot read data written with version {}: {e}",
+                        old.version
+                    ));
                 }
             }
             if forward {
                 if let Err(e) = SchemaCompatibility::can_read(&new, old_schema) {
-                    problems.push(format!("version {} cannot read data written with the new schema: {e}", old.version));
+                    problems.push(format!(
+                        "version {} cannot read data written with the new schema: {e}",
+                        old.version
+                    ));
                 }
             }
         }
@@ -387,16 +448,34 @@ impl RegistryState {
         if !problems.is_empty() {
             return Err(RegistryError::incompatible(subject, &problems));
         }
-        let id = existing_id.unwrap_or_else(|| self.schemas.keys().next_back().map_or(1, |m| m + 1));
-        let version = versions.and_then(|vs| vs.iter().map(|v| v.version).max()).unwrap_or(0) + 1;
+        let id =
+            existing_id.unwrap_or_else(|| self.schemas.keys().next_back().map_or(1, |m| m + 1));
+        let version = versions
+            .and_then(|vs| vs.iter().map(|v| v.version).max())
+            .unwrap_or(0)
+            + 1;
         Ok(RegisterPlan::New(
-            LogKey::Schema { subject: subject.to_string(), version, magic: 1 },
-            SchemaValue { subject: subject.to_string(), version, id, schema: text.to_string(), deleted: false },
+            LogKey::Schema {
+                subject: subject.to_string(),
+                version,
+                magic: 1,
+            },
+            SchemaValue {
+                subject: subject.to_string(),
+                version,
+                id,
+                schema: text.to_string(),
+                deleted: false,
+            },
         ))
     }
 
     /// Records that soft-delete a subject (all versions) or one version of it.
-    pub fn plan_delete(&self, subject: &str, version: Option<&str>) -> Result<Vec<(LogKey, SchemaValue)>, RegistryError> {
+    pub fn plan_delete(
+        &self,
+        subject: &str,
+        version: Option<&str>,
+    ) -> Result<Vec<(LogKey, SchemaValue)>, RegistryError> {
         let targets: Vec<u32> = match version {
             None => self.versions(subject)?,
             Some(v) => vec![self.version(subject, v)?.0],
@@ -407,12 +486,20 @@ impl RegistryState {
             .filter(|v| targets.contains(&v.version))
             .map(|v| {
                 (
-                    LogKey::Schema { subject: subject.to_string(), version: v.version, magic: 1 },
+                    LogKey::Schema {
+                        subject: subject.to_string(),
+                        version: v.version,
+                        magic: 1,
+                    },
                     SchemaValue {
                         subject: subject.to_string(),
                         version: v.version,
                         id: v.id,
-                        schema: self.schemas.get(&v.id).map(|s| s.text.clone()).unwrap_or_default(),
+                        schema: self
+                            .schemas
+                            .get(&v.id)
+                            .map(|s| s.text.clone())
+                            .unwrap_or_default(),
                         deleted: true,
                     },
                 )
@@ -429,12 +516,19 @@ mod tests {
     const V2_OK: &str = r#"{"type":"record","name":"R","fields":[{"name":"a","type":"string"},{"name":"b","type":"int","default":0}]}"#;
     const V2_BAD: &str = r#"{"type":"record","name":"R","fields":[{"name":"a","type":"string"},{"name":"b","type":"int"}]}"#;
 
-    fn register(state: &mut RegistryState, subject: &str, text: &str) -> Result<u32, RegistryError> {
+    fn register(
+        state: &mut RegistryState,
+        subject: &str,
+        text: &str,
+    ) -> Result<u32, RegistryError> {
         match state.plan_register(subject, text)? {
             RegisterPlan::Existing(id) => Ok(id),
             RegisterPlan::New(k, v) => {
                 let id = v.id;
-                state.apply(&serde_json::to_vec(&k).unwrap(), Some(&serde_json::to_vec(&v).unwrap()));
+                state.apply(
+                    &serde_json::to_vec(&k).unwrap(),
+                    Some(&serde_json::to_vec(&v).unwrap()),
+                );
                 Ok(id)
             }
         }
@@ -472,10 +566,16 @@ mod tests {
     fn confluent_log_format_is_understood() {
         let mut s = RegistryState::default();
         let key = br#"{"keytype":"SCHEMA","subject":"t-value","version":1,"magic":1}"#;
-        let value = format!(r#"{{"subject":"t-value","version":1,"id":21,"schema":{},"deleted":false}}"#, serde_json::to_string(V1).unwrap());
+        let value = format!(
+            r#"{{"subject":"t-value","version":1,"id":21,"schema":{},"deleted":false}}"#,
+            serde_json::to_string(V1).unwrap()
+        );
         s.apply(key, Some(value.as_bytes()));
         s.apply(br#"{"keytype":"NOOP","magic":0}"#, None);
-        s.apply(br#"{"keytype":"CONFIG","subject":null,"magic":0}"#, Some(br#"{"compatibilityLevel":"FULL"}"#));
+        s.apply(
+            br#"{"keytype":"CONFIG","subject":null,"magic":0}"#,
+            Some(br#"{"compatibilityLevel":"FULL"}"#),
+        );
         assert_eq!(s.version("t-value", "latest").unwrap().1, 21);
         assert_eq!(s.global_compatibility(), Compatibility::Full);
     }

@@ -42,10 +42,22 @@ impl Topic {
 }
 
 const fn stream(name: &'static str, key: SchemaFile, value: SchemaFile) -> Topic {
-    Topic { name, key, value, kind: TopicKind::Stream, partitions: 3 }
+    Topic {
+        name,
+        key,
+        value,
+        kind: TopicKind::Stream,
+        partitions: 3,
+    }
 }
 const fn table(name: &'static str, key: SchemaFile, value: SchemaFile) -> Topic {
-    Topic { name, key, value, kind: TopicKind::Table, partitions: 3 }
+    Topic {
+        name,
+        key,
+        value,
+        kind: TopicKind::Table,
+        partitions: 3,
+    }
 }
 
 /// Every topic of DESIGN.md §1. Requests, claims, decisions, forecasts and the shadow table
@@ -53,17 +65,49 @@ const fn table(name: &'static str, key: SchemaFile, value: SchemaFile) -> Topic 
 pub const TOPICS: &[Topic] = &[
     stream("umbra.usage.raw", files::WORKLOAD_KEY, files::USAGE_SAMPLE),
     stream("umbra.host.metrics", files::HOST_KEY, files::HOST_METRICS),
-    stream("umbra.events.external", files::EVENT_KEY, files::EXTERNAL_EVENT),
-    stream("umbra.usage.series", files::WORKLOAD_KEY, files::USAGE_POINT),
+    stream(
+        "umbra.events.external",
+        files::EVENT_KEY,
+        files::EXTERNAL_EVENT,
+    ),
+    stream(
+        "umbra.usage.series",
+        files::WORKLOAD_KEY,
+        files::USAGE_POINT,
+    ),
     table("umbra.host.state", files::HOST_KEY, files::HOST_STATE),
-    table("umbra.forecasts", files::WORKLOAD_KEY, files::DEMAND_FORECAST),
-    table("umbra.shadow.table", files::WORKLOAD_KEY, files::SHADOW_ENTRY),
-    stream("umbra.workload.requests", files::WORKLOAD_KEY, files::WORKLOAD_REQUEST),
-    stream("umbra.allocation.decisions", files::WORKLOAD_KEY, files::ALLOCATION_DECISION),
+    table(
+        "umbra.forecasts",
+        files::WORKLOAD_KEY,
+        files::DEMAND_FORECAST,
+    ),
+    table(
+        "umbra.shadow.table",
+        files::WORKLOAD_KEY,
+        files::SHADOW_ENTRY,
+    ),
+    stream(
+        "umbra.workload.requests",
+        files::WORKLOAD_KEY,
+        files::WORKLOAD_REQUEST,
+    ),
+    stream(
+        "umbra.allocation.decisions",
+        files::WORKLOAD_KEY,
+        files::ALLOCATION_DECISION,
+    ),
     stream("umbra.claims", files::WORKLOAD_KEY, files::CLAIM),
-    stream("umbra.fleet.commands", files::HOST_KEY, files::FLEET_COMMAND),
+    stream(
+        "umbra.fleet.commands",
+        files::HOST_KEY,
+        files::FLEET_COMMAND,
+    ),
     stream("umbra.fleet.events", files::HOST_KEY, files::FLEET_EVENT),
-    stream("umbra.reshadow.requests", files::WORKLOAD_KEY, files::RESHADOW_REQUEST),
+    stream(
+        "umbra.reshadow.requests",
+        files::WORKLOAD_KEY,
+        files::RESHADOW_REQUEST,
+    ),
 ];
 
 /// Looks a topic up by its default name.

@@ -11,23 +11,43 @@ fn labels() -> HashMap<String, String> {
     HashMap::from([("tier".to_string(), "web".to_string())])
 }
 fn res(cpu: i64, mem_gib: i64) -> Resources {
-    Resources { cpu_millicores: cpu, memory_bytes: mem_gib << 30, disk_io_bytes_per_s: 10 << 20 }
+    Resources {
+        cpu_millicores: cpu,
+        memory_bytes: mem_gib << 30,
+        disk_io_bytes_per_s: 10 << 20,
+    }
 }
 fn interval(mean: f64) -> Interval {
-    Interval { mean, lower_80: mean * 0.8, upper_80: mean * 1.2, lower_95: mean * 0.7, upper_95: mean * 1.3 }
+    Interval {
+        mean,
+        lower_80: mean * 0.8,
+        upper_80: mean * 1.2,
+        lower_95: mean * 0.7,
+        upper_95: mean * 1.3,
+    }
 }
 fn stats(mean: f64) -> Stats {
-    Stats { mean, p95: mean * 1.5, max: mean * 2.0 }
+    Stats {
+        mean,
+        p95: mean * 1.5,
+        max: mean * 2.0,
+    }
 }
 
 pub(crate) fn WORKLOAD_KEY() -> WorkloadKey {
-    WorkloadKey { workload_id: "vm-001".into() }
+    WorkloadKey {
+        workload_id: "vm-001".into(),
+    }
 }
 pub(crate) fn HOST_KEY() -> HostKey {
-    HostKey { host_id: "host-01".into() }
+    HostKey {
+        host_id: "host-01".into(),
+    }
 }
 pub(crate) fn EVENT_KEY() -> EventKey {
-    EventKey { event_id: "campaign-2013-07".into() }
+    EventKey {
+        event_id: "campaign-2013-07".into(),
+    }
 }
 pub(crate) fn USAGE_SAMPLE() -> UsageSample {
     UsageSample {
@@ -46,7 +66,13 @@ pub(crate) fn USAGE_SAMPLE() -> UsageSample {
     }
 }
 pub(crate) fn HOST_METRICS() -> HostMetrics {
-    HostMetrics { host_id: "host-01".into(), sample_time: T0, capacity: res(32_000, 128), used: res(12_000, 40), healthy: true }
+    HostMetrics {
+        host_id: "host-01".into(),
+        sample_time: T0,
+        capacity: res(32_000, 128),
+        used: res(12_000, 40),
+        healthy: true,
+    }
 }
 pub(crate) fn EXTERNAL_EVENT() -> ExternalEvent {
     ExternalEvent {
@@ -110,8 +136,22 @@ pub(crate) fn SHADOW_ENTRY() -> ShadowEntry {
         predicted_end: T0 + 7_200_000,
         requirements: res(1500, 4),
         candidates: vec![
-            ShadowCandidate { shadow_id: "sh-vm-001-a".into(), host_id: "host-01".into(), rank: 0, health_score: 1.0, headroom: 0.4, status: ShadowStatus::Healthy },
-            ShadowCandidate { shadow_id: "sh-vm-001-b".into(), host_id: "host-02".into(), rank: 1, health_score: 0.9, headroom: 0.3, status: ShadowStatus::Requested },
+            ShadowCandidate {
+                shadow_id: "sh-vm-001-a".into(),
+                host_id: "host-01".into(),
+                rank: 0,
+                health_score: 1.0,
+                headroom: 0.4,
+                status: ShadowStatus::Healthy,
+            },
+            ShadowCandidate {
+                shadow_id: "sh-vm-001-b".into(),
+                host_id: "host-02".into(),
+                rank: 1,
+                health_score: 0.9,
+                headroom: 0.3,
+                status: ShadowStatus::Requested,
+            },
         ],
         host_ranking: vec!["host-01".into(), "host-02".into()],
         reason: "forecast".into(),
@@ -119,7 +159,13 @@ pub(crate) fn SHADOW_ENTRY() -> ShadowEntry {
     }
 }
 pub(crate) fn WORKLOAD_REQUEST() -> WorkloadRequest {
-    WorkloadRequest { request_id: "req-1".into(), workload_id: "vm-001".into(), labels: labels(), resources: res(1000, 2), requested_at: T0 }
+    WorkloadRequest {
+        request_id: "req-1".into(),
+        workload_id: "vm-001".into(),
+        labels: labels(),
+        resources: res(1000, 2),
+        requested_at: T0,
+    }
 }
 pub(crate) fn ALLOCATION_DECISION() -> AllocationDecision {
     AllocationDecision {
@@ -134,7 +180,14 @@ pub(crate) fn ALLOCATION_DECISION() -> AllocationDecision {
     }
 }
 pub(crate) fn CLAIM() -> Claim {
-    Claim { shadow_id: "sh-vm-001-a".into(), workload_id: "vm-001".into(), request_id: "req-1".into(), host_id: "host-01".into(), entry_version: 3, claimed_at: T0 + 1 }
+    Claim {
+        shadow_id: "sh-vm-001-a".into(),
+        workload_id: "vm-001".into(),
+        request_id: "req-1".into(),
+        host_id: "host-01".into(),
+        entry_version: 3,
+        claimed_at: T0 + 1,
+    }
 }
 pub(crate) fn FLEET_COMMAND() -> FleetCommand {
     FleetCommand {

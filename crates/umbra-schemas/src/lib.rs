@@ -118,7 +118,10 @@ bind! {
 }
 
 /// Encodes `value` as a bare Avro datum of `schema` (no framing).
-pub fn to_datum<T: serde::Serialize>(schema: &Schema, value: &T) -> Result<Vec<u8>, apache_avro::Error> {
+pub fn to_datum<T: serde::Serialize>(
+    schema: &Schema,
+    value: &T,
+) -> Result<Vec<u8>, apache_avro::Error> {
     apache_avro::writer::datum::GenericDatumWriter::builder(schema)
         .build()?
         .write_ser_to_vec(value)
@@ -137,12 +140,12 @@ pub fn from_datum<T: serde::de::DeserializeOwned>(
         .build()?
         .read_value(&mut bytes)?;
     if !bytes.is_empty() {
-        return Err(apache_avro::Error::new(apache_avro::error::Details::ReadBytes(
-            std::io::Error::new(
+        return Err(apache_avro::Error::new(
+            apache_avro::error::Details::ReadBytes(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 format!("{} bytes left over after the datum", bytes.len()),
-            ),
-        )));
+            )),
+        ));
     }
     apache_avro::from_value(&value)
 }

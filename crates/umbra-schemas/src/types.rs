@@ -60,28 +60,28 @@ avro_enum!(
     FleetEventKind { Created, Healthy, Unhealthy, Expanded, Released, Moved, Failed, Placed, Refused, HostCapacity }
 );
 
-    /// Key of workload topics; see `workload_key.avsc`.
+/// Key of workload topics; see `workload_key.avsc`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
 #[avro(namespace = "io.umbra.v1")]
 #[allow(missing_docs)]
 pub struct WorkloadKey {
     pub workload_id: String,
 }
-    /// Key of host topics; see `host_key.avsc`.
+/// Key of host topics; see `host_key.avsc`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
 #[avro(namespace = "io.umbra.v1")]
 #[allow(missing_docs)]
 pub struct HostKey {
     pub host_id: String,
 }
-    /// Key of the external events topic; see `event_key.avsc`.
+/// Key of the external events topic; see `event_key.avsc`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
 #[avro(namespace = "io.umbra.v1")]
 #[allow(missing_docs)]
 pub struct EventKey {
     pub event_id: String,
 }
-    /// CPU (millicores), memory (bytes) and disk I/O (bytes/s).
+/// CPU (millicores), memory (bytes) and disk I/O (bytes/s).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
 #[avro(namespace = "io.umbra.v1")]
 #[allow(missing_docs)]
@@ -90,7 +90,7 @@ pub struct Resources {
     pub memory_bytes: i64,
     pub disk_io_bytes_per_s: i64,
 }
-    /// See `usage_sample.avsc`.
+/// See `usage_sample.avsc`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
 #[avro(namespace = "io.umbra.v1")]
 #[allow(missing_docs)]
@@ -108,7 +108,7 @@ pub struct UsageSample {
     pub labels: HashMap<String, String>,
     pub source: String,
 }
-    /// See `host_metrics.avsc`.
+/// See `host_metrics.avsc`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
 #[avro(namespace = "io.umbra.v1")]
 #[allow(missing_docs)]
@@ -119,7 +119,7 @@ pub struct HostMetrics {
     pub used: Resources,
     pub healthy: bool,
 }
-    /// See `external_event.avsc`.
+/// See `external_event.avsc`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
 #[avro(namespace = "io.umbra.v1")]
 #[allow(missing_docs)]
@@ -133,7 +133,7 @@ pub struct ExternalEvent {
     pub expected_impact: Option<f64>,
     pub description: String,
 }
-    /// Mean, p95 and max of one resource over one bucket.
+/// Mean, p95 and max of one resource over one bucket.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
 #[avro(namespace = "io.umbra.v1")]
 #[allow(missing_docs)]
@@ -142,7 +142,7 @@ pub struct Stats {
     pub p95: f64,
     pub max: f64,
 }
-    /// See `usage_series.avsc`.
+/// See `usage_series.avsc`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
 #[avro(namespace = "io.umbra.v1")]
 #[allow(missing_docs)]
@@ -156,7 +156,7 @@ pub struct UsagePoint {
     pub disk_io_bytes_per_s: Stats,
     pub labels: HashMap<String, String>,
 }
-    /// See `host_state.avsc`.
+/// See `host_state.avsc`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
 #[avro(namespace = "io.umbra.v1")]
 #[allow(missing_docs)]
@@ -169,7 +169,7 @@ pub struct HostState {
     pub health: HostHealth,
     pub health_score: f64,
 }
-    /// A point forecast with its 80% and 95% intervals.
+/// A point forecast with its 80% and 95% intervals.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
 #[avro(namespace = "io.umbra.v1")]
 #[allow(missing_docs)]
@@ -180,7 +180,7 @@ pub struct Interval {
     pub lower_95: f64,
     pub upper_95: f64,
 }
-    /// Predicted demand at one step.
+/// Predicted demand at one step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
 #[avro(namespace = "io.umbra.v1")]
 #[allow(missing_docs)]
@@ -190,7 +190,7 @@ pub struct ForecastPoint {
     pub memory_bytes: Interval,
     pub disk_io_bytes_per_s: Interval,
 }
-    /// The forecast for one horizon.
+/// The forecast for one horizon.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
 #[avro(namespace = "io.umbra.v1")]
 #[allow(missing_docs)]
@@ -199,7 +199,7 @@ pub struct HorizonForecast {
     pub step_seconds: i32,
     pub points: Vec<ForecastPoint>,
 }
-    /// See `demand_forecast.avsc`.
+/// See `demand_forecast.avsc`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
 #[avro(namespace = "io.umbra.v1")]
 #[allow(missing_docs)]
@@ -210,7 +210,7 @@ pub struct DemandForecast {
     pub fallback_reason: Option<String>,
     pub horizons: Vec<HorizonForecast>,
 }
-    /// One shadow instance on one candidate host.
+/// One shadow instance on one candidate host.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
 #[avro(namespace = "io.umbra.v1")]
 #[allow(missing_docs)]
@@ -222,7 +222,7 @@ pub struct ShadowCandidate {
     pub headroom: f64,
     pub status: ShadowStatus,
 }
-    /// See `shadow_entry.avsc`.
+/// See `shadow_entry.avsc`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
 #[avro(namespace = "io.umbra.v1")]
 #[allow(missing_docs)]
@@ -238,7 +238,7 @@ pub struct ShadowEntry {
     pub reason: String,
     pub updated_at: i64,
 }
-    /// See `workload_request.avsc`.
+/// See `workload_request.avsc`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
 #[avro(namespace = "io.umbra.v1")]
 #[allow(missing_docs)]
@@ -249,7 +249,7 @@ pub struct WorkloadRequest {
     pub resources: Resources,
     pub requested_at: i64,
 }
-    /// See `allocation_decision.avsc`.
+/// See `allocation_decision.avsc`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
 #[avro(namespace = "io.umbra.v1")]
 #[allow(missing_docs)]
@@ -263,7 +263,7 @@ pub struct AllocationDecision {
     pub decided_at: i64,
     pub reason: String,
 }
-    /// See `claim.avsc`.
+/// See `claim.avsc`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
 #[avro(namespace = "io.umbra.v1")]
 #[allow(missing_docs)]
@@ -275,7 +275,7 @@ pub struct Claim {
     pub entry_version: i64,
     pub claimed_at: i64,
 }
-    /// See `fleet_command.avsc`.
+/// See `fleet_command.avsc`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
 #[avro(namespace = "io.umbra.v1")]
 #[allow(missing_docs)]
@@ -290,7 +290,7 @@ pub struct FleetCommand {
     pub resources: Resources,
     pub issued_at: i64,
 }
-    /// See `fleet_event.avsc`.
+/// See `fleet_event.avsc`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
 #[avro(namespace = "io.umbra.v1")]
 #[allow(missing_docs)]
@@ -305,7 +305,7 @@ pub struct FleetEvent {
     pub reason: String,
     pub occurred_at: i64,
 }
-    /// See `reshadow_request.avsc`.
+/// See `reshadow_request.avsc`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
 #[avro(namespace = "io.umbra.v1")]
 #[allow(missing_docs)]

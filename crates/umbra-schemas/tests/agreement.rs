@@ -11,7 +11,10 @@ fn check_agrees<T: Record + AvroSchema + PartialEq + std::fmt::Debug>() {
     let from_rust = T::get_schema();
     // apache-avro leaves a logical type's base as `{"type":"long"}` after stripping
     // `logicalType`; the spec's [PRIMITIVES] rule reduces it to `"long"`.
-    let pcf = |s: &Schema| s.canonical_form().replace(r#"{"type":"long"}"#, r#""long""#);
+    let pcf = |s: &Schema| {
+        s.canonical_form()
+            .replace(r#"{"type":"long"}"#, r#""long""#)
+    };
     assert_eq!(
         pcf(&from_rust),
         pcf(&from_file),
@@ -73,7 +76,10 @@ fn walk(v: &Value, path: &str, problems: &mut Vec<String>) {
             if o.get("namespace").and_then(Value::as_str) != Some("io.umbra.v1") {
                 problems.push(format!("{path}: {name} lacks namespace io.umbra.v1"));
             }
-            if o.get("doc").and_then(Value::as_str).map_or(true, str::is_empty) {
+            if o.get("doc")
+                .and_then(Value::as_str)
+                .map_or(true, str::is_empty)
+            {
                 problems.push(format!("{path}: {name} lacks a doc"));
             }
             if o.get("type").and_then(Value::as_str) == Some("enum") {
@@ -86,11 +92,20 @@ fn walk(v: &Value, path: &str, problems: &mut Vec<String>) {
                 for f in fields {
                     let fname = f.get("name").and_then(Value::as_str).unwrap_or("?");
                     let fpath = format!("{path}.{fname}");
-                    if f.get("doc").and_then(Value::as_str).map_or(true, str::is_empty) {
+                    if f.get("doc")
+                        .and_then(Value::as_str)
+                        .map_or(true, str::is_empty)
+                    {
                         problems.push(format!("{fpath}: field lacks a doc"));
                     }
-                    let is_time = ["_time", "_at", "_start", "_end"].iter().any(|s| fname.ends_with(s)) || fname == "time";
-                    if is_time && f["type"].get("logicalType").and_then(Value::as_str) != Some("timestamp-millis") {
+                    let is_time = ["_time", "_at", "_start", "_end"]
+                        .iter()
+                        .any(|s| fname.ends_with(s))
+                        || fname == "time";
+                    if is_time
+                        && f["type"].get("logicalType").and_then(Value::as_str)
+                            != Some("timestamp-millis")
+                    {
                         problems.push(format!("{fpath}: timestamp field is not timestamp-millis"));
                     }
                     walk(&f["type"], &fpath, problems);
@@ -110,7 +125,11 @@ fn schemas_follow_the_project_rules() {
         let v: Value = serde_json::from_str(f.text).expect("json");
         walk(&v, f.file, &mut problems);
     }
-    assert!(problems.is_empty(), "schema rule violations:\n{}", problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "schema rule violations:\n{}",
+        problems.join("\n")
+    );
 }
 
 #[test]
@@ -121,14 +140,38 @@ fn unknown_enum_symbol_reads_as_default() {
     let mut d = AllocationDecision::example();
     d.outcome = Outcome::Standard;
     let value = apache_avro::types::Value::Record(vec![
-        ("request_id".into(), apache_avro::types::Value::String(d.request_id.clone())),
-        ("workload_id".into(), apache_avro::types::Value::String(d.workload_id.clone())),
-        ("outcome".into(), apache_avro::types::Value::Enum(4, "QUEUED".into())),
-        ("host_id".into(), apache_avro::types::Value::Union(0, Box::new(apache_avro::types::Value::Null))),
-        ("shadow_id".into(), apache_avro::types::Value::Union(0, Box::new(apache_avro::types::Value::Null))),
-        ("requested_at".into(), apache_avro::types::Value::TimestampMillis(d.requested_at)),
-        ("decided_at".into(), apache_avro::types::Value::TimestampMillis(d.decided_at)),
-        ("reason".into(), apache_avro::types::Value::String(d.reason.clone())),
+        (
+            "request_id".into(),
+            apache_avro::types::Value::String(d.request_id.clone()),
+        ),
+        (
+            "workload_id".into(),
+            apache_avro::types::Value::String(d.workload_id.clone()),
+        ),
+        (
+            "outcome".into(),
+            apache_avro::types::Value::Enum(4, "QUEUED".into()),
+        ),
+        (
+            "host_id".into(),
+            apache_avro::types::Value::Union(0, Box::new(apache_avro::types::Value::Null)),
+        ),
+        (
+            "shadow_id".into(),
+            apache_avro::types::Value::Union(0, Box::new(apache_avro::types::Value::Null)),
+        ),
+        (
+            "requested_at".into(),
+            apache_avro::types::Value::TimestampMillis(d.requested_at),
+        ),
+        (
+            "decided_at".into(),
+            apache_avro::types::Value::TimestampMillis(d.decided_at),
+        ),
+        (
+            "reason".into(),
+            apache_avro::types::Value::String(d.reason.clone()),
+        ),
     ]);
     let bytes = apache_avro::writer::datum::GenericDatumWriter::builder(&writer)
         .build()

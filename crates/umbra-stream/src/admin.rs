@@ -23,9 +23,13 @@ pub struct TopicSpec {
 
 /// Creates the topics that do not exist yet; existing ones are left as they are.
 /// Returns the names that were created.
-pub async fn ensure_topics(settings: &KafkaSettings, topics: &[TopicSpec]) -> Result<Vec<String>, StreamError> {
-    let admin: AdminClient<DefaultClientContext> =
-        client_config(settings).create().map_err(|e| StreamError::kafka("creating admin client", e))?;
+pub async fn ensure_topics(
+    settings: &KafkaSettings,
+    topics: &[TopicSpec],
+) -> Result<Vec<String>, StreamError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(settings)
+        .create()
+        .map_err(|e| StreamError::kafka("creating admin client", e))?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|t| {
@@ -38,7 +42,10 @@ pub async fn ensure_topics(settings: &KafkaSettings, topics: &[TopicSpec]) -> Re
         })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let results = admin.create_topics(new.iter(), &opts).await.map_err(|e| StreamError::kafka("creating topics", e))?;
+    let results = admin
+        .create_topics(new.iter(), &opts)
+        .await
+        .map_err(|e| StreamError::kafka("creating topics", e))?;
     let mut created = Vec::new();
     for r in results {
         match r {
@@ -66,7 +73,11 @@ pub fn pipeline_topics(prefix: &str) -> Vec<TopicSpec> {
                     partitions: t.partitions,
                     compacted: t.kind == umbra_schemas::TopicKind::Table,
                 },
-                TopicSpec { name: format!("{prefix}{}", t.dlq()), partitions: 1, compacted: false },
+                TopicSpec {
+                    name: format!("{prefix}{}", t.dlq()),
+                    partitions: 1,
+                    compacted: false,
+                },
             ]
         })
         .collect()

@@ -39,7 +39,10 @@ pub struct DecodeError {
 
 impl DecodeError {
     fn new(kind: DecodeErrorKind, detail: impl Into<String>) -> Self {
-        Self { kind, detail: detail.into() }
+        Self {
+            kind,
+            detail: detail.into(),
+        }
     }
     /// Whether trying again later may succeed.
     pub fn is_retryable(&self) -> bool {
@@ -52,11 +55,17 @@ pub fn unframe(bytes: &[u8]) -> Result<(u32, &[u8]), DecodeError> {
     if bytes.len() < 5 {
         return Err(DecodeError::new(
             DecodeErrorKind::Framing,
-            format!("{} bytes is too short for Confluent framing (magic byte + 4-byte schema id)", bytes.len()),
+            format!(
+                "{} bytes is too short for Confluent framing (magic byte + 4-byte schema id)",
+                bytes.len()
+            ),
         ));
     }
     if bytes[0] != 0 {
-        return Err(DecodeError::new(DecodeErrorKind::Framing, format!("magic byte is {}, expected 0", bytes[0])));
+        return Err(DecodeError::new(
+            DecodeErrorKind::Framing,
+            format!("magic byte is {}, expected 0", bytes[0]),
+        ));
     }
     let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
     Ok((id, &bytes[5..]))
@@ -82,13 +91,27 @@ pub struct Codec<T> {
 
 impl<T: Record> Codec<T> {
     /// Registers `T`'s schema under `subject` and returns a codec bound to its id.
-    pub async fn register(registry: Arc<dyn SchemaRegistry>, subject: String) -> Result<Self, StreamError> {
+    pub async fn register(
+        registry: Arc<dyn SchemaRegistry>,
+        subject: String,
+    ) -> Result<Self, StreamError> {
         let schema = T::SCHEMA.parse()?;
         let id = registry
             .register(&subject, T::SCHEMA.text)
             .await
-            .map_err(|e| StreamError::Registry(format!("registering {} under {subject}: {e}", T::SCHEMA.file)))?;
-        Ok(Self { registry, subject, id, schema, _t: PhantomData })
+            .map_err(|e| {
+                StreamError::Registry(format!(
+                    "registering {} under {subject}: {e}",
+                    T::SCHEMA.file
+                ))
+            })?;
+        Ok(Self {
+            registry,
+            subject,
+            id,
+            schema,
+            _t: PhantomData,
+        })
     }
 
     /// Registry id of the schema this codec writes with.
@@ -121,13 +144,19 @@ impl<T: Record> Codec<T> {
                     DecodeErrorKind::UnknownSchemaId,
                     format!("schema id {id} is not in the registry"),
                 ),
-                RegistryError::Unavailable(d) => DecodeError::new(DecodeErrorKind::RegistryUnavailable, d),
+                RegistryError::Unavailable(d) => {
+                    DecodeError::new(DecodeErrorKind::RegistryUnavailable, d)
+                }
                 other => DecodeError::new(DecodeErrorKind::UnknownSchemaId, other.to_string()),
             })?)
         };
         let writer_schema = writer.as_deref().unwrap_or(&self.schema);
         from_datum(writer_schema, &self.schema, body).map_err(|e| {
-            let kind = if writer.is_some() { DecodeErrorKind::Incompatible } else { DecodeErrorKind::Malformed };
+            let kind = if writer.is_some() {
+                DecodeErrorKind::Incompatible
+            } else {
+                DecodeErrorKind::Malformed
+            };
             DecodeError::new(kind, format!("schema id {id} as {}: {e}", T::SCHEMA.file))
         })
     }
@@ -141,8 +170,12 @@ mod tests {
 
     async fn codecs() -> (Arc<FixedRegistry>, Codec<UsageSample>, Codec<HostMetrics>) {
         let reg = Arc::new(FixedRegistry::default());
-        let a = Codec::<UsageSample>::register(reg.clone(), "t-value".into()).await.unwrap();
-        let b = Codec::<HostMetrics>::register(reg.clone(), "h-value".into()).await.unwrap();
+        let a = Codec::<UsageSample>::register(reg.clone(), "t-value".into())
+            .await
+            .unwrap();
+        let b = Codec::<HostMetrics>::register(reg.clone(), "h-value".into())
+            .await
+            .unwrap();
         (reg, a, b)
     }
 
@@ -155,14 +188,36 @@ mod tests {
         assert_eq!(samples.decode(&bytes).await.unwrap(), s);
 
         let kind = |r: Result<UsageSample, DecodeError>| r.unwrap_err().kind;
-        assert_eq!(kind(samples.decode(b"garbage!").await), DecodeErrorKind::Framing);
-        assert_eq!(kind(samples.decode(&[0, 0]).await), DecodeErrorKind::Framing);
+        assert_eq!(
+            kind(samples.decode(b"garbage!").await),
+            DecodeErrorKind::Framing
+        );
+        assert_eq!(
+            kind(samples.decode(&[0, 0]).await),
+            DecodeErrorKind::Framing
+        );
         let mut wrong_magic = bytes.clone();
         wrong_magic[0] = 1;
-        assert_eq!(kind(samples.decode(&wrong_magic).await), DecodeErrorKind::Framing);
-        assert_eq!(kind(samples.decode(&frame(999, &bytes[5..])).await), DecodeErrorKind::UnknownSchemaId);
+        assert_eq!(
+            kind(samples.decode(&wrong_magic).await),
+            DecodeErrorKind::Framing
+        );
+        assert_eq!(
+            kind(samples.decode(&frame(999, &bytes[5..])).await),
+            DecodeErrorKind::UnknownSchemaId
+        );
         let other = hosts.encode(&HostMetrics::example()).unwrap();
-        assert_eq!(kind(samples.decode(&other).await), DecodeErrorKind::Incompatible);
-        assert_eq!(kind(samples.decode(&frame(samples.schema_id(), &[0xff, 0xff, 0xff])).await), DecodeErrorKind::Malformed);
+        assert_eq!(
+            kind(samples.decode(&other).await),
+            DecodeErrorKind::Incompatible
+        );
+        assert_eq!(
+            kind(
+                samples
+                    .decode(&frame(samples.schema_id(), &[0xff, 0xff, 0xff]))
+                    .await
+            ),
+            DecodeErrorKind::Malformed
+        );
     }
 }

@@ -49,7 +49,9 @@ pub struct RegistrySettings {
 
 impl Default for RegistrySettings {
     fn default() -> Self {
-        Self { url: "http://127.0.0.1:8081".into() }
+        Self {
+            url: "http://127.0.0.1:8081".into(),
+        }
     }
 }
 
@@ -63,7 +65,9 @@ pub struct HttpSettings {
 
 impl Default for HttpSettings {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 0)) }
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        }
     }
 }
 
@@ -119,12 +123,19 @@ impl<S> ServiceConfig<S> {
 pub struct ConfigError(pub String);
 
 /// Loads `T` from defaults, then `file` (or `UMBRA_CONFIG`), then the environment.
-pub fn load<T: Serialize + DeserializeOwned + Default>(file: Option<&Path>) -> Result<T, ConfigError> {
-    let file: Option<PathBuf> = file.map(Path::to_path_buf).or_else(|| std::env::var_os("UMBRA_CONFIG").map(PathBuf::from));
+pub fn load<T: Serialize + DeserializeOwned + Default>(
+    file: Option<&Path>,
+) -> Result<T, ConfigError> {
+    let file: Option<PathBuf> = file
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("UMBRA_CONFIG").map(PathBuf::from));
     let mut figment = Figment::from(Serialized::defaults(T::default()));
     if let Some(path) = &file {
         if !path.exists() {
-            return Err(ConfigError(format!("config file {} does not exist", path.display())));
+            return Err(ConfigError(format!(
+                "config file {} does not exist",
+                path.display()
+            )));
         }
         figment = figment.merge(Toml::file_exact(path));
     }
@@ -139,7 +150,10 @@ pub fn load<T: Serialize + DeserializeOwned + Default>(file: Option<&Path>) -> R
         )
         .merge(Env::prefixed("UMBRA_").ignore(&["CONFIG"]).split("__"));
     let value: T = figment.extract().map_err(|e| {
-        let parts: Vec<String> = e.into_iter().map(|e| e.to_string().replace('\n', " ")).collect();
+        let parts: Vec<String> = e
+            .into_iter()
+            .map(|e| e.to_string().replace('\n', " "))
+            .collect();
         ConfigError(parts.join("; "))
     })?;
     Ok(value)
@@ -152,14 +166,22 @@ pub fn validate<S>(config: &ServiceConfig<S>) -> Result<(), ConfigError> {
     }
     for server in config.kafka.bootstrap_servers.split(',') {
         let Some((host, port)) = server.trim().rsplit_once(':') else {
-            return Err(ConfigError(format!("kafka.bootstrap_servers: '{server}' is not host:port")));
+            return Err(ConfigError(format!(
+                "kafka.bootstrap_servers: '{server}' is not host:port"
+            )));
         };
         if host.is_empty() || port.parse::<u16>().is_err() {
-            return Err(ConfigError(format!("kafka.bootstrap_servers: '{server}' is not host:port")));
+            return Err(ConfigError(format!(
+                "kafka.bootstrap_servers: '{server}' is not host:port"
+            )));
         }
     }
-    if !(config.registry.url.starts_with("http://") || config.registry.url.starts_with("https://")) {
-        return Err(ConfigError(format!("registry.url: '{}' is not an http(s) URL", config.registry.url)));
+    if !(config.registry.url.starts_with("http://") || config.registry.url.starts_with("https://"))
+    {
+        return Err(ConfigError(format!(
+            "registry.url: '{}' is not an http(s) URL",
+            config.registry.url
+        )));
     }
     Ok(())
 }
@@ -179,12 +201,15 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.create_file("c.toml", "topic_prefix = \"t.\"\n[service]\nthreshold = 0.5\n[kafka]\nbootstrap_servers = \"h:1\"\n")?;
             jail.set_env("UMBRA_KAFKA__BOOTSTRAP_SERVERS", "env:2");
-            let c: ServiceConfig<Own> = load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
+            let c: ServiceConfig<Own> =
+                load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(c.kafka.bootstrap_servers, "env:2");
             assert_eq!(c.service.threshold, 0.5);
             assert_eq!(c.topic("umbra.x"), "t.umbra.x");
             jail.set_env("UMBRA_KAFKA__BOOTSTRAP_SERVER", "typo:2");
-            let err = load::<ServiceConfig<Own>>(None).expect_err("unknown key rejected").to_string();
+            let err = load::<ServiceConfig<Own>>(None)
+                .expect_err("unknown key rejected")
+                .to_string();
             assert!(err.contains("bootstrap_server"), "{err}");
             assert!(!err.contains('\n'));
             Ok(())

@@ -47,12 +47,20 @@ pub struct DeadLetter {
 }
 
 /// Builds the dead-letter record for `msg`, rejected by `service` at `stage` because of `error`.
-pub fn dead_letter(msg: &BorrowedMessage<'_>, service: &str, stage: &str, error: &str) -> DeadLetter {
+pub fn dead_letter(
+    msg: &BorrowedMessage<'_>,
+    service: &str,
+    stage: &str,
+    error: &str,
+) -> DeadLetter {
     let mut headers = OwnedHeaders::new();
     if let Some(original) = msg.headers() {
         for h in original.iter() {
             if !h.key.starts_with("umbra.dlq.") {
-                headers = headers.insert(Header { key: h.key, value: h.value });
+                headers = headers.insert(Header {
+                    key: h.key,
+                    value: h.value,
+                });
             }
         }
     }
@@ -66,7 +74,10 @@ pub fn dead_letter(msg: &BorrowedMessage<'_>, service: &str, stage: &str, error:
         (header::ERROR, error),
         (header::SERVICE, service),
     ] {
-        headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
+        headers = headers.insert(Header {
+            key: k,
+            value: Some(v.as_bytes()),
+        });
     }
     DeadLetter {
         topic: format!("{}.dlq", msg.topic()),

@@ -64,6 +64,9 @@ pub enum StreamError {
 
 impl StreamError {
     pub(crate) fn kafka(context: impl Into<String>, source: KafkaError) -> Self {
-        Self::Kafka { context: context.into(), source }
+        Self::Kafka {
+            context: context.into(),
+            source,
+        }
     }
 }

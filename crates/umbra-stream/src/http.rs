@@ -25,7 +25,10 @@ impl Readiness {
     /// Adds a closed gate named `name` and returns the flag that opens it.
     pub fn gate(&self, name: impl Into<String>) -> Arc<AtomicBool> {
         let flag = Arc::new(AtomicBool::new(false));
-        self.gates.lock().unwrap_or_else(|p| p.into_inner()).push((name.into(), flag.clone()));
+        self.gates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((name.into(), flag.clone()));
         flag
     }
 
@@ -61,12 +64,21 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     if s.readiness.is_ready() {
         (StatusCode::OK, "ready\n".to_string())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: waiting for {}\n", s.readiness.waiting_for().join(", ")))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: waiting for {}\n",
+                s.readiness.waiting_for().join(", ")
+            ),
+        )
     }
 }
 
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
 }
 
 /// Binds `listen` and serves the endpoints until `shutdown`; returns the bound address.
@@ -76,15 +88,28 @@ pub async fn serve(
     metrics_: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), StreamError> {
-    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|source| StreamError::Http { addr: listen, source })?;
-    let addr = listener.local_addr().map_err(|source| StreamError::Http { addr: listen, source })?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| StreamError::Http {
+            addr: listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StreamError::Http {
+        addr: listen,
+        source,
+    })?;
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(AppState { readiness, metrics: metrics_ });
+        .with_state(AppState {
+            readiness,
+            metrics: metrics_,
+        });
     let handle = tokio::spawn(async move {
-        let result = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
         if let Err(e) = result {
             tracing::error!(error = %e, "http endpoint failed");
         }

@@ -29,12 +29,16 @@ pub fn producer(settings: &KafkaSettings) -> Result<FutureProducer, StreamError>
         .set("partitioner", "murmur2_random")
         .set("linger.ms", "1")
         .set("message.timeout.ms", "30000");
-    c.create().map_err(|e| StreamError::kafka("creating producer", e))
+    c.create()
+        .map_err(|e| StreamError::kafka("creating producer", e))
 }
 
 /// A group consumer for at-least-once processing: offsets are stored by the processor only
 /// after outputs are acknowledged, and the stored offsets are auto-committed.
-pub fn group_consumer(settings: &KafkaSettings, group_id: &str) -> Result<StreamConsumer, StreamError> {
+pub fn group_consumer(
+    settings: &KafkaSettings,
+    group_id: &str,
+) -> Result<StreamConsumer, StreamError> {
     let mut c = client_config(settings);
     c.set("group.id", group_id)
         .set("enable.auto.commit", "true")
@@ -43,7 +47,8 @@ pub fn group_consumer(settings: &KafkaSettings, group_id: &str) -> Result<Stream
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
         .set("enable.partition.eof", "false");
-    c.create().map_err(|e| StreamError::kafka("creating consumer", e))
+    c.create()
+        .map_err(|e| StreamError::kafka("creating consumer", e))
 }
 
 /// A consumer that reads assigned partitions and never commits (table restore, tools).
@@ -54,7 +59,8 @@ pub fn reader(settings: &KafkaSettings) -> Result<StreamConsumer, StreamError> {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false");
-    c.create().map_err(|e| StreamError::kafka("creating reader", e))
+    c.create()
+        .map_err(|e| StreamError::kafka("creating reader", e))
 }
 
 /// Waits until the broker answers a metadata request, or fails with a clear message.
@@ -68,7 +74,10 @@ pub async fn wait_for_broker(settings: &KafkaSettings) -> Result<(), StreamError
         consumer
             .fetch_metadata(None, timeout)
             .map(|_| ())
-            .map_err(|e| StreamError::BrokerUnreachable { bootstrap: settings.bootstrap_servers.clone(), detail: e.to_string() })
+            .map_err(|e| StreamError::BrokerUnreachable {
+                bootstrap: settings.bootstrap_servers.clone(),
+                detail: e.to_string(),
+            })
     })
     .await
     .map_err(|e| StreamError::Internal(format!("join: {e}")))?
@@ -83,8 +92,14 @@ pub async fn partitions(settings: &KafkaSettings, topic: &str) -> Result<Vec<i32
             .create()
             .map_err(|e| StreamError::kafka("creating client", e))?;
         let md = consumer
-            .fetch_metadata(Some(&topic), Duration::from_millis(settings.connect_timeout_ms.max(1)))
-            .map_err(|e| StreamError::BrokerUnreachable { bootstrap: settings.bootstrap_servers.clone(), detail: e.to_string() })?;
+            .fetch_metadata(
+                Some(&topic),
+                Duration::from_millis(settings.connect_timeout_ms.max(1)),
+            )
+            .map_err(|e| StreamError::BrokerUnreachable {
+                bootstrap: settings.bootstrap_servers.clone(),
+                detail: e.to_string(),
+            })?;
         let parts: Vec<i32> = md
             .topics()
             .iter()

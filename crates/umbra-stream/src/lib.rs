@@ -19,6 +19,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod processor;
 pub mod registry;
+pub mod service;
 pub mod shutdown;
 pub mod table;
 pub mod telemetry;

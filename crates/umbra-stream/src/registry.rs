@@ -7,7 +7,9 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use apache_avro::Schema;
-use schema_registry_converter::async_impl::schema_registry::{get_schema_by_id, post_schema, SrSettings};
+use schema_registry_converter::async_impl::schema_registry::{
+    get_schema_by_id, post_schema, SrSettings,
+};
 use schema_registry_converter::error::SRCError;
 use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSchema};
 
@@ -38,7 +40,11 @@ type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// What the codec needs from a registry.
 pub trait SchemaRegistry: Send + Sync + 'static {
     /// Registers `schema` under `subject` (or finds it) and returns its global id.
-    fn register<'a>(&'a self, subject: &'a str, schema: &'a str) -> BoxFuture<'a, Result<u32, RegistryError>>;
+    fn register<'a>(
+        &'a self,
+        subject: &'a str,
+        schema: &'a str,
+    ) -> BoxFuture<'a, Result<u32, RegistryError>>;
     /// The schema with global id `id`.
     fn schema<'a>(&'a self, id: u32) -> BoxFuture<'a, Result<Arc<Schema>, RegistryError>>;
 }
@@ -46,7 +52,11 @@ pub trait SchemaRegistry: Send + Sync + 'static {
 fn classify(e: SRCError) -> RegistryError {
     let text = e.to_string();
     let lower = text.to_lowercase();
-    if lower.contains("404") || lower.contains("not found") || lower.contains("40403") || lower.contains("40401") {
+    if lower.contains("404")
+        || lower.contains("not found")
+        || lower.contains("40403")
+        || lower.contains("40401")
+    {
         RegistryError::NotFound(text)
     } else if lower.contains("409") || lower.contains("422") || lower.contains("incompatible") {
         RegistryError::Refused(text)
@@ -69,29 +79,51 @@ impl HttpRegistry {
             .set_timeout(std::time::Duration::from_secs(5))
             .build()
             .map_err(|e| RegistryError::Unavailable(e.to_string()))?;
-        Ok(Self { settings, cache: Mutex::new(HashMap::new()) })
+        Ok(Self {
+            settings,
+            cache: Mutex::new(HashMap::new()),
+        })
     }
 }
 
 impl SchemaRegistry for HttpRegistry {
-    fn register<'a>(&'a self, subject: &'a str, schema: &'a str) -> BoxFuture<'a, Result<u32, RegistryError>> {
+    fn register<'a>(
+        &'a self,
+        subject: &'a str,
+        schema: &'a str,
+    ) -> BoxFuture<'a, Result<u32, RegistryError>> {
         Box::pin(async move {
             let supplied = SuppliedSchema::new(None, SchemaType::Avro, schema.to_string());
-            let registered = post_schema(&self.settings, subject.to_string(), supplied).await.map_err(classify)?;
+            let registered = post_schema(&self.settings, subject.to_string(), supplied)
+                .await
+                .map_err(classify)?;
             Ok(registered.id)
         })
     }
 
     fn schema<'a>(&'a self, id: u32) -> BoxFuture<'a, Result<Arc<Schema>, RegistryError>> {
         Box::pin(async move {
-            if let Some(s) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
+            if let Some(s) = self
+                .cache
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&id)
+            {
                 return Ok(s.clone());
             }
-            let registered = get_schema_by_id(id, &self.settings).await.map_err(classify)?;
-            let parsed = Schema::parse_str(&registered.schema)
-                .map_err(|e| RegistryError::BadSchema { id, detail: e.to_string() })?;
+            let registered = get_schema_by_id(id, &self.settings)
+                .await
+                .map_err(classify)?;
+            let parsed =
+                Schema::parse_str(&registered.schema).map_err(|e| RegistryError::BadSchema {
+                    id,
+                    detail: e.to_string(),
+                })?;
             let parsed = Arc::new(parsed);
-            self.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(id, parsed.clone());
+            self.cache
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id, parsed.clone());
             Ok(parsed)
         })
     }
@@ -124,7 +156,11 @@ impl FixedRegistry {
 }
 
 impl SchemaRegistry for FixedRegistry {
-    fn register<'a>(&'a self, subject: &'a str, schema: &'a str) -> BoxFuture<'a, Result<u32, RegistryError>> {
+    fn register<'a>(
+        &'a self,
+        subject: &'a str,
+        schema: &'a str,
+    ) -> BoxFuture<'a, Result<u32, RegistryError>> {
         Box::pin(async move { self.insert(subject, schema) })
     }
 

@@ -17,7 +17,11 @@ use rdkafka::message::{BorrowedHeaders, Headers, OwnedHeaders};
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
-    let _ = tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn provider() -> &'static SdkTracerProvider {
@@ -30,10 +34,16 @@ struct HeaderExtractor<'a>(Option<&'a BorrowedHeaders>);
 impl Extractor for HeaderExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
         let headers = self.0?;
-        headers.iter().find(|h| h.key == key).and_then(|h| h.value).and_then(|v| std::str::from_utf8(v).ok())
+        headers
+            .iter()
+            .find(|h| h.key == key)
+            .and_then(|h| h.value)
+            .and_then(|v| std::str::from_utf8(v).ok())
     }
     fn keys(&self) -> Vec<&str> {
-        self.0.map(|h| h.iter().map(|h| h.key).collect()).unwrap_or_default()
+        self.0
+            .map(|h| h.iter().map(|h| h.key).collect())
+            .unwrap_or_default()
     }
 }
 
@@ -81,7 +91,10 @@ impl TraceCtx {
 /// Appends string headers to `headers`.
 pub fn with_headers(mut headers: OwnedHeaders, pairs: &[(String, String)]) -> OwnedHeaders {
     for (k, v) in pairs {
-        headers = headers.insert(rdkafka::message::Header { key: k, value: Some(v.as_bytes()) });
+        headers = headers.insert(rdkafka::message::Header {
+            key: k,
+            value: Some(v.as_bytes()),
+        });
     }
     headers
 }

@@ -1,0 +1,225 @@
+//! Ingest: validates raw workload usage samples and publishes them as usage series.
+//!
+//! In this first version each valid sample becomes a one-sample point of its 5-minute
+//! bucket; bucket aggregation with allowed lateness, host metrics and Prometheus import come
+//! with their own issue. Invalid samples go to `umbra.usage.raw.dlq` with the reason.
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use umbra_schemas::{Stats, UsagePoint, UsageSample, WorkloadKey};
+use umbra_stream::config::ServiceConfig;
+use umbra_stream::dlq::BadDataPolicy;
+use umbra_stream::processor::{Emit, Handler, Incoming, Output, Rejection};
+use umbra_stream::service::Runtime;
+use umbra_stream::StreamError;
+
+/// Service name: consumer group, metrics label, dead-letter header.
+pub const NAME: &str = "ingest";
+
+/// Settings of the ingest service (`[service]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestSettings {
+    /// Length of a usage-series bucket, in seconds.
+    pub bucket_seconds: i32,
+    /// A sample more than this far in the future of the wall clock is rejected, in ms.
+    pub max_future_ms: i64,
+    /// Largest plausible CPU use of one workload, in millicores.
+    pub max_cpu_millicores: f64,
+    /// Largest plausible memory use of one workload, in bytes.
+    pub max_memory_bytes: f64,
+    /// Largest plausible disk or network throughput of one workload, in bytes/s.
+    pub max_throughput_bytes_per_s: f64,
+    /// What to do with samples that cannot be decoded or fail validation.
+    pub bad_data: BadDataPolicy,
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        Self {
+            bucket_seconds: 300,
+            max_future_ms: 24 * 3_600_000,
+            max_cpu_millicores: 1.0e7,
+            max_memory_bytes: 1.0e14,
+            max_throughput_bytes_per_s: 1.0e12,
+            bad_data: BadDataPolicy::DeadLetter,
+        }
+    }
+}
+
+/// Full configuration of the service.
+pub type Config = ServiceConfig<IngestSettings>;
+
+/// Earliest plausible sample time (2000-01-01T00:00:00Z), in ms.
+const EPOCH_2000_MS: i64 = 946_684_800_000;
+
+/// Checks one sample; the error says which field is wrong and why.
+pub fn validate(s: &UsageSample, settings: &IngestSettings, now_ms: i64) -> Result<(), String> {
+    if s.workload_id.trim().is_empty() {
+        return Err("workload_id is empty".into());
+    }
+    if s.sample_time < EPOCH_2000_MS {
+        return Err(format!(
+            "sample_time {} is before 2000-01-01",
+            s.sample_time
+        ));
+    }
+    if s.sample_time > now_ms + settings.max_future_ms {
+        return Err(format!(
+            "sample_time {} is more than {} ms in the future",
+            s.sample_time, settings.max_future_ms
+        ));
+    }
+    let checks: [(&str, f64, f64); 8] = [
+        (
+            "cpu_millicores",
+            s.cpu_millicores,
+            settings.max_cpu_millicores,
+        ),
+        (
+            "cpu_capacity_millicores",
+            s.cpu_capacity_millicores,
+            settings.max_cpu_millicores,
+        ),
+        ("memory_bytes", s.memory_bytes, settings.max_memory_bytes),
+        (
+            "memory_capacity_bytes",
+            s.memory_capacity_bytes,
+            settings.max_memory_bytes,
+        ),
+        (
+            "disk_read_bytes_per_s",
+            s.disk_read_bytes_per_s,
+            settings.max_throughput_bytes_per_s,
+        ),
+        (
+            "disk_write_bytes_per_s",
+            s.disk_write_bytes_per_s,
+            settings.max_throughput_bytes_per_s,
+        ),
+        (
+            "network_rx_bytes_per_s",
+            s.network_rx_bytes_per_s,
+            settings.max_throughput_bytes_per_s,
+        ),
+        (
+            "network_tx_bytes_per_s",
+            s.network_tx_bytes_per_s,
+            settings.max_throughput_bytes_per_s,
+        ),
+    ];
+    for (field, value, max) in checks {
+        if !value.is_finite() {
+            return Err(format!("{field} is {value}, not a finite number"));
+        }
+        if value < 0.0 {
+            return Err(format!("{field} is negative ({value})"));
+        }
+        if value > max {
+            return Err(format!(
+                "{field} is {value}, above the plausible maximum {max}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The one-sample point of the bucket `s` falls in.
+pub fn point_of(s: &UsageSample, bucket_seconds: i32) -> UsagePoint {
+    let width = i64::from(bucket_seconds.max(1)) * 1000;
+    let one = |v: f64| Stats {
+        mean: v,
+        p95: v,
+        max: v,
+    };
+    UsagePoint {
+        workload_id: s.workload_id.clone(),
+        bucket_start: s.sample_time.div_euclid(width) * width,
+        bucket_seconds,
+        sample_count: 1,
+        cpu_millicores: one(s.cpu_millicores),
+        memory_bytes: one(s.memory_bytes),
+        disk_io_bytes_per_s: one(s.disk_read_bytes_per_s + s.disk_write_bytes_per_s),
+        labels: s.labels.clone(),
+    }
+}
+
+struct Ingest {
+    settings: IngestSettings,
+    series: Output<WorkloadKey, UsagePoint>,
+}
+
+impl Handler<WorkloadKey, UsageSample> for Ingest {
+    fn handle(
+        &mut self,
+        input: &Incoming<WorkloadKey, UsageSample>,
+    ) -> Result<Vec<Emit>, Rejection> {
+        let s = &input.value;
+        validate(s, &self.settings, umbra_stream::now_millis()).map_err(Rejection)?;
+        if input.key.workload_id != s.workload_id {
+            return Err(Rejection(format!(
+                "key workload_id '{}' differs from value workload_id '{}'",
+                input.key.workload_id, s.workload_id
+            )));
+        }
+        let point = point_of(s, self.settings.bucket_seconds);
+        let emit = self
+            .series
+            .record(&input.key, &point)
+            .map_err(|e| Rejection(e.to_string()))?;
+        Ok(vec![emit])
+    }
+}
+
+/// Runs the service until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StreamError> {
+    let rt = Runtime::start(NAME, config, shutdown.clone()).await?;
+    let series = Output::new(rt.registry.clone(), rt.config.topic("umbra.usage.series")).await?;
+    let processor = rt
+        .processor::<WorkloadKey, UsageSample>("umbra.usage.raw", rt.config.service.bad_data)
+        .await?;
+    let gate = rt.readiness.gate("consumer umbra.usage.raw");
+    let mut handler = Ingest {
+        settings: rt.config.service.clone(),
+        series,
+    };
+    processor.run(&mut handler, gate, shutdown).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use umbra_schemas::Record;
+
+    #[test]
+    fn validation_reasons() {
+        let st = IngestSettings::default();
+        let now = 1_700_000_000_000;
+        let ok = UsageSample::example();
+        assert_eq!(validate(&ok, &st, now), Ok(()));
+        let with = |f: fn(&mut UsageSample)| {
+            let mut s = UsageSample::example();
+            f(&mut s);
+            validate(&s, &st, now).unwrap_err()
+        };
+        assert!(with(|s| s.cpu_millicores = f64::NAN).contains("not a finite number"));
+        assert!(with(|s| s.memory_bytes = -1.0).contains("negative"));
+        assert!(with(|s| s.disk_read_bytes_per_s = 1e30).contains("plausible maximum"));
+        assert!(with(|s| s.workload_id = " ".into()).contains("empty"));
+        assert!(with(|s| s.sample_time = 5).contains("before 2000"));
+        assert!(with(|s| s.sample_time = i64::MAX / 2).contains("future"));
+    }
+
+    #[test]
+    fn points_fall_in_their_bucket() {
+        let mut s = UsageSample::example();
+        s.sample_time = 1_372_636_800_000 + 299_999;
+        let p = point_of(&s, 300);
+        assert_eq!(p.bucket_start, 1_372_636_800_000);
+        assert_eq!(
+            p.disk_io_bytes_per_s.mean,
+            s.disk_read_bytes_per_s + s.disk_write_bytes_per_s
+        );
+    }
+}

@@ -1,1 +1,3 @@
-fn main(){}
+fn main() -> std::process::ExitCode {
+    umbra_stream::service::main(umbra_rebalancer::NAME, umbra_rebalancer::run)
+}

@@ -1,0 +1,186 @@
+//! What every service does before and after its own logic: load configuration, connect to
+//! the broker and the registry, serve the HTTP endpoints, create tables and processors, and
+//! map the outcome to an exit code. Each service's `main.rs` is one call to [`main`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use rdkafka::producer::FutureProducer;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use umbra_schemas::{EntityKey, Record};
+
+use crate::config::{self, ServiceConfig};
+use crate::dlq::BadDataPolicy;
+use crate::http::{self, Readiness};
+use crate::metrics::Metrics;
+use crate::processor::{Input, Processor};
+use crate::registry::{HttpRegistry, SchemaRegistry};
+use crate::table::Table;
+use crate::{kafka, StreamError};
+
+/// Exit code for a configuration that cannot be used.
+pub const EXIT_BAD_CONFIG: u8 = 2;
+
+/// The connections and endpoints of a running service.
+pub struct Runtime<S> {
+    /// Service name (`ingest`, `interceptor`, ...).
+    pub name: &'static str,
+    /// Configuration.
+    pub config: ServiceConfig<S>,
+    /// Schema registry client.
+    pub registry: Arc<dyn SchemaRegistry>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Readiness gates.
+    pub readiness: Readiness,
+    /// Idempotent producer shared by the service's outputs.
+    pub producer: FutureProducer,
+    /// Cancelled on shutdown.
+    pub shutdown: CancellationToken,
+    /// Where the HTTP endpoint listens.
+    pub http_addr: SocketAddr,
+}
+
+impl<S> Runtime<S> {
+    /// Validates the configuration, waits for the broker, and starts the HTTP endpoint.
+    pub async fn start(
+        name: &'static str,
+        config: ServiceConfig<S>,
+        shutdown: CancellationToken,
+    ) -> Result<Self, StreamError> {
+        let metrics = Metrics::new(name);
+        let readiness = Readiness::default();
+        let (http_addr, _http) = http::serve(
+            config.http.listen,
+            readiness.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        )
+        .await?;
+        tracing::info!(service = name, http = %http_addr, "http endpoint listening");
+        kafka::wait_for_broker(&config.kafka).await?;
+        let registry: Arc<dyn SchemaRegistry> = Arc::new(
+            HttpRegistry::new(&config.registry.url)
+                .map_err(|e| StreamError::Registry(e.to_string()))?,
+        );
+        let producer = kafka::producer(&config.kafka)?;
+        Ok(Self {
+            name,
+            config,
+            registry,
+            metrics,
+            readiness,
+            producer,
+            shutdown,
+            http_addr,
+        })
+    }
+
+    /// Starts materializing the table on `default_topic` behind a readiness gate.
+    pub async fn table<K: EntityKey, V: Record>(
+        &self,
+        default_topic: &str,
+    ) -> Result<Table<V>, StreamError> {
+        let topic = self.config.topic(default_topic);
+        let gate = self.readiness.gate(format!("table {topic}"));
+        Table::start::<K>(
+            &self.config.kafka,
+            self.registry.clone(),
+            topic,
+            gate,
+            self.metrics.clone(),
+            self.shutdown.clone(),
+        )
+        .await
+    }
+
+    /// A processor of `default_topic` in this service's consumer group.
+    pub async fn processor<K: Record, V: Record>(
+        &self,
+        default_topic: &str,
+        policy: BadDataPolicy,
+    ) -> Result<Processor<K, V>, StreamError> {
+        let topic = self.config.topic(default_topic);
+        kafka::partitions(&self.config.kafka, &topic).await?;
+        Ok(Processor {
+            service: self.name.to_string(),
+            input: Input::new(self.registry.clone(), topic).await?,
+            consumer: Arc::new(kafka::group_consumer(
+                &self.config.kafka,
+                &self.config.group_id(self.name),
+            )?),
+            producer: self.producer.clone(),
+            policy,
+            metrics: self.metrics.clone(),
+        })
+    }
+}
+
+/// Parses `--config PATH` (or `UMBRA_CONFIG`), loads and validates the configuration, runs
+/// `run` on a Tokio runtime with signal handling, and maps the outcome to an exit code:
+/// 0 after a graceful stop, 1 on a runtime error, 2 on bad configuration.
+pub fn main<S, F, Fut>(name: &'static str, run: F) -> ExitCode
+where
+    S: Serialize + DeserializeOwned + Default,
+    F: FnOnce(ServiceConfig<S>, CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), StreamError>>,
+{
+    let mut args = std::env::args().skip(1);
+    let mut file: Option<PathBuf> = None;
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--config" => match args.next() {
+                Some(p) => file = Some(PathBuf::from(p)),
+                None => return bad_config(name, "--config needs a path"),
+            },
+            "--help" | "-h" => {
+                println!("umbra-{name} [--config FILE]\n\nConfiguration: defaults < FILE (or UMBRA_CONFIG) < environment (UMBRA_<SECTION>__<KEY>, KAFKA_BOOTSTRAP_SERVERS, SCHEMA_REGISTRY_URL). See docs/configuration.md.");
+                return ExitCode::SUCCESS;
+            }
+            other => {
+                return bad_config(
+                    name,
+                    &format!("unknown argument '{other}' (usage: umbra-{name} [--config FILE])"),
+                )
+            }
+        }
+    }
+    let config: ServiceConfig<S> =
+        match config::load(file.as_deref()).and_then(|c| config::validate(&c).map(|()| c)) {
+            Ok(c) => c,
+            Err(e) => return bad_config(name, &e.to_string()),
+        };
+    crate::telemetry::init_logging();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("umbra-{name}: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let shutdown = crate::shutdown::install();
+        match run(config, shutdown).await {
+            // A stop requested before start-up finished is still a clean stop.
+            Ok(()) | Err(StreamError::Cancelled(_)) => {
+                tracing::info!(service = name, "stopped cleanly");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!(service = name, error = %e, "stopped on error");
+                eprintln!("umbra-{name}: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn bad_config(name: &str, message: &str) -> ExitCode {
+    eprintln!("umbra-{name}: {message}");
+    ExitCode::from(EXIT_BAD_CONFIG)
+}

@@ -1,0 +1,361 @@
+//! The compacted-topic table materializer, shaped like kube's reflector store: a pure,
+//! synchronous [`TableState::apply`], a restore phase up to the end offsets captured at
+//! start-up, and a readiness gate that opens only when every partition has reached them.
+//! Nothing should read a table before [`Table::wait_ready`] returns.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+use umbra_schemas::{EntityKey, Record};
+
+use crate::codec::Codec;
+use crate::config::KafkaSettings;
+use crate::metrics::Metrics;
+use crate::registry::SchemaRegistry;
+use crate::{kafka, StreamError};
+
+/// Rows of a table and how far into each partition they reflect.
+#[derive(Debug, Clone)]
+pub struct TableState<V> {
+    rows: HashMap<String, V>,
+    /// Next offset to read, per partition.
+    positions: HashMap<i32, i64>,
+}
+
+impl<V> Default for TableState<V> {
+    fn default() -> Self {
+        Self {
+            rows: HashMap::new(),
+            positions: HashMap::new(),
+        }
+    }
+}
+
+impl<V> TableState<V> {
+    /// Applies the record at (`partition`, `offset`): an upsert, or a delete when `value` is a
+    /// tombstone. Records at or below the position already applied are ignored, so a replay
+    /// after a reconnect changes nothing.
+    pub fn apply(&mut self, partition: i32, offset: i64, key: String, value: Option<V>) {
+        let next = self.positions.entry(partition).or_insert(0);
+        if offset < *next {
+            return;
+        }
+        *next = offset + 1;
+        match value {
+            Some(v) => {
+                self.rows.insert(key, v);
+            }
+            None => {
+                self.rows.remove(&key);
+            }
+        }
+    }
+
+    /// Records that a partition's position advanced without a record to apply (compacted
+    /// away, transaction markers, or a bad record skipped).
+    pub fn advance(&mut self, partition: i32, next_offset: i64) {
+        let p = self.positions.entry(partition).or_insert(0);
+        *p = (*p).max(next_offset);
+    }
+
+    /// True when every partition in `end_offsets` has been read up to its end offset.
+    pub fn caught_up(&self, end_offsets: &HashMap<i32, i64>) -> bool {
+        end_offsets
+            .iter()
+            .all(|(p, end)| self.positions.get(p).copied().unwrap_or(0) >= *end)
+    }
+
+    /// The row of `key`.
+    pub fn get(&self, key: &str) -> Option<&V> {
+        self.rows.get(key)
+    }
+
+    /// All rows.
+    pub fn rows(&self) -> &HashMap<String, V> {
+        &self.rows
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// True when there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
+
+/// A live table: restored from its topic, then kept up to date by a background task.
+pub struct Table<V> {
+    state: Arc<RwLock<TableState<V>>>,
+    ready: Arc<AtomicBool>,
+    topic: String,
+}
+
+impl<V> Clone for Table<V> {
+    fn clone(&self) -> Self {
+        Self {
+            state: self.state.clone(),
+            ready: self.ready.clone(),
+            topic: self.topic.clone(),
+        }
+    }
+}
+
+impl<V: Record> Table<V> {
+    /// Starts materializing `topic`. `ready` is the readiness gate to open after restore.
+    pub async fn start<K: EntityKey>(
+        kafka_settings: &KafkaSettings,
+        registry: Arc<dyn SchemaRegistry>,
+        topic: String,
+        ready: Arc<AtomicBool>,
+        metrics: Metrics,
+        shutdown: CancellationToken,
+    ) -> Result<Self, StreamError> {
+        let key_codec = Codec::<K>::register(registry.clone(), format!("{topic}-key")).await?;
+        let value_codec = Codec::<V>::register(registry, format!("{topic}-value")).await?;
+        let partitions = kafka::partitions(kafka_settings, &topic).await?;
+        let consumer = kafka::reader(kafka_settings)?;
+        let end_offsets = end_offsets(&consumer, &topic, &partitions).await?;
+        let mut tpl = TopicPartitionList::new();
+        for p in &partitions {
+            tpl.add_partition_offset(&topic, *p, Offset::Beginning)
+                .map_err(|e| StreamError::kafka("assigning table partitions", e))?;
+        }
+        consumer
+            .assign(&tpl)
+            .map_err(|e| StreamError::kafka("assigning table partitions", e))?;
+        let table = Self {
+            state: Arc::new(RwLock::new(TableState::default())),
+            ready,
+            topic: topic.clone(),
+        };
+        if table.read().caught_up(&end_offsets) {
+            table.ready.store(true, Ordering::Release);
+            tracing::info!(topic = %topic, rows = 0, "table restored");
+        }
+        let driver = table.clone();
+        tokio::spawn(async move {
+            driver
+                .follow(
+                    consumer,
+                    key_codec,
+                    value_codec,
+                    end_offsets,
+                    metrics,
+                    shutdown,
+                )
+                .await;
+        });
+        Ok(table)
+    }
+
+    async fn follow<K: EntityKey>(
+        self,
+        consumer: StreamConsumer,
+        key_codec: Codec<K>,
+        value_codec: Codec<V>,
+        end_offsets: HashMap<i32, i64>,
+        metrics: Metrics,
+        shutdown: CancellationToken,
+    ) {
+        let rows_gauge = metrics.table_rows.with_label_values(&[&self.topic]);
+        loop {
+            let msg = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                m = tokio::time::timeout(Duration::from_millis(250), consumer.recv()) => m,
+            };
+            match msg {
+                Err(_idle) => {
+                    // Compaction can leave the last offsets empty: trust the client's position.
+                    if !self.is_ready() {
+                        if let Ok(pos) = consumer.position() {
+                            let mut st = self.write();
+                            for e in pos.elements() {
+                                if let Offset::Offset(o) = e.offset() {
+                                    st.advance(e.partition(), o);
+                                }
+                            }
+                        }
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(topic = %self.topic, error = %e, "table consumer error; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Ok(Ok(m)) => {
+                    let (partition, offset) = (m.partition(), m.offset());
+                    let key = match m.key() {
+                        Some(k) => key_codec.decode(k).await.map(|k| k.id().to_string()),
+                        None => Err(crate::codec::DecodeError {
+                            kind: crate::codec::DecodeErrorKind::Framing,
+                            detail: "null key on a table topic".into(),
+                        }),
+                    };
+                    let value = match m.payload() {
+                        None => Ok(None),
+                        Some(v) => value_codec.decode(v).await.map(Some),
+                    };
+                    match (key, value) {
+                        (Ok(k), Ok(v)) => self.write().apply(partition, offset, k, v),
+                        (k, v) => {
+                            let why = k
+                                .err()
+                                .or(v.err())
+                                .map(|e| e.to_string())
+                                .unwrap_or_default();
+                            // The table has a single writer; a bad row there is a bug upstream.
+                            // Skip it so the table stays available, and make it visible.
+                            tracing::error!(topic = %self.topic, partition, offset, error = %why, "skipping undecodable table record");
+                            metrics
+                                .dead_lettered
+                                .with_label_values(&[&self.topic, "table-decode"])
+                                .inc();
+                            self.write().advance(partition, offset + 1);
+                        }
+                    }
+                }
+            }
+            rows_gauge.set(self.read().len() as i64);
+            if !self.is_ready() && self.read().caught_up(&end_offsets) {
+                self.ready.store(true, Ordering::Release);
+                tracing::info!(topic = %self.topic, rows = self.read().len(), "table restored");
+            }
+        }
+    }
+}
+
+impl<V> Table<V> {
+    /// True once the restore phase is over.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Waits for the restore phase to end.
+    pub async fn wait_ready(&self, shutdown: &CancellationToken) -> Result<(), StreamError> {
+        while !self.is_ready() {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Err(StreamError::Cancelled("restoring a table")),
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// A read view. Synchronous: do not hold it across an `.await`.
+    pub fn read(&self) -> RwLockReadGuard<'_, TableState<V>> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, TableState<V>> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// High watermarks of `partitions`, read once: the restore target.
+pub async fn end_offsets(
+    consumer: &StreamConsumer,
+    topic: &str,
+    partitions: &[i32],
+) -> Result<HashMap<i32, i64>, StreamError> {
+    let mut out = HashMap::new();
+    for p in partitions {
+        let (_low, high) = consumer
+            .fetch_watermarks(topic, *p, Duration::from_secs(10))
+            .map_err(|e| StreamError::kafka(format!("reading end offsets of {topic}"), e))?;
+        out.insert(*p, high);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Upsert(u8, u32),
+        Delete(u8),
+        Restart,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u8..8, any::<u32>()).prop_map(|(k, v)| Op::Upsert(k, v)),
+            2 => (0u8..8).prop_map(Op::Delete),
+            1 => Just(Op::Restart),
+        ]
+    }
+
+    proptest! {
+        /// The table equals a HashMap model after any sequence of upserts, tombstones and
+        /// restarts (a restart rebuilds from the whole log, replaying it twice to model a
+        /// reconnect), and is caught up exactly when the whole log has been read.
+        #[test]
+        fn table_matches_hashmap_model(ops in proptest::collection::vec(op(), 0..80), parts in 1i32..4) {
+            let mut log: Vec<(i32, i64, String, Option<u32>)> = Vec::new();
+            let mut next: HashMap<i32, i64> = HashMap::new();
+            let mut model: HashMap<String, u32> = HashMap::new();
+            let mut table = TableState::<u32>::default();
+            for op in ops {
+                match op {
+                    Op::Restart => {
+                        let mut rebuilt = TableState::default();
+                        let end: HashMap<i32, i64> = next.clone();
+                        for (p, o, k, v) in &log {
+                            prop_assert!(!rebuilt.caught_up(&end), "ready before catch-up");
+                            rebuilt.apply(*p, *o, k.clone(), *v);
+                        }
+                        for (p, o, k, v) in &log {
+                            rebuilt.apply(*p, *o, k.clone(), *v);
+                        }
+                        prop_assert!(rebuilt.caught_up(&end));
+                        table = rebuilt;
+                    }
+                    Op::Upsert(k, v) => {
+                        let key = format!("w{k}");
+                        let p = i32::from(k) % parts;
+                        let o = *next.entry(p).or_insert(0);
+                        next.insert(p, o + 1);
+                        log.push((p, o, key.clone(), Some(v)));
+                        table.apply(p, o, key.clone(), Some(v));
+                        model.insert(key, v);
+                    }
+                    Op::Delete(k) => {
+                        let key = format!("w{k}");
+                        let p = i32::from(k) % parts;
+                        let o = *next.entry(p).or_insert(0);
+                        next.insert(p, o + 1);
+                        log.push((p, o, key.clone(), None));
+                        table.apply(p, o, key.clone(), None);
+                        model.remove(&key);
+                    }
+                }
+                prop_assert_eq!(table.rows(), &model);
+            }
+        }
+    }
+
+    #[test]
+    fn not_caught_up_until_every_partition_reaches_its_end() {
+        let mut t = TableState::<u32>::default();
+        let end = HashMap::from([(0, 2), (1, 1)]);
+        assert!(!t.caught_up(&end));
+        t.apply(0, 0, "a".into(), Some(1));
+        t.apply(0, 1, "a".into(), None);
+        assert!(!t.caught_up(&end));
+        t.apply(1, 0, "b".into(), Some(2));
+        assert!(t.caught_up(&end));
+        assert_eq!(t.get("a"), None);
+        assert_eq!(t.get("b"), Some(&2));
+        assert!(TableState::<u32>::default().caught_up(&HashMap::from([(0, 0)])));
+    }
+}
