@@ -304,27 +304,37 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     status(&args).await
 }
 
+/// Stops everything started in `dir` (services first, the broker last) by its pid file.
 fn down(dir: &Path) -> anyhow::Result<()> {
-    for name in ["registry", "nisshi"] {
-        match running_pid(dir, name) {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".pid")).map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    // Services, then the registry, then the broker the others depend on.
+    names.sort_by_key(|n| match n.as_str() {
+        "nisshi" => 2,
+        "registry" => 1,
+        _ => 0,
+    });
+    if names.is_empty() {
+        println!("nothing running from {}", dir.display());
+    }
+    for name in names {
+        match running_pid(dir, &name) {
             Some(pid) => {
-                let ok = Command::new("kill")
-                    .arg(pid.to_string())
-                    .status()
-                    .map(|s| s.success())
-                    .unwrap_or(false);
+                let ok = Command::new("kill").arg(pid.to_string()).status().map(|s| s.success()).unwrap_or(false);
                 let start = Instant::now();
-                while ok
-                    && Path::new(&format!("/proc/{pid}")).exists()
-                    && start.elapsed() < Duration::from_secs(10)
-                {
+                while ok && Path::new(&format!("/proc/{pid}")).exists() && start.elapsed() < Duration::from_secs(15) {
                     std::thread::sleep(Duration::from_millis(100));
                 }
                 println!("{name}: stopped (pid {pid})");
             }
             None => println!("{name}: not running"),
         }
-        let _ = std::fs::remove_file(pid_file(dir, name));
+        let _ = std::fs::remove_file(pid_file(dir, &name));
     }
     Ok(())
 }

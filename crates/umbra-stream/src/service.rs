@@ -163,9 +163,25 @@ where
             return ExitCode::FAILURE;
         }
     };
+    let grace = std::time::Duration::from_millis(config.shutdown_grace_ms);
     rt.block_on(async move {
         let shutdown = crate::shutdown::install();
-        match run(config, shutdown).await {
+        let deadline = {
+            let shutdown = shutdown.clone();
+            async move {
+                shutdown.cancelled().await;
+                tokio::time::sleep(grace).await;
+            }
+        };
+        let outcome = tokio::select! {
+            r = run(config, shutdown) => r,
+            () = deadline => {
+                tracing::error!(service = name, grace_ms = grace.as_millis() as u64, "draining took longer than shutdown_grace_ms; exiting without a final commit");
+                eprintln!("umbra-{name}: shutdown deadline of {} ms passed before in-flight work finished", grace.as_millis());
+                return ExitCode::FAILURE;
+            }
+        };
+        match outcome {
             // A stop requested before start-up finished is still a clean stop.
             Ok(()) | Err(StreamError::Cancelled(_)) => {
                 tracing::info!(service = name, "stopped cleanly");

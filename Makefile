@@ -1,0 +1,81 @@
+# umbra: `make demo` to run it, `make test` to test it. See README.md.
+SHELL := /bin/bash
+CARGO ?= cargo
+PYTHON ?= python3
+VENV := .venv
+# The test stack runs on its own ports and state folder so that it never touches a running demo.
+TEST_STATE := .state/test
+TEST_BROKER_PORT ?= 19092
+TEST_REGISTRY_PORT ?= 18081
+DEV_STATE := .state/dev
+SERVICES := ingest forecast shadow-manager interceptor rebalancer
+TARGET_DIR := $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null | $(PYTHON) -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null || echo target)
+
+.PHONY: all build test unit-test integration-test test-stack-up test-stack-down bench lint demo demo-down status venv clean
+
+all: build
+
+build:
+	$(CARGO) build --workspace --bins
+
+# Python packages for the cross-client tests, in a virtualenv of the project's own.
+venv: $(VENV)/.installed
+$(VENV)/.installed:
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check 'confluent-kafka[avro,schemaregistry]>=2.6'
+	touch $@
+
+# Unit tests (no broker) and integration tests against a real Nisshi broker and the dev
+# registry, started here on 127.0.0.1 and stopped afterwards whatever the outcome.
+test: venv
+	$(CARGO) build --workspace --bins --tests
+	$(MAKE) --no-print-directory test-stack-up
+	set -o pipefail; \
+	KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$(TEST_BROKER_PORT) \
+	SCHEMA_REGISTRY_URL=http://127.0.0.1:$(TEST_REGISTRY_PORT) \
+	UMBRA_TEST_PYTHON=$(CURDIR)/$(VENV)/bin/python \
+	$(CARGO) test --workspace --no-fail-fast; status=$$?; \
+	$(MAKE) --no-print-directory test-stack-down; exit $$status
+
+test-stack-up:
+	rm -rf $(TEST_STATE)
+	env -u KAFKA_BOOTSTRAP_SERVERS -u SCHEMA_REGISTRY_URL $(TARGET_DIR)/debug/umbra dev up \
+	  --state-dir $(TEST_STATE) --broker-port $(TEST_BROKER_PORT) --registry-port $(TEST_REGISTRY_PORT) > /dev/null
+
+test-stack-down:
+	-$(TARGET_DIR)/debug/umbra dev down --state-dir $(TEST_STATE)
+
+# Benchmarks print their figures next to a baseline measured in the same run.
+bench:
+	$(CARGO) build --release -p umbra-bench
+	$(TARGET_DIR)/release/umbra-bench
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Until the demo issue lands: the dev stack and the five services, running in the background.
+demo:
+	$(CARGO) build --release --workspace --bins
+	$(TARGET_DIR)/release/umbra dev up --state-dir $(DEV_STATE)
+	@for s in $(SERVICES); do \
+	  if [ -f $(DEV_STATE)/$$s.pid ] && kill -0 $$(cat $(DEV_STATE)/$$s.pid) 2>/dev/null; then echo "$$s: already running"; continue; fi; \
+	  nohup $(TARGET_DIR)/release/umbra-$$s > $(DEV_STATE)/$$s.log 2>&1 & echo $$! > $(DEV_STATE)/$$s.pid; \
+	  echo "$$s: started (pid $$!, log $(DEV_STATE)/$$s.log)"; \
+	done
+	@echo
+	@echo "umbra is running: broker 127.0.0.1:9092, registry http://127.0.0.1:8081, five services."
+	@echo "Try:   $(TARGET_DIR)/release/umbra request --workload vm-001"
+	@echo "       $(TARGET_DIR)/release/umbra table"
+	@echo "Stop:  make demo-down"
+	@echo "(The trace replay and the report arrive with the demo issue.)"
+
+demo-down:
+	$(TARGET_DIR)/release/umbra dev down --state-dir $(DEV_STATE)
+
+status:
+	$(TARGET_DIR)/debug/umbra dev status --state-dir $(DEV_STATE)
+
+clean:
+	$(CARGO) clean
+	rm -rf .state $(VENV)
