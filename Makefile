@@ -33,7 +33,7 @@ test: venv
 	set -o pipefail; \
 	KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$(TEST_BROKER_PORT) \
 	SCHEMA_REGISTRY_URL=http://127.0.0.1:$(TEST_REGISTRY_PORT) \
-	UMBRA_TEST_PYTHON=$(CURDIR)/$(VENV)/bin/python \
+	PYTHON_FOR_TESTS=$(CURDIR)/$(VENV)/bin/python \
 	$(CARGO) test --workspace --no-fail-fast; status=$$?; \
 	$(MAKE) --no-print-directory test-stack-down; exit $$status
 

@@ -1,7 +1,7 @@
 //! Python's confluent-kafka (AvroSerializer / AvroDeserializer) and the Rust runtime read
 //! each other's records through the real registry and broker.
 //!
-//! The Python interpreter is `UMBRA_TEST_PYTHON` (set by `make test` to the virtualenv it
+//! The Python interpreter is `PYTHON_FOR_TESTS` (set by `make test` to the virtualenv it
 //! creates), else `.venv/bin/python` at the repository root.
 
 use std::path::PathBuf;
@@ -14,7 +14,7 @@ use umbra_stream::processor::{send, Input, Output};
 
 fn python() -> (PathBuf, PathBuf) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let py = std::env::var_os("UMBRA_TEST_PYTHON").map(PathBuf::from).unwrap_or_else(|| root.join(".venv/bin/python"));
+    let py = std::env::var_os("PYTHON_FOR_TESTS").map(PathBuf::from).unwrap_or_else(|| root.join(".venv/bin/python"));
     (py, root.join("integration/python/cross_client.py"))
 }
 

@@ -3,7 +3,8 @@
 //!
 //! Environment: `UMBRA_<SECTION>__<FIELD>` (e.g. `UMBRA_KAFKA__BOOTSTRAP_SERVERS`), plus the
 //! conventional `KAFKA_BOOTSTRAP_SERVERS` and `SCHEMA_REGISTRY_URL`. The file is named by
-//! `--config PATH` or `UMBRA_CONFIG`.
+//! `--config PATH` or `UMBRA_CONFIG`. `UMBRA_STATE_DIR` belongs to the `umbra` command and is
+//! ignored here; any other `UMBRA_` variable must name a field.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -148,7 +149,7 @@ pub fn load<T: Serialize + DeserializeOwned + Default>(
                     _ => "registry.url".into(),
                 }),
         )
-        .merge(Env::prefixed("UMBRA_").ignore(&["CONFIG"]).split("__"));
+        .merge(Env::prefixed("UMBRA_").ignore(&["CONFIG", "STATE_DIR"]).split("__"));
     let value: T = figment.extract().map_err(|e| {
         let parts: Vec<String> = e
             .into_iter()
