@@ -30,19 +30,32 @@ fn rate(n: usize, f: impl FnMut(usize)) -> f64 {
 }
 
 fn row(name: &str, ours: f64, baseline: f64) {
-    println!("{name:<16} {ours:>14.0} {baseline:>14.0} {:>8.2}", ours / baseline);
+    println!(
+        "{name:<16} {ours:>14.0} {baseline:>14.0} {:>8.2}",
+        ours / baseline
+    );
 }
 
 fn main() {
-    let n: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(200_000);
-    let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200_000);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
     let registry: Arc<dyn SchemaRegistry> = Arc::new(FixedRegistry::default());
-    let codec: Codec<UsageSample> = rt.block_on(Codec::register(registry, "bench-value".into())).expect("codec");
+    let codec: Codec<UsageSample> = rt
+        .block_on(Codec::register(registry, "bench-value".into()))
+        .expect("codec");
     let schema = UsageSample::SCHEMA.parse().expect("schema");
     let sample = UsageSample::example();
 
     println!("umbra bench: {n} operations each, one core, ops/s (higher is better)");
-    println!("{:<16} {:>14} {:>14} {:>8}", "operation", "umbra", "baseline", "ratio");
+    println!(
+        "{:<16} {:>14} {:>14} {:>8}",
+        "operation", "umbra", "baseline", "ratio"
+    );
 
     let encode = rate(n, |_| {
         black_box(codec.encode(black_box(&sample)).expect("encode"));
@@ -55,7 +68,10 @@ fn main() {
     let framed = codec.encode(&sample).expect("encode");
     let body = framed[5..].to_vec();
     let decode = rate(n, |_| {
-        black_box(rt.block_on(codec.decode(black_box(&framed))).expect("decode"));
+        black_box(
+            rt.block_on(codec.decode(black_box(&framed)))
+                .expect("decode"),
+        );
     });
     let decode_base = rate(n, |_| {
         black_box(from_datum::<UsageSample>(&schema, &schema, black_box(&body)).expect("decode"));
@@ -64,7 +80,14 @@ fn main() {
 
     let keys: Vec<String> = (0..10_000).map(|i| format!("vm-{i:05}")).collect();
     let mut table = TableState::<u64>::default();
-    let apply = rate(n, |i| table.apply((i % 3) as i32, i as i64, keys[i % keys.len()].clone(), Some(i as u64)));
+    let apply = rate(n, |i| {
+        table.apply(
+            (i % 3) as i32,
+            i as i64,
+            keys[i % keys.len()].clone(),
+            Some(i as u64),
+        )
+    });
     let mut map = HashMap::<String, u64>::new();
     let insert = rate(n, |i| {
         map.insert(keys[i % keys.len()].clone(), i as u64);

@@ -34,17 +34,27 @@ impl Stack {
     /// The stack named by `KAFKA_BOOTSTRAP_SERVERS` and `SCHEMA_REGISTRY_URL` (set by
     /// `make test`), defaulting to the dev stack's addresses.
     pub async fn connect() -> anyhow::Result<Self> {
-        let bootstrap = std::env::var("KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
-        let registry_url = std::env::var("SCHEMA_REGISTRY_URL").unwrap_or_else(|_| "http://127.0.0.1:8081".into());
+        let bootstrap =
+            std::env::var("KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+        let registry_url =
+            std::env::var("SCHEMA_REGISTRY_URL").unwrap_or_else(|_| "http://127.0.0.1:8081".into());
         kafka::wait_for_broker(&Self::settings_for(&bootstrap))
             .await
             .context("the integration tests need the dev stack: run them with `make test`, or `umbra dev up` first")?;
         let registry: Arc<dyn SchemaRegistry> = Arc::new(HttpRegistry::new(&registry_url)?);
-        Ok(Self { bootstrap, registry_url, registry })
+        Ok(Self {
+            bootstrap,
+            registry_url,
+            registry,
+        })
     }
 
     fn settings_for(bootstrap: &str) -> KafkaSettings {
-        KafkaSettings { bootstrap_servers: bootstrap.to_string(), connect_timeout_ms: 10_000, ..KafkaSettings::default() }
+        KafkaSettings {
+            bootstrap_servers: bootstrap.to_string(),
+            connect_timeout_ms: 10_000,
+            ..KafkaSettings::default()
+        }
     }
 
     /// Kafka settings of the stack.
@@ -65,7 +75,13 @@ impl Stack {
     }
 
     /// Sends raw bytes.
-    pub async fn send_raw(&self, producer: &FutureProducer, topic: &str, key: Option<&[u8]>, value: Option<&[u8]>) -> anyhow::Result<()> {
+    pub async fn send_raw(
+        &self,
+        producer: &FutureProducer,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> anyhow::Result<()> {
         let mut r = FutureRecord::to(topic).headers(OwnedHeaders::new());
         if let Some(k) = key {
             r = r.key(k);
@@ -73,7 +89,10 @@ impl Stack {
         if let Some(v) = value {
             r = r.payload(v);
         }
-        producer.send(r, Duration::from_secs(10)).await.map_err(|(e, _)| anyhow::anyhow!("send to {topic}: {e}"))?;
+        producer
+            .send(r, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("send to {topic}: {e}"))?;
         Ok(())
     }
 
@@ -99,14 +118,22 @@ impl Stack {
             if left.is_zero() {
                 break;
             }
-            if let Ok(m) = tokio::time::timeout(left.min(Duration::from_millis(500)), consumer.recv()).await {
+            if let Ok(m) =
+                tokio::time::timeout(left.min(Duration::from_millis(500)), consumer.recv()).await
+            {
                 let m = m?;
                 use rdkafka::message::Headers;
                 let headers = m
                     .headers()
                     .map(|h| {
                         h.iter()
-                            .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                            .map(|h| {
+                                (
+                                    h.key.to_string(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
                             .collect()
                     })
                     .unwrap_or_default();
@@ -125,14 +152,19 @@ impl Stack {
     /// Committed offsets of `group` on `topic`, by partition.
     pub async fn committed(&self, group: &str, topic: &str) -> anyhow::Result<HashMap<i32, i64>> {
         let mut settings = self.settings();
-        settings.properties.insert("enable.auto.commit".into(), "false".into());
+        settings
+            .properties
+            .insert("enable.auto.commit".into(), "false".into());
         let consumer = kafka::group_consumer(&settings, group)?;
         let partitions = kafka::partitions(&self.settings(), topic).await?;
         let mut tpl = TopicPartitionList::new();
         for p in partitions {
             tpl.add_partition(topic, p);
         }
-        let got = tokio::task::spawn_blocking(move || consumer.committed_offsets(tpl, Duration::from_secs(10))).await??;
+        let got = tokio::task::spawn_blocking(move || {
+            consumer.committed_offsets(tpl, Duration::from_secs(10))
+        })
+        .await??;
         Ok(got
             .elements()
             .iter()
@@ -168,7 +200,10 @@ impl Raw {
 
 /// A free TCP port on 127.0.0.1 (free when asked; good enough for tests).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
 }
 
 /// Path of a binary of the workspace, built by `cargo build --workspace --bins` (`make test`
@@ -176,10 +211,16 @@ pub fn free_port() -> u16 {
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     // target/<profile>/deps/<test> → target/<profile>/<name>
-    let dir = exe.parent().and_then(|d| d.parent()).context("no target dir")?;
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .context("no target dir")?;
     let path = dir.join(name);
     if !path.is_file() {
-        bail!("{} is not built; run `cargo build --workspace --bins` first (make test does)", path.display());
+        bail!(
+            "{} is not built; run `cargo build --workspace --bins` first (make test does)",
+            path.display()
+        );
     }
     Ok(path)
 }
@@ -196,9 +237,17 @@ pub struct Service {
 
 impl Service {
     /// Starts service `name` (e.g. `ingest`) on the stack with topic `prefix` and extra env.
-    pub fn start(stack: &Stack, name: &str, prefix: &str, extra_env: &[(&str, &str)]) -> anyhow::Result<Self> {
+    pub fn start(
+        stack: &Stack,
+        name: &str,
+        prefix: &str,
+        extra_env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let port = free_port();
-        let log = std::env::temp_dir().join(format!("umbra-it-{prefix}{name}-{}.log", uuid::Uuid::new_v4().simple()));
+        let log = std::env::temp_dir().join(format!(
+            "umbra-it-{prefix}{name}-{}.log",
+            uuid::Uuid::new_v4().simple()
+        ));
         let file = std::fs::File::create(&log)?;
         let mut cmd = Command::new(binary(&format!("umbra-{name}"))?);
         cmd.env_clear()
@@ -215,7 +264,11 @@ impl Service {
             cmd.env(k, v);
         }
         let child = cmd.spawn()?;
-        Ok(Self { child, http: format!("http://127.0.0.1:{port}"), log })
+        Ok(Self {
+            child,
+            http: format!("http://127.0.0.1:{port}"),
+            log,
+        })
     }
 
     /// Waits until `/readyz` answers 200.
@@ -237,7 +290,11 @@ impl Service {
 
     /// Sends a signal by name (`TERM`, `KILL`).
     pub fn signal(&self, sig: &str) -> anyhow::Result<()> {
-        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status()?.success();
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()?
+            .success();
         if !ok {
             bail!("kill -{sig} failed");
         }
@@ -264,8 +321,15 @@ impl Service {
 
     /// A metric's value from `/metrics` (first sample whose line starts with `prefix`).
     pub async fn metric(&self, prefix: &str) -> anyhow::Result<Option<f64>> {
-        let text = reqwest::get(format!("{}/metrics", self.http)).await?.text().await?;
-        Ok(text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()))
+        let text = reqwest::get(format!("{}/metrics", self.http))
+            .await?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok()))
     }
 }
 

@@ -6,19 +6,31 @@ use umbra_integration::Stack;
 use umbra_schemas::*;
 use umbra_stream::processor::{send, Input, Output};
 
-async fn round_trip<K: Record + PartialEq + std::fmt::Debug, V: Record + PartialEq + std::fmt::Debug>(
+async fn round_trip<
+    K: Record + PartialEq + std::fmt::Debug,
+    V: Record + PartialEq + std::fmt::Debug,
+>(
     stack: &Stack,
     topic: &str,
 ) -> anyhow::Result<()> {
     let out: Output<K, V> = Output::new(stack.registry.clone(), topic.to_string()).await?;
     let input: Input<K, V> = Input::new(stack.registry.clone(), topic.to_string()).await?;
     let producer = stack.producer()?;
-    send(&producer, &out.record(&K::example(), &V::example())?, Default::default()).await?;
-    let got = stack.read_until(topic, Duration::from_secs(20), |r| !r.is_empty()).await?;
+    send(
+        &producer,
+        &out.record(&K::example(), &V::example())?,
+        Default::default(),
+    )
+    .await?;
+    let got = stack
+        .read_until(topic, Duration::from_secs(20), |r| !r.is_empty())
+        .await?;
     assert_eq!(got.len(), 1, "{topic}: one record expected");
     let r = &got[0];
     let key = input.decode_key(r.key.as_deref().expect("key")).await?;
-    let value = input.decode_value(r.value.as_deref().expect("value")).await?;
+    let value = input
+        .decode_value(r.value.as_deref().expect("value"))
+        .await?;
     assert_eq!(key, K::example(), "{topic} key");
     assert_eq!(value, V::example(), "{topic} value");
     Ok(())
@@ -44,9 +56,15 @@ async fn every_schema_round_trips_through_registry_and_broker() -> anyhow::Resul
     round_trip::<WorkloadKey, ReshadowRequest>(&stack, &t("umbra.reshadow.requests")).await?;
     // Every catalog topic was exercised above.
     assert_eq!(TOPICS.len(), 13);
-    let subjects: Vec<String> = reqwest::get(format!("{}/subjects", stack.registry_url)).await?.json().await?;
+    let subjects: Vec<String> = reqwest::get(format!("{}/subjects", stack.registry_url))
+        .await?
+        .json()
+        .await?;
     for topic in TOPICS {
-        for s in [format!("{p}{}", topic.key_subject()), format!("{p}{}", topic.value_subject())] {
+        for s in [
+            format!("{p}{}", topic.key_subject()),
+            format!("{p}{}", topic.value_subject()),
+        ] {
             assert!(subjects.contains(&s), "subject {s} registered");
         }
     }

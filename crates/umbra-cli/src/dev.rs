@@ -309,7 +309,12 @@ fn down(dir: &Path) -> anyhow::Result<()> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(|e| e.ok())
-                .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".pid")).map(str::to_string))
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()
+                        .and_then(|n| n.strip_suffix(".pid"))
+                        .map(str::to_string)
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -325,9 +330,16 @@ fn down(dir: &Path) -> anyhow::Result<()> {
     for name in names {
         match running_pid(dir, &name) {
             Some(pid) => {
-                let ok = Command::new("kill").arg(pid.to_string()).status().map(|s| s.success()).unwrap_or(false);
+                let ok = Command::new("kill")
+                    .arg(pid.to_string())
+                    .status()
+                    .map(|s| s.success())
+                    .unwrap_or(false);
                 let start = Instant::now();
-                while ok && Path::new(&format!("/proc/{pid}")).exists() && start.elapsed() < Duration::from_secs(15) {
+                while ok
+                    && Path::new(&format!("/proc/{pid}")).exists()
+                    && start.elapsed() < Duration::from_secs(15)
+                {
                     std::thread::sleep(Duration::from_millis(100));
                 }
                 println!("{name}: stopped (pid {pid})");

@@ -78,7 +78,7 @@ fn walk(v: &Value, path: &str, problems: &mut Vec<String>) {
             }
             if o.get("doc")
                 .and_then(Value::as_str)
-                .map_or(true, str::is_empty)
+                .is_none_or(str::is_empty)
             {
                 problems.push(format!("{path}: {name} lacks a doc"));
             }
@@ -94,7 +94,7 @@ fn walk(v: &Value, path: &str, problems: &mut Vec<String>) {
                     let fpath = format!("{path}.{fname}");
                     if f.get("doc")
                         .and_then(Value::as_str)
-                        .map_or(true, str::is_empty)
+                        .is_none_or(str::is_empty)
                     {
                         problems.push(format!("{fpath}: field lacks a doc"));
                     }

@@ -149,7 +149,11 @@ pub fn load<T: Serialize + DeserializeOwned + Default>(
                     _ => "registry.url".into(),
                 }),
         )
-        .merge(Env::prefixed("UMBRA_").ignore(&["CONFIG", "STATE_DIR"]).split("__"));
+        .merge(
+            Env::prefixed("UMBRA_")
+                .ignore(&["CONFIG", "STATE_DIR"])
+                .split("__"),
+        );
     let value: T = figment.extract().map_err(|e| {
         let parts: Vec<String> = e
             .into_iter()
@@ -198,6 +202,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API
     fn layers_and_unknown_keys() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("c.toml", "topic_prefix = \"t.\"\n[service]\nthreshold = 0.5\n[kafka]\nbootstrap_servers = \"h:1\"\n")?;

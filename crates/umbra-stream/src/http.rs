@@ -15,10 +15,12 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::Metrics;
 use crate::StreamError;
 
+type Gate = (String, Arc<AtomicBool>);
+
 /// A set of named gates; the service is ready when all are open.
 #[derive(Clone, Default)]
 pub struct Readiness {
-    gates: Arc<Mutex<Vec<(String, Arc<AtomicBool>)>>>,
+    gates: Arc<Mutex<Vec<Gate>>>,
 }
 
 impl Readiness {

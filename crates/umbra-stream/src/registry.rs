@@ -133,7 +133,15 @@ impl SchemaRegistry for HttpRegistry {
 /// what was registered with it.
 #[derive(Default)]
 pub struct FixedRegistry {
-    inner: Mutex<(Vec<(String, Arc<Schema>, String)>, HashMap<String, u32>)>,
+    inner: Mutex<Fixed>,
+}
+
+#[derive(Default)]
+struct Fixed {
+    /// (canonical form, parsed) by id - 1.
+    schemas: Vec<(String, Arc<Schema>)>,
+    /// Latest id per subject.
+    subjects: HashMap<String, u32>,
 }
 
 impl FixedRegistry {
@@ -142,15 +150,14 @@ impl FixedRegistry {
         let schema = Schema::parse_str(text).map_err(|e| RegistryError::Refused(e.to_string()))?;
         let canonical = schema.canonical_form();
         let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let (list, subjects) = &mut *guard;
-        let id = match list.iter().position(|(c, _, _)| *c == canonical) {
+        let id = match guard.schemas.iter().position(|(c, _)| *c == canonical) {
             Some(i) => i as u32 + 1,
             None => {
-                list.push((canonical, Arc::new(schema), text.to_string()));
-                list.len() as u32
+                guard.schemas.push((canonical, Arc::new(schema)));
+                guard.schemas.len() as u32
             }
         };
-        subjects.insert(subject.to_string(), id);
+        guard.subjects.insert(subject.to_string(), id);
         Ok(id)
     }
 }
@@ -168,8 +175,8 @@ impl SchemaRegistry for FixedRegistry {
         Box::pin(async move {
             let guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             id.checked_sub(1)
-                .and_then(|i| guard.0.get(i as usize))
-                .map(|(_, s, _)| s.clone())
+                .and_then(|i| guard.schemas.get(i as usize))
+                .map(|(_, s)| s.clone())
                 .ok_or_else(|| RegistryError::NotFound(format!("schema id {id}")))
         })
     }
