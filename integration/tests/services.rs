@@ -304,7 +304,7 @@ async fn sigkill_mid_batch_then_restart_loses_nothing() -> anyhow::Result<()> {
     let out: Output<WorkloadKey, UsageSample> =
         Output::new(stack.registry.clone(), raw_topic.clone()).await?;
     let producer = stack.producer()?;
-    const N: i64 = 1500;
+    const N: i64 = 3000;
     let mut expected = HashSet::new();
     let sends = (0..N).map(|i| {
         let w = format!("vm-{:03}", i % 25);
@@ -335,6 +335,14 @@ async fn sigkill_mid_batch_then_restart_loses_nothing() -> anyhow::Result<()> {
         svc.wait_exit(Duration::from_secs(10)).await?,
         None,
         "killed by a signal"
+    );
+    let at_kill = stack
+        .read_until(&series_topic, Duration::from_secs(3), |_| false)
+        .await?
+        .len();
+    assert!(
+        (at_kill as i64) < N,
+        "the kill landed mid-stream ({at_kill} of {N} outputs)"
     );
 
     let mut svc = Service::start(&stack, "ingest", &p, &[])?;
@@ -374,7 +382,7 @@ async fn sigkill_mid_batch_then_restart_loses_nothing() -> anyhow::Result<()> {
     );
     let duplicates: usize = seen.values().map(|c| c - 1).sum();
     eprintln!(
-        "sigkill: {N} inputs, {} outputs, {duplicates} re-delivered duplicates",
+        "sigkill: {N} inputs, {at_kill} outputs at the kill, {} after restart, {duplicates} re-delivered duplicates",
         all.len()
     );
     svc.signal("TERM")?;

@@ -69,6 +69,7 @@ async fn connect(e: &Endpoints) -> anyhow::Result<(KafkaSettings, Arc<dyn Schema
 pub async fn request(args: RequestArgs) -> anyhow::Result<()> {
     let (settings, registry) = connect(&args.endpoints).await?;
     let topic = format!("{}umbra.workload.requests", args.endpoints.topic_prefix);
+    kafka::partitions(&settings, &topic).await?;
     let out: Output<WorkloadKey, WorkloadRequest> = Output::new(registry, topic.clone())
         .await
         .with_context(|| {

@@ -356,6 +356,15 @@ async fn compatibility(
     Ok(ok(out))
 }
 
+/// Schema references are not supported, so nothing refers to any version.
+async fn referenced_by(
+    State(s): State<AppState>,
+    Path((subject, v)): Path<(String, String)>,
+) -> Result<Response> {
+    s.read().version(&subject, &v)?;
+    Ok(ok(json!([])))
+}
+
 async fn mode() -> Response {
     ok(json!({"mode": "READWRITE"}))
 }
@@ -374,6 +383,10 @@ pub fn router(shared: AppState) -> Router {
         .route(
             "/subjects/{subject}/versions/{version}/schema",
             get(version_schema),
+        )
+        .route(
+            "/subjects/{subject}/versions/{version}/referencedby",
+            get(referenced_by),
         )
         .route("/schemas/ids/{id}", get(schema_by_id))
         .route("/schemas/ids/{id}/schema", get(schema_by_id_raw))
