@@ -1,0 +1,146 @@
+//! Readers of the trace formats in `../shared/data`.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use crate::Series;
+
+/// Errors reading data files.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// File.
+        path: PathBuf,
+        /// OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not in the expected format.
+    #[error("{path}:{line}: {why}")]
+    Format {
+        /// File.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+fn open(path: &Path) -> Result<Box<dyn BufRead>, DataError> {
+    let file = std::fs::File::open(path).map_err(|source| DataError::Io { path: path.into(), source })?;
+    let reader: Box<dyn Read> = if path.extension().is_some_and(|e| e == "gz") {
+        Box::new(flate2::read::GzDecoder::new(file))
+    } else {
+        Box::new(file)
+    };
+    Ok(Box::new(BufReader::new(reader)))
+}
+
+/// One VM of the Bitbrains trace on a regular 5-minute grid.
+#[derive(Debug, Clone)]
+pub struct VmTrace {
+    /// VM id, from the file name (`vm-001`).
+    pub id: String,
+    /// CPU usage in MHz.
+    pub cpu_mhz: Series,
+    /// Memory usage in KB.
+    pub memory_kb: Series,
+    /// Disk read plus write throughput in KB/s.
+    pub disk_kbps: Series,
+    /// CPU provisioned in MHz (the largest seen), the clipping bound of CPU forecasts.
+    pub cpu_capacity_mhz: f64,
+    /// Memory provisioned in KB (the largest seen).
+    pub memory_capacity_kb: f64,
+}
+
+/// Grid step of the Bitbrains trace, seconds.
+pub const STEP_S: i64 = 300;
+
+/// Reads one Bitbrains CSV (optionally gzipped): `;`+tab separated, timestamps in Unix
+/// seconds despite the header's "[ms]", irregular steps around 300 s and gaps. Samples are
+/// averaged into 5-minute buckets; empty buckets are NaN (see [`crate::fill_gaps`]).
+pub fn read_bitbrains(path: &Path) -> Result<VmTrace, DataError> {
+    let id = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(|n| n.split('.').next().unwrap_or(n).to_string())
+        .unwrap_or_default();
+    let mut rows: Vec<(i64, [f64; 6])> = Vec::new();
+    for (i, line) in open(path)?.lines().enumerate() {
+        let line = line.map_err(|source| DataError::Io { path: path.into(), source })?;
+        if i == 0 || line.trim().is_empty() {
+            continue;
+        }
+        let cols: Vec<&str> = line.split(';').map(str::trim).collect();
+        let bad = |why: String| DataError::Format { path: path.into(), line: i + 1, why };
+        if cols.len() < 9 {
+            return Err(bad(format!("{} columns, expected 11", cols.len())));
+        }
+        let num = |k: usize| cols[k].parse::<f64>().map_err(|e| bad(format!("column {}: {e}", k + 1)));
+        let ts = num(0)? as i64;
+        rows.push((ts, [num(2)?, num(3)?, num(5)?, num(6)?, num(7)?, num(8)?]));
+    }
+    if rows.is_empty() {
+        return Err(DataError::Format { path: path.into(), line: 1, why: "no samples".into() });
+    }
+    rows.sort_by_key(|r| r.0);
+    let start = rows[0].0.div_euclid(STEP_S) * STEP_S;
+    let end = rows[rows.len() - 1].0.div_euclid(STEP_S) * STEP_S;
+    let n = ((end - start) / STEP_S + 1) as usize;
+    let mut sums = vec![[0.0f64; 3]; n];
+    let mut counts = vec![0usize; n];
+    let (mut cpu_cap, mut mem_cap) = (0.0f64, 0.0f64);
+    for (ts, r) in &rows {
+        let k = ((ts - start) / STEP_S) as usize;
+        sums[k][0] += r[1];
+        sums[k][1] += r[3];
+        sums[k][2] += r[4] + r[5];
+        counts[k] += 1;
+        cpu_cap = cpu_cap.max(r[0]);
+        mem_cap = mem_cap.max(r[2]);
+    }
+    let col = |j: usize| Series {
+        start_s: start,
+        step_s: STEP_S,
+        values: (0..n).map(|k| if counts[k] == 0 { f64::NAN } else { sums[k][j] / counts[k] as f64 }).collect(),
+    };
+    Ok(VmTrace { id, cpu_mhz: col(0), memory_kb: col(1), disk_kbps: col(2), cpu_capacity_mhz: cpu_cap, memory_capacity_kb: mem_cap })
+}
+
+/// The `.csv.gz` / `.csv` files of a Bitbrains-format folder, sorted by name.
+pub fn bitbrains_files(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    let rd = std::fs::read_dir(dir).map_err(|source| DataError::Io { path: dir.into(), source })?;
+    let mut files: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(".csv.gz") || n.ends_with(".csv")))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Reads an M4 file (`"V1","V2",...` header, one series per row, id first, ragged rows).
+pub fn read_m4(path: &Path) -> Result<Vec<(String, Vec<f64>)>, DataError> {
+    let mut out = Vec::new();
+    for (i, line) in open(path)?.lines().enumerate() {
+        let line = line.map_err(|source| DataError::Io { path: path.into(), source })?;
+        if i == 0 || line.trim().is_empty() {
+            continue;
+        }
+        let mut cols = line.split(',').map(|c| c.trim().trim_matches('"'));
+        let id = cols.next().unwrap_or_default().to_string();
+        let values: Result<Vec<f64>, _> = cols.filter(|c| !c.is_empty()).map(str::parse::<f64>).collect();
+        let values = values.map_err(|e| DataError::Format { path: path.into(), line: i + 1, why: e.to_string() })?;
+        out.push((id, values));
+    }
+    Ok(out)
+}
+
+/// The shared data folder: `UMBRA_DATA_DIR`, else `../shared/data` beside the project root.
+pub fn shared_data_dir() -> PathBuf {
+    std::env::var_os("UMBRA_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"))
+}
