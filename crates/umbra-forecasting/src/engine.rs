@@ -46,7 +46,7 @@ impl Default for ForecasterConfig {
     fn default() -> Self {
         Self {
             candidates: vec![Model::SeasonalNaiveDaily, Model::SeasonalNaiveWeekly, Model::MstlAutoEts],
-            backtest_origins: 3,
+            backtest_origins: 5,
             origin_spacing_s: 86_400,
             max_history_s: 28 * 86_400,
             interval_buckets: 6,
@@ -77,6 +77,8 @@ pub struct Forecast {
     pub upper95: Vec<f64>,
     /// Mean MASE over the backtest origins, when there was a backtest.
     pub backtest_mase: Option<f64>,
+    /// Seconds the final fit and predict took (not the backtest).
+    pub fit_seconds: f64,
 }
 
 /// Every candidate's forecast and the one chosen.
@@ -94,11 +96,6 @@ pub struct Forecaster {
     config: ForecasterConfig,
 }
 
-struct Backtest {
-    residuals: Vec<Vec<f64>>,
-    mase: Option<f64>,
-}
-
 impl Forecaster {
     /// A forecaster with `config`.
     pub fn new(config: ForecasterConfig) -> Self {
@@ -112,50 +109,93 @@ impl Forecaster {
 
     /// Forecasts the `horizon` steps after `history` with the model the backtest prefers.
     pub fn forecast(&self, history: &Series, horizon: usize, events: &[Event], capacity: Option<f64>) -> Forecast {
-        self.evaluate(history, horizon, events, capacity).chosen
+        self.evaluate(history, &[horizon], events, capacity).remove(0).chosen
     }
 
-    /// Forecasts with every candidate and chooses one.
-    pub fn evaluate(&self, history: &Series, horizon: usize, events: &[Event], capacity: Option<f64>) -> Evaluation {
+    /// Forecasts with every candidate for each of `horizons` (steps after `history`) and
+    /// chooses one per horizon. Each model is fitted once per backtest origin and once on the
+    /// whole history, for the longest horizon; shorter horizons are its prefixes, with their
+    /// own model choice and interval calibration.
+    pub fn evaluate(&self, history: &Series, horizons: &[usize], events: &[Event], capacity: Option<f64>) -> Vec<Evaluation> {
         let history = self.trimmed(history);
         let start_s = history.time_of(history.values.len());
+        let max_h = horizons.iter().copied().max().unwrap_or(0);
         let finite: Vec<f64> = history.values.iter().copied().filter(|v| v.is_finite()).collect();
         let day = (86_400 / history.step_s).max(1) as usize;
-        if finite.len() < day.min(48).max(2) || horizon == 0 {
-            let reason = format!("only {} usable steps of history", finite.len());
-            let chosen = flat(&history, horizon, start_s, capacity, reason);
-            return Evaluation { candidates: Vec::new(), chosen };
+        let flat_all = |reason: String| -> Vec<Evaluation> {
+            horizons
+                .iter()
+                .map(|h| Evaluation { candidates: Vec::new(), chosen: flat(&history, *h, start_s, capacity, reason.clone()) })
+                .collect()
+        };
+        if finite.len() < day.min(48).max(2) || max_h == 0 {
+            return flat_all(format!("only {} usable steps of history", finite.len()));
         }
         let lo = finite.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = finite.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         if hi - lo <= f64::EPSILON * hi.abs().max(1.0) {
-            let chosen = flat(&history, horizon, start_s, capacity, "constant history".into());
-            return Evaluation { candidates: Vec::new(), chosen };
+            return flat_all("constant history".into());
         }
         let resolved = resolve(&history, events);
         let mut deflated = history.clone();
         deflate(&mut deflated, &resolved);
 
         let spacing = (self.config.origin_spacing_s / history.step_s).max(1) as usize;
-        let mut candidates = Vec::new();
+        // Per candidate: backtest origins and the final fit, at the longest horizon.
+        let mut fitted = Vec::new();
         for model in &self.config.candidates {
             let input = if model.handles_events() { &history } else { &deflated };
-            let backtest = self.backtest(model, input, &history, horizon, spacing, events, &resolved);
-            let result = model.forecast(input, horizon, events).map(|mut mean| {
+            let origins = self.backtest(model, input, &history, max_h, spacing, events, &resolved);
+            let started = std::time::Instant::now();
+            let mean = model.forecast(input, max_h, events).map(|mut mean| {
                 if !model.handles_events() {
                     inflate(&mut mean, start_s, history.step_s, &resolved);
                 }
-                let (reason, bands) = match bands(&backtest.residuals, horizon, self.config.interval_buckets) {
-                    Some(b) => (None, b),
-                    None => (
-                        Some("history too short to backtest: intervals from the spread of the history".to_string()),
-                        spread_bands(&finite, horizon),
-                    ),
-                };
-                build(model.name(), reason, start_s, history.step_s, mean, &bands, capacity, backtest.mase)
+                mean
             });
-            candidates.push((model.clone(), result));
+            fitted.push((model.clone(), origins, mean, started.elapsed()));
         }
+
+        let mut out = Vec::new();
+        for &h in horizons {
+            let mut candidates = Vec::new();
+            for (model, origins, mean, took) in &fitted {
+                let result = mean.clone().map(|mean| {
+                    let residuals: Vec<Vec<f64>> = origins.iter().map(|o| o.residuals[..h].to_vec()).collect();
+                    let scores: Vec<f64> = origins.iter().filter_map(|o| o.mase(h, day)).collect();
+                    let backtest_mase = (!scores.is_empty()).then(|| scores.iter().sum::<f64>() / scores.len() as f64);
+                    let (reason, b) = match bands(&residuals, h, self.config.interval_buckets) {
+                        Some(b) => (None, b),
+                        None => (
+                            Some("history too short to backtest: intervals from the spread of the history".to_string()),
+                            spread_bands(&finite, h),
+                        ),
+                    };
+                    let mut f = build(model.name(), reason, start_s, history.step_s, mean[..h].to_vec(), &b, capacity, backtest_mase);
+                    f.fit_seconds = took.as_secs_f64();
+                    f
+                });
+                candidates.push((model.clone(), result));
+            }
+            let chosen = self.choose(&candidates, &deflated, &finite, h, day, start_s, history.step_s, capacity, &history);
+            out.push(Evaluation { candidates, chosen });
+        }
+        out
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn choose(
+        &self,
+        candidates: &[(Model, Result<Forecast, ModelError>)],
+        deflated: &Series,
+        finite: &[f64],
+        horizon: usize,
+        day: usize,
+        start_s: i64,
+        step_s: i64,
+        capacity: Option<f64>,
+        history: &Series,
+    ) -> Forecast {
         let best = candidates
             .iter()
             .filter_map(|(_, r)| r.as_ref().ok())
@@ -165,23 +205,18 @@ impl Forecaster {
                 ka.total_cmp(&kb)
             })
             .cloned();
-        let chosen = match best {
-            Some(f) => f,
-            None => {
-                let why: Vec<String> = candidates
-                    .iter()
-                    .filter_map(|(m, r)| r.as_ref().err().map(|e| format!("{}: {e}", m.name())))
-                    .collect();
-                let reason = format!("every model failed ({})", why.join("; "));
-                match seasonal_naive(&deflated.values, day, horizon) {
-                    Ok(mean) if mean.iter().all(|v| v.is_finite()) => {
-                        build("seasonal-naive", Some(reason), start_s, history.step_s, mean, &spread_bands(&finite, horizon), capacity, None)
-                    }
-                    _ => flat(&history, horizon, start_s, capacity, reason),
-                }
+        if let Some(f) = best {
+            return f;
+        }
+        let why: Vec<String> =
+            candidates.iter().filter_map(|(m, r)| r.as_ref().err().map(|e| format!("{}: {e}", m.name()))).collect();
+        let reason = format!("every model failed ({})", why.join("; "));
+        match seasonal_naive(&deflated.values, day, horizon) {
+            Ok(mean) if mean.iter().all(|v| v.is_finite()) => {
+                build("seasonal-naive", Some(reason), start_s, step_s, mean, &spread_bands(finite, horizon), capacity, None)
             }
-        };
-        Evaluation { candidates, chosen }
+            _ => flat(history, horizon, start_s, capacity, reason),
+        }
     }
 
     fn trimmed(&self, history: &Series) -> Series {
@@ -204,11 +239,10 @@ impl Forecaster {
         spacing: usize,
         events: &[Event],
         resolved: &[(Event, f64)],
-    ) -> Backtest {
+    ) -> Vec<Origin> {
         let n = input.values.len();
         let day = (86_400 / input.step_s).max(1) as usize;
-        let mut residuals = Vec::new();
-        let mut scores = Vec::new();
+        let mut origins = Vec::new();
         for k in 0..self.config.backtest_origins {
             let Some(end) = n.checked_sub(horizon + k * spacing) else { break };
             if end < 2 * day {
@@ -219,17 +253,29 @@ impl Forecaster {
             if !model.handles_events() {
                 inflate(&mut f, train.time_of(end), input.step_s, resolved);
             }
-            let actual = &original.values[end..end + horizon];
-            let r: Vec<f64> = actual.iter().zip(&f).map(|(a, p)| if a.is_finite() { a - p } else { f64::NAN }).collect();
-            let (a, p): (Vec<f64>, Vec<f64>) = actual.iter().zip(&f).filter(|(a, _)| a.is_finite()).map(|(a, p)| (*a, *p)).unzip();
+            let actual = original.values[end..end + horizon].to_vec();
+            let residuals = actual.iter().zip(&f).map(|(a, p)| if a.is_finite() { a - p } else { f64::NAN }).collect();
             let insample: Vec<f64> = original.values[..end].iter().copied().filter(|v| v.is_finite()).collect();
-            if let Some(m) = mase(&a, &p, &insample, day) {
-                scores.push(m);
-            }
-            residuals.push(r);
+            origins.push(Origin { actual, forecast: f, residuals, insample });
         }
-        let mase = (!scores.is_empty()).then(|| scores.iter().sum::<f64>() / scores.len() as f64);
-        Backtest { residuals, mase }
+        origins
+    }
+}
+
+/// One backtest origin of one model.
+struct Origin {
+    actual: Vec<f64>,
+    forecast: Vec<f64>,
+    residuals: Vec<f64>,
+    insample: Vec<f64>,
+}
+
+impl Origin {
+    /// MASE over the first `h` steps.
+    fn mase(&self, h: usize, m: usize) -> Option<f64> {
+        let (a, p): (Vec<f64>, Vec<f64>) =
+            self.actual[..h].iter().zip(&self.forecast[..h]).filter(|(a, _)| a.is_finite()).map(|(a, p)| (*a, *p)).unzip();
+        mase(&a, &p, &self.insample, m)
     }
 }
 
@@ -312,6 +358,7 @@ fn build(
         lower95,
         upper95,
         backtest_mase,
+        fit_seconds: 0.0,
     }
 }
 

@@ -48,6 +48,9 @@ pub enum Model {
     /// Prophet with daily and weekly seasonality and events as holidays, MAP-fitted by the
     /// wasmstan optimizer (augurs). Fitted on hourly means for speed, then spread over steps.
     Prophet,
+    /// The mean of the daily seasonal naive, MSTL+AutoETS and Prophet forecasts (those that
+    /// succeed): combinations are robust where no single model wins everywhere.
+    Ensemble,
 }
 
 impl Model {
@@ -58,17 +61,18 @@ impl Model {
             Model::SeasonalNaiveWeekly => "seasonal-naive-weekly",
             Model::MstlAutoEts => "mstl-autoets",
             Model::Prophet => "prophet",
+            Model::Ensemble => "ensemble",
         }
     }
 
     /// All models.
     pub fn all() -> Vec<Model> {
-        vec![Model::SeasonalNaiveDaily, Model::SeasonalNaiveWeekly, Model::MstlAutoEts, Model::Prophet]
+        vec![Model::SeasonalNaiveDaily, Model::SeasonalNaiveWeekly, Model::MstlAutoEts, Model::Prophet, Model::Ensemble]
     }
 
     /// Whether the model takes external events itself (otherwise the engine applies them).
     pub fn handles_events(&self) -> bool {
-        matches!(self, Model::Prophet)
+        matches!(self, Model::Prophet | Model::Ensemble)
     }
 
     /// Point forecast of the `horizon` steps after `history`. Never panics.
@@ -105,6 +109,28 @@ impl Model {
                 Ok(f.point)
             }
             Model::Prophet => prophet(h, horizon, events),
+            Model::Ensemble => {
+                // Members see the events the way they do on their own.
+                let resolved = crate::events::resolve(h, events);
+                let mut deflated = h.clone();
+                crate::events::deflate(&mut deflated, &resolved);
+                let start = h.time_of(h.values.len());
+                let mut members = Vec::new();
+                for m in [Model::SeasonalNaiveDaily, Model::MstlAutoEts] {
+                    if let Ok(mut f) = m.forecast_scaled(&deflated, horizon, events) {
+                        crate::events::inflate(&mut f, start, h.step_s, &resolved);
+                        members.push(f);
+                    }
+                }
+                if let Ok(f) = prophet(h, horizon, events) {
+                    members.push(f);
+                }
+                if members.len() < 2 {
+                    return Err(ModelError::TooShort { have: h.values.len(), need: 2 * day });
+                }
+                let k = members.len() as f64;
+                Ok((0..horizon).map(|i| members.iter().map(|m| m[i]).sum::<f64>() / k).collect())
+            }
         }
     }
 }
@@ -125,6 +151,13 @@ pub fn seasonal_naive(values: &[f64], period: usize, horizon: usize) -> Result<V
     Ok((0..horizon).map(|i| last[i % period]).collect())
 }
 
+/// The wasmstan optimizer, compiled once per process: compiling the WebAssembly component
+/// costs far more than a fit.
+fn optimizer() -> WasmstanOptimizer {
+    static OPTIMIZER: std::sync::OnceLock<WasmstanOptimizer> = std::sync::OnceLock::new();
+    OPTIMIZER.get_or_init(WasmstanOptimizer::new).clone()
+}
+
 fn prophet(h: &Series, horizon: usize, events: &[Event]) -> Result<Vec<f64>, ModelError> {
     // Hourly means keep the fit fast; each hour's value is spread over its steps.
     let per_hour = ((3_600 / h.step_s).max(1)) as usize;
@@ -140,7 +173,7 @@ fn prophet(h: &Series, horizon: usize, events: &[Event]) -> Result<Vec<f64>, Mod
         holidays.entry(e.kind.clone()).or_default().push(HolidayOccurrence::new(e.start_s, e.end_s));
     }
     opts.holidays = holidays.into_iter().map(|(k, occ)| (k, Holiday::new(occ))).collect();
-    let mut model = Prophet::new(opts, WasmstanOptimizer::new());
+    let mut model = Prophet::new(opts, optimizer());
     model.fit(data, Default::default()).map_err(|e| ModelError::Library(e.to_string()))?;
     let hours = horizon.div_ceil(per_hour);
     let last = hourly.time_of(hourly.values.len() - 1);

@@ -43,6 +43,9 @@ pub enum StreamError {
         #[source]
         source: std::io::Error,
     },
+    /// A configuration value that parses but cannot be used (checked by the service).
+    #[error("bad configuration: {0}")]
+    Config(String),
     /// A topic the service needs does not exist.
     #[error("topic {0} does not exist (create the topics with `umbra dev up`)")]
     MissingTopic(String),

@@ -187,6 +187,10 @@ where
                 tracing::info!(service = name, "stopped cleanly");
                 ExitCode::SUCCESS
             }
+            Err(StreamError::Config(e)) => {
+                eprintln!("umbra-{name}: bad configuration: {e}");
+                ExitCode::from(EXIT_BAD_CONFIG)
+            }
             Err(e) => {
                 tracing::error!(service = name, error = %e, "stopped on error");
                 eprintln!("umbra-{name}: {e}");

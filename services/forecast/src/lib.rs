@@ -1,34 +1,252 @@
 //! Forecast: demand forecasts per workload from usage series and external events.
 //!
-//! This version connects, registers its schemas, restores the state it needs and reports
-//! ready; its decisions come with the service's own issue.
+//! State: the per-workload history is rebuilt from Kafka at every start, by reading
+//! `umbra.usage.series` and `umbra.events.external` from the beginning up to the end offsets
+//! captured at start-up (then following them live). The usage series topic is itself the
+//! changelog of that state, so a second store would only duplicate it; the price is a restore
+//! that reads the retained history (28 days × 288 points per workload), which is seconds for
+//! thousands of workloads. The service is ready once both topics are restored.
+//!
+//! Refits run on a cadence (`refit_interval_ms`) for workloads with new data, and at once for
+//! workloads an arriving event concerns. Forecasts go to the compacted `umbra.forecasts`
+//! topic keyed by workload. Nothing else needs to run: forecast-only operation is this.
 
+mod state;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Message, OwnedHeaders};
+use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use umbra_schemas::{DemandForecast, WorkloadKey};
+use umbra_forecasting::{Forecaster, ForecasterConfig, Model};
+use umbra_schemas::{DemandForecast, EventKey, ExternalEvent, UsagePoint, WorkloadKey};
 use umbra_stream::config::ServiceConfig;
+use umbra_stream::processor::{send, Input, Output};
 use umbra_stream::service::Runtime;
-use umbra_stream::StreamError;
+use umbra_stream::telemetry::{with_headers, TraceCtx};
+use umbra_stream::{kafka, table, StreamError};
+
+pub use state::{forecast_workload, History, State};
 
 /// Service name: consumer group, metrics label, dead-letter header.
 pub const NAME: &str = "forecast";
 
-/// Settings of this service (`[service]`); none yet.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// Settings of the forecast service (`[service]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Settings {}
+pub struct Settings {
+    /// How often workloads with new data are refitted, in milliseconds of wall-clock time.
+    pub refit_interval_ms: u64,
+    /// History kept per workload, in days.
+    pub history_days: u32,
+    /// Models to choose from per series, by name: `seasonal-naive`, `seasonal-naive-weekly`,
+    /// `mstl-autoets`, `prophet`, `ensemble`.
+    pub models: Vec<String>,
+    /// Backtest origins per model choice (more: better-calibrated intervals, slower).
+    pub backtest_origins: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            refit_interval_ms: 60_000,
+            history_days: 28,
+            models: Model::all().iter().map(|m| m.name().to_string()).collect(),
+            backtest_origins: 5,
+        }
+    }
+}
 
 /// Full configuration of the service.
 pub type Config = ServiceConfig<Settings>;
 
+fn models(names: &[String]) -> Result<Vec<Model>, StreamError> {
+    names
+        .iter()
+        .map(|n| {
+            Model::all().into_iter().find(|m| m.name() == n).ok_or_else(|| {
+                StreamError::Config(format!("service.models: unknown model '{n}' (known: seasonal-naive, seasonal-naive-weekly, mstl-autoets, prophet, ensemble)"))
+            })
+        })
+        .collect()
+}
+
+/// Reads all partitions of `topic` from the beginning; returns the consumer and the end
+/// offsets captured now (the restore target).
+async fn open_from_start(rt: &Runtime<Settings>, topic: &str) -> Result<(StreamConsumer, std::collections::HashMap<i32, i64>), StreamError> {
+    let partitions = kafka::partitions(&rt.config.kafka, topic).await?;
+    let consumer = kafka::reader(&rt.config.kafka)?;
+    let end = table::end_offsets(&consumer, topic, &partitions).await?;
+    let mut tpl = TopicPartitionList::new();
+    for p in &partitions {
+        tpl.add_partition_offset(topic, *p, Offset::Beginning).map_err(|e| StreamError::Kafka { context: "assign".into(), source: e })?;
+    }
+    consumer.assign(&tpl).map_err(|e| StreamError::Kafka { context: format!("assigning {topic}"), source: e })?;
+    Ok((consumer, end))
+}
+
 /// Runs the service until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StreamError> {
+    let models = models(&config.service.models)?;
     let rt = Runtime::start(NAME, config, shutdown.clone()).await?;
-    let forecasts = rt
-        .table::<WorkloadKey, DemandForecast>("umbra.forecasts")
-        .await?;
-    forecasts.wait_ready(&shutdown).await?;
-    tracing::info!(rows = forecasts.read().len(), "umbra.forecasts restored");
-    shutdown.cancelled().await;
+    let settings = rt.config.service.clone();
+    let forecaster = Arc::new(Forecaster::new(ForecasterConfig {
+        candidates: models,
+        backtest_origins: settings.backtest_origins,
+        max_history_s: i64::from(settings.history_days) * 86_400,
+        ..ForecasterConfig::default()
+    }));
+    let series_topic = rt.config.topic("umbra.usage.series");
+    let events_topic = rt.config.topic("umbra.events.external");
+    let series_in: Arc<Input<WorkloadKey, UsagePoint>> = Arc::new(Input::new(rt.registry.clone(), series_topic.clone()).await?);
+    let events_in: Arc<Input<EventKey, ExternalEvent>> = Arc::new(Input::new(rt.registry.clone(), events_topic.clone()).await?);
+    let out: Output<WorkloadKey, DemandForecast> = Output::new(rt.registry.clone(), rt.config.topic("umbra.forecasts")).await?;
+    let state = Arc::new(Mutex::new(State::new(settings.history_days)));
+
+    let (series_consumer, series_end) = open_from_start(&rt, &series_topic).await?;
+    let (events_consumer, events_end) = open_from_start(&rt, &events_topic).await?;
+    let series_ready = rt.readiness.gate(format!("restore {series_topic}"));
+    let events_ready = rt.readiness.gate(format!("restore {events_topic}"));
+
+    let s1 = state.clone();
+    let sd = shutdown.clone();
+    let metrics = rt.metrics.clone();
+    let series_task = tokio::spawn(async move {
+        follow(series_consumer, series_end, series_ready, sd, metrics, move |bytes| {
+            let s1 = s1.clone();
+            let input = series_in.clone();
+            async move {
+                match input.decode_value(&bytes).await {
+                    Ok(p) => {
+                        s1.lock().unwrap_or_else(|e| e.into_inner()).add_point(&p);
+                        Ok(())
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        })
+        .await
+    });
+    let s2 = state.clone();
+    let sd = shutdown.clone();
+    let metrics = rt.metrics.clone();
+    let events_task = tokio::spawn(async move {
+        follow(events_consumer, events_end, events_ready, sd, metrics, move |bytes| {
+            let s2 = s2.clone();
+            let input = events_in.clone();
+            async move {
+                match input.decode_value(&bytes).await {
+                    Ok(e) => {
+                        s2.lock().unwrap_or_else(|p| p.into_inner()).add_event(e);
+                        Ok(())
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        })
+        .await
+    });
+
+    let mut tick = tokio::time::interval(Duration::from_millis(settings.refit_interval_ms.max(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_refit = std::time::Instant::now() - Duration::from_millis(settings.refit_interval_ms);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+        if !rt.readiness.is_ready() {
+            continue;
+        }
+        // Event arrivals refit at once; new data waits for the cadence.
+        let due = last_refit.elapsed() >= Duration::from_millis(settings.refit_interval_ms);
+        let work: Vec<(String, History, Vec<umbra_forecasting::Event>)> = {
+            let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+            st.take_dirty(due)
+        };
+        if due {
+            last_refit = std::time::Instant::now();
+        }
+        if work.is_empty() {
+            continue;
+        }
+        let f = forecaster.clone();
+        let now = umbra_stream::now_millis();
+        let forecasts = tokio::task::spawn_blocking(move || {
+            work.into_iter().map(|(id, h, ev)| forecast_workload(&f, &id, &h, &ev, now)).collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| StreamError::Internal(e.to_string()))?;
+        let trace = TraceCtx::root("forecast refit");
+        let mut published = HashSet::new();
+        for fc in forecasts {
+            let emit = out.record(&WorkloadKey { workload_id: fc.workload_id.clone() }, &fc)?;
+            send(&rt.producer, &emit, with_headers(OwnedHeaders::new(), &trace.headers())).await?;
+            rt.metrics.produced.with_label_values(&[out.topic()]).inc();
+            published.insert(fc.workload_id);
+        }
+        tracing::info!(workloads = published.len(), "forecasts published");
+    }
+    series_task.abort();
+    events_task.abort();
     Ok(())
+}
+
+/// Reads a consumer until shutdown, applying each value with `apply`; opens `ready` once the
+/// end offsets captured at start-up are reached. Undecodable records are counted and skipped
+/// here: they were dead-lettered when first consumed (ingest validates usage series input).
+async fn follow<F, Fut>(
+    consumer: StreamConsumer,
+    end: std::collections::HashMap<i32, i64>,
+    ready: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+    metrics: umbra_stream::metrics::Metrics,
+    apply: F,
+) where
+    F: Fn(Vec<u8>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let mut positions: std::collections::HashMap<i32, i64> = std::collections::HashMap::new();
+    let caught_up = |pos: &std::collections::HashMap<i32, i64>| end.iter().all(|(p, e)| pos.get(p).copied().unwrap_or(0) >= *e);
+    if caught_up(&positions) {
+        ready.store(true, Ordering::Release);
+    }
+    loop {
+        let msg = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            m = tokio::time::timeout(Duration::from_millis(250), consumer.recv()) => m,
+        };
+        match msg {
+            Err(_) => {
+                if let Ok(pos) = consumer.position() {
+                    for e in pos.elements() {
+                        if let Offset::Offset(o) = e.offset() {
+                            let p = positions.entry(e.partition()).or_insert(0);
+                            *p = (*p).max(o);
+                        }
+                    }
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+            Ok(Ok(m)) => {
+                metrics.consumed.with_label_values(&[m.topic()]).inc();
+                positions.insert(m.partition(), m.offset() + 1);
+                if let Some(v) = m.payload() {
+                    if let Err(e) = apply(v.to_vec()).await {
+                        tracing::warn!(topic = m.topic(), offset = m.offset(), error = %e, "skipping undecodable record");
+                    }
+                }
+            }
+        }
+        if !ready.load(Ordering::Acquire) && caught_up(&positions) {
+            ready.store(true, Ordering::Release);
+            tracing::info!("restored");
+        }
+    }
 }

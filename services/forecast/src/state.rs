@@ -1,0 +1,268 @@
+//! Per-workload history and events: a pure fold over usage points and events, and the
+//! forecast of one workload from it. No I/O.
+
+use std::collections::{HashMap, HashSet};
+
+use umbra_forecasting::engine::{DAY, HOUR, WEEK};
+use umbra_forecasting::{Event, Forecaster, Series};
+use umbra_schemas::{DemandForecast, ExternalEvent, ForecastPoint, HorizonForecast, Horizon, Interval, UsagePoint};
+
+/// Grid step of the history, seconds (the ingest bucket).
+pub const STEP_S: i64 = 300;
+
+/// Usage history of one workload on a 5-minute grid; missing buckets are NaN.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct History {
+    /// Start of the first bucket, Unix seconds.
+    pub start_s: i64,
+    /// CPU mean per bucket, millicores.
+    pub cpu: Vec<f64>,
+    /// Memory mean per bucket, bytes.
+    pub memory: Vec<f64>,
+    /// Disk I/O mean per bucket, bytes/s.
+    pub disk: Vec<f64>,
+    /// Labels from the latest point.
+    pub labels: HashMap<String, String>,
+}
+
+impl History {
+    /// Number of buckets.
+    pub fn len(&self) -> usize {
+        self.cpu.len()
+    }
+
+    /// True when there are no buckets.
+    pub fn is_empty(&self) -> bool {
+        self.cpu.is_empty()
+    }
+
+    fn set(&mut self, bucket_s: i64, cpu: f64, memory: f64, disk: f64, max_len: usize) {
+        let t = bucket_s.div_euclid(STEP_S) * STEP_S;
+        if self.cpu.is_empty() {
+            self.start_s = t;
+        }
+        if t < self.start_s {
+            let missing = ((self.start_s - t) / STEP_S) as usize;
+            if missing + self.len() > max_len {
+                return; // older than the window kept
+            }
+            for v in [&mut self.cpu, &mut self.memory, &mut self.disk] {
+                v.splice(0..0, std::iter::repeat_n(f64::NAN, missing));
+            }
+            self.start_s = t;
+        }
+        let i = ((t - self.start_s) / STEP_S) as usize;
+        for (v, x) in [(&mut self.cpu, cpu), (&mut self.memory, memory), (&mut self.disk, disk)] {
+            if v.len() <= i {
+                v.resize(i + 1, f64::NAN);
+            }
+            // Overwriting makes a replayed point idempotent.
+            v[i] = x;
+        }
+        if self.len() > max_len {
+            let drop = self.len() - max_len;
+            for v in [&mut self.cpu, &mut self.memory, &mut self.disk] {
+                v.drain(..drop);
+            }
+            self.start_s += drop as i64 * STEP_S;
+        }
+    }
+}
+
+/// Everything the service knows.
+#[derive(Debug, Default)]
+pub struct State {
+    max_len: usize,
+    workloads: HashMap<String, History>,
+    events: HashMap<String, ExternalEvent>,
+    dirty: HashSet<String>,
+    urgent: HashSet<String>,
+}
+
+impl State {
+    /// Empty state keeping `history_days` of history per workload.
+    pub fn new(history_days: u32) -> Self {
+        Self { max_len: (history_days as usize * 86_400 / STEP_S as usize).max(1), ..Self::default() }
+    }
+
+    /// Applies one usage point; the workload is refitted at the next cadence.
+    pub fn add_point(&mut self, p: &UsagePoint) {
+        let h = self.workloads.entry(p.workload_id.clone()).or_default();
+        h.set(p.bucket_start.div_euclid(1000), p.cpu_millicores.mean, p.memory_bytes.mean, p.disk_io_bytes_per_s.mean, self.max_len);
+        h.labels.clone_from(&p.labels);
+        self.dirty.insert(p.workload_id.clone());
+    }
+
+    /// Applies one event; the workloads in its scope are refitted at once.
+    pub fn add_event(&mut self, e: ExternalEvent) {
+        for (id, h) in &self.workloads {
+            if in_scope(&e, id, &h.labels) {
+                self.urgent.insert(id.clone());
+            }
+        }
+        self.events.insert(e.event_id.clone(), e);
+    }
+
+    /// The history of a workload.
+    pub fn history(&self, id: &str) -> Option<&History> {
+        self.workloads.get(id)
+    }
+
+    /// Workloads to refit now: those an event concerns, and, when `due`, those with new data.
+    pub fn take_dirty(&mut self, due: bool) -> Vec<(String, History, Vec<Event>)> {
+        let mut ids: HashSet<String> = std::mem::take(&mut self.urgent);
+        if due {
+            ids.extend(std::mem::take(&mut self.dirty));
+        }
+        let mut ids: Vec<String> = ids.into_iter().collect();
+        ids.sort();
+        ids.into_iter()
+            .filter_map(|id| {
+                let h = self.workloads.get(&id)?.clone();
+                let events = self.events.values().filter(|e| in_scope(e, &id, &h.labels)).map(to_event).collect();
+                Some((id, h, events))
+            })
+            .collect()
+    }
+}
+
+/// Whether `e` concerns workload `id`: named in it, or matching all its labels; an event
+/// with neither concerns every workload.
+pub fn in_scope(e: &ExternalEvent, id: &str, labels: &HashMap<String, String>) -> bool {
+    if e.workload_ids.is_empty() && e.labels.is_empty() {
+        return true;
+    }
+    e.workload_ids.iter().any(|w| w == id) || (!e.labels.is_empty() && e.labels.iter().all(|(k, v)| labels.get(k) == Some(v)))
+}
+
+fn to_event(e: &ExternalEvent) -> Event {
+    Event {
+        kind: format!("{:?}", e.kind),
+        start_s: e.start_time.div_euclid(1000),
+        end_s: e.end_time.div_euclid(1000),
+        impact: e.expected_impact,
+    }
+}
+
+/// The forecast of one workload: hour and day ahead at 5 minutes, week ahead at hourly means,
+/// for CPU, memory and disk I/O, each with 80% and 95% intervals.
+pub fn forecast_workload(f: &Forecaster, id: &str, h: &History, events: &[Event], now_ms: i64) -> DemandForecast {
+    let series = |v: &Vec<f64>| Series { start_s: h.start_s, step_s: STEP_S, values: v.clone() };
+    let resources = [("cpu", series(&h.cpu)), ("memory", series(&h.memory)), ("disk", series(&h.disk))];
+    let mut per_resource = Vec::new();
+    let mut models = Vec::new();
+    let mut reasons = Vec::new();
+    for (name, s) in &resources {
+        let mut short = f.evaluate(s, &[HOUR.steps, DAY.steps], events, None);
+        let week = f.evaluate(&s.downsample(WEEK.aggregate), &[WEEK.steps], events, None).remove(0).chosen;
+        let day = short.remove(1).chosen;
+        let hour = short.remove(0).chosen;
+        models.push(format!("{name}:{}", day.model));
+        for (hz, fc) in [("1h", &hour), ("1d", &day), ("1w", &week)] {
+            if let Some(r) = &fc.fallback_reason {
+                reasons.push(format!("{name} {hz}: {r}"));
+            }
+        }
+        per_resource.push([hour, day, week]);
+    }
+    let horizon = |k: usize, which: Horizon| {
+        let [cpu, mem, disk] = [&per_resource[0][k], &per_resource[1][k], &per_resource[2][k]];
+        let iv = |fc: &umbra_forecasting::Forecast, i: usize| Interval {
+            mean: fc.mean[i],
+            lower_80: fc.lower80[i],
+            upper_80: fc.upper80[i],
+            lower_95: fc.lower95[i],
+            upper_95: fc.upper95[i],
+        };
+        HorizonForecast {
+            horizon: which,
+            step_seconds: cpu.step_s as i32,
+            points: (0..cpu.mean.len())
+                .map(|i| ForecastPoint {
+                    time: (cpu.start_s + i as i64 * cpu.step_s) * 1000,
+                    cpu_millicores: iv(cpu, i),
+                    memory_bytes: iv(mem, i),
+                    disk_io_bytes_per_s: iv(disk, i),
+                })
+                .collect(),
+        }
+    };
+    DemandForecast {
+        workload_id: id.to_string(),
+        generated_at: now_ms,
+        model: models.join(" "),
+        fallback_reason: (!reasons.is_empty()).then(|| reasons.join("; ")),
+        horizons: vec![horizon(0, Horizon::Hour), horizon(1, Horizon::Day), horizon(2, Horizon::Week)],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use umbra_schemas::{Record, Stats};
+
+    fn point(id: &str, t_s: i64, v: f64) -> UsagePoint {
+        let s = Stats { mean: v, p95: v, max: v };
+        UsagePoint {
+            workload_id: id.into(),
+            bucket_start: t_s * 1000,
+            bucket_seconds: 300,
+            sample_count: 1,
+            cpu_millicores: s.clone(),
+            memory_bytes: s.clone(),
+            disk_io_bytes_per_s: s,
+            labels: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn history_is_a_grid_and_replays_are_idempotent() {
+        let mut st = State::new(1);
+        let t0 = 1_372_636_800;
+        st.add_point(&point("a", t0 + 600, 3.0));
+        st.add_point(&point("a", t0, 1.0));
+        st.add_point(&point("a", t0 + 600, 3.0));
+        let h = st.history("a").unwrap();
+        assert_eq!(h.start_s, t0);
+        assert_eq!(h.cpu.len(), 3);
+        assert_eq!(h.cpu[0], 1.0);
+        assert!(h.cpu[1].is_nan());
+        assert_eq!(h.cpu[2], 3.0);
+        // The window keeps one day.
+        st.add_point(&point("a", t0 + 2 * 86_400, 9.0));
+        assert_eq!(st.history("a").unwrap().len(), 288);
+    }
+
+    #[test]
+    fn events_make_their_workloads_urgent() {
+        let mut st = State::new(28);
+        st.add_point(&point("a", 1_372_636_800, 1.0));
+        st.add_point(&point("b", 1_372_636_800, 1.0));
+        assert!(st.take_dirty(false).is_empty(), "new data waits for the cadence");
+        let mut e = ExternalEvent::example();
+        e.workload_ids = vec!["b".into()];
+        e.labels.clear();
+        st.add_event(e);
+        let now: Vec<String> = st.take_dirty(false).into_iter().map(|(id, _, ev)| {
+            assert_eq!(ev.len(), 1);
+            id
+        }).collect();
+        assert_eq!(now, vec!["b".to_string()]);
+        assert_eq!(st.take_dirty(true).len(), 2);
+    }
+
+    #[test]
+    fn a_forecast_has_three_horizons_of_the_right_length() {
+        let mut st = State::new(28);
+        for i in 0..(3 * 288) {
+            st.add_point(&point("a", 1_372_636_800 + i * 300, 100.0 + (i % 288) as f64));
+        }
+        let h = st.history("a").unwrap();
+        let f = Forecaster::default();
+        let fc = forecast_workload(&f, "a", h, &[], 0);
+        assert_eq!(fc.horizons.iter().map(|h| h.points.len()).collect::<Vec<_>>(), vec![12, 288, 168]);
+        assert_eq!(fc.horizons[2].step_seconds, 3600);
+        let p = &fc.horizons[1].points[0];
+        assert!(p.cpu_millicores.lower_95 <= p.cpu_millicores.mean && p.cpu_millicores.mean <= p.cpu_millicores.upper_95);
+    }
+}
