@@ -2,6 +2,7 @@
 //! decisions, prints the shadow table, and runs the dev schema registry.
 
 mod dev;
+mod plot;
 mod tools;
 
 use std::path::PathBuf;
@@ -75,6 +76,9 @@ enum Command {
         #[arg(long)]
         follow: bool,
     },
+    /// Forecast one VM of a Bitbrains-format trace a day ahead and draw forecast against actual
+    /// with the intervals (SVG).
+    Forecast(plot::ForecastArgs),
     /// Print the shadow table as JSON lines, one row per workload.
     Table {
         #[command(flatten)]
@@ -122,6 +126,7 @@ fn main() -> ExitCode {
             Command::Request(args) => tools::request(args).await,
             Command::Decisions { endpoints, follow } => tools::decisions(endpoints, follow).await,
             Command::Table { endpoints } => tools::table(endpoints).await,
+            Command::Forecast(args) => tokio::task::spawn_blocking(move || plot::run(args)).await?,
         }
     });
     match result {
