@@ -11,6 +11,7 @@ DEV_STATE := .state/dev
 SERVICES := ingest forecast shadow-manager interceptor rebalancer
 TARGET_DIR := $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null | $(PYTHON) -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null || echo target)
 
+.PHONY: bench-forecast bench-venv
 .PHONY: all build test unit-test integration-test test-stack-up test-stack-down bench lint demo demo-down status venv clean
 
 all: build
@@ -46,9 +47,26 @@ test-stack-down:
 	-$(TARGET_DIR)/debug/umbra dev down --state-dir $(TEST_STATE)
 
 # Benchmarks print their figures next to a baseline measured in the same run.
-bench:
-	$(CARGO) build --release -p umbra-bench
+bench: bench-forecast
+	$(CARGO) build --release -p umbra-bench --bin umbra-bench
 	$(TARGET_DIR)/release/umbra-bench
+
+# Python statsforecast and prophet for the forecast comparison, in a virtualenv of the bench's own.
+BENCH_VENV := .venv-bench
+bench-venv: $(BENCH_VENV)/.installed
+$(BENCH_VENV)/.installed:
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check 'statsforecast>=1.7' 'prophet>=1.1.5'
+	touch $@
+
+# Rolling-origin forecast evaluation: `make bench-forecast DATA=DIR JSON=FILE [VMS=N] [ORIGINS=N]`.
+DATA ?= ../shared/data/bitbrains-rnd
+VMS ?= 10
+ORIGINS ?= 14
+bench-forecast: bench-venv
+	$(CARGO) build --release -p umbra-bench --bin bench-forecast
+	$(TARGET_DIR)/release/bench-forecast --data $(DATA) --vms $(VMS) --origins $(ORIGINS) \
+	  --python $(BENCH_VENV)/bin/python $(if $(JSON),--json $(JSON))
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -28,7 +28,13 @@ struct Args {
 }
 
 fn args() -> Result<Args, String> {
-    let mut a = Args { data: shared_data_dir().join("bitbrains-rnd"), json: None, vms: 10, origins: 14, python: None };
+    let mut a = Args {
+        data: shared_data_dir().join("bitbrains-rnd"),
+        json: None,
+        vms: 10,
+        origins: 14,
+        python: None,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let mut v = || it.next().ok_or_else(|| format!("{k} needs a value"));
@@ -124,7 +130,13 @@ fn score(acc: &mut Acc, w: &Window, p: &Prediction) {
         }
     }
     let pick = |v: &[f64]| idx.iter().map(|&i| v[i]).collect::<Vec<f64>>();
-    let (m, l80, h80, l95, h95) = (pick(&p.mean), pick(&p.lo80), pick(&p.hi80), pick(&p.lo95), pick(&p.hi95));
+    let (m, l80, h80, l95, h95) = (
+        pick(&p.mean),
+        pick(&p.lo80),
+        pick(&p.hi80),
+        pick(&p.lo95),
+        pick(&p.hi95),
+    );
     let insample: Vec<f64> = w.train.iter().copied().filter(|v| v.is_finite()).collect();
     if let Some(x) = mase(&a, &m, &insample, w.season) {
         acc.mase.push(x);
@@ -147,7 +159,11 @@ fn windows_of(id: &str, target: &str, s: &Series, origins: usize) -> Vec<Window>
         let origin = (28 + k) * day;
         for spec in HORIZONS {
             let (series, o, season) = if spec.aggregate > 1 {
-                (s.downsample(spec.aggregate), origin / spec.aggregate, day / spec.aggregate)
+                (
+                    s.downsample(spec.aggregate),
+                    origin / spec.aggregate,
+                    day / spec.aggregate,
+                )
             } else {
                 (s.clone(), origin, day)
             };
@@ -170,7 +186,12 @@ fn windows_of(id: &str, target: &str, s: &Series, origins: usize) -> Vec<Window>
     out
 }
 
-fn prediction(w: &Window, model: &str, f: &umbra_forecasting::Forecast, seconds: f64) -> Prediction {
+fn prediction(
+    w: &Window,
+    model: &str,
+    f: &umbra_forecasting::Forecast,
+    seconds: f64,
+) -> Prediction {
     Prediction {
         id: w.id.clone(),
         target: w.target.clone(),
@@ -246,7 +267,16 @@ fn main() {
         windows.extend(windows_of(&vm.id, "memory", &vm.memory_kb, args.origins));
         windows.extend(windows_of(&vm.id, "disk", &vm.disk_kbps, args.origins));
     }
-    let n_series = windows.iter().map(|w| (w.id.split('@').next().unwrap_or_default().to_string(), w.target.clone())).collect::<std::collections::BTreeSet<_>>().len();
+    let n_series = windows
+        .iter()
+        .map(|w| {
+            (
+                w.id.split('@').next().unwrap_or_default().to_string(),
+                w.target.clone(),
+            )
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
     println!(
         "data {}: {} VMs, {n_series} series, {} windows ({} origins × 3 horizons)",
         args.data.display(),
@@ -257,15 +287,25 @@ fn main() {
 
     // umbra: every candidate and the per-series choice, from one evaluation per window
     // (1h and 1d share the 5-minute fit; 1w is fitted on hourly means).
-    let forecaster = Forecaster::new(ForecasterConfig { candidates: Model::all(), ..ForecasterConfig::default() });
+    let forecaster = Forecaster::new(ForecasterConfig {
+        candidates: Model::all(),
+        ..ForecasterConfig::default()
+    });
     let mut preds: Vec<Prediction> = Vec::new();
     let mut i = 0;
     let started = Instant::now();
     while i < windows.len() {
         // Windows of one (series, origin) for 1h and 1d share a fit.
         let w = &windows[i];
-        let group: Vec<&Window> = windows[i..].iter().take_while(|x| x.id == w.id && x.target == w.target && x.step_s == w.step_s).collect();
-        let history = Series { start_s: w.start_s, step_s: w.step_s, values: w.train.clone() };
+        let group: Vec<&Window> = windows[i..]
+            .iter()
+            .take_while(|x| x.id == w.id && x.target == w.target && x.step_s == w.step_s)
+            .collect();
+        let history = Series {
+            start_s: w.start_s,
+            step_s: w.step_s,
+            values: w.train.clone(),
+        };
         let horizons: Vec<usize> = group.iter().map(|g| g.actual.len()).collect();
         let t = Instant::now();
         let evals = forecaster.evaluate(&history, &horizons, &[], None);
@@ -273,7 +313,12 @@ fn main() {
         for (g, ev) in group.iter().zip(&evals) {
             for (model, r) in &ev.candidates {
                 match r {
-                    Ok(f) => preds.push(prediction(g, model.name(), f, f.fit_seconds / group.len() as f64)),
+                    Ok(f) => preds.push(prediction(
+                        g,
+                        model.name(),
+                        f,
+                        f.fit_seconds / group.len() as f64,
+                    )),
                     Err(_) => preds.push(failed(g, model.name(), 0.0)),
                 }
             }
@@ -281,7 +326,11 @@ fn main() {
         }
         i += group.len();
         if i % 60 < group.len() {
-            eprintln!("  {i}/{} windows, {:.0} s", windows.len(), started.elapsed().as_secs_f64());
+            eprintln!(
+                "  {i}/{} windows, {:.0} s",
+                windows.len(),
+                started.elapsed().as_secs_f64()
+            );
         }
     }
 
@@ -290,16 +339,27 @@ fn main() {
         let _ = std::fs::create_dir_all(&dir);
         let win_path = dir.join("windows.jsonl");
         let out_path = dir.join("predictions.jsonl");
-        let text: String = windows.iter().filter_map(|w| serde_json::to_string(w).ok()).map(|l| l + "\n").collect();
+        let text: String = windows
+            .iter()
+            .filter_map(|w| serde_json::to_string(w).ok())
+            .map(|l| l + "\n")
+            .collect();
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/forecast_baselines.py");
         match std::fs::write(&win_path, text) {
             Ok(()) => {
                 eprintln!("running the Python baselines ({})", py.display());
-                let status = Command::new(py).arg(&script).arg(&win_path).arg(&out_path).status();
+                let status = Command::new(py)
+                    .arg(&script)
+                    .arg(&win_path)
+                    .arg(&out_path)
+                    .status();
                 match status {
                     Ok(s) if s.success() => {
                         let text = std::fs::read_to_string(&out_path).unwrap_or_default();
-                        preds.extend(text.lines().filter_map(|l| serde_json::from_str::<Prediction>(l).ok()));
+                        preds.extend(
+                            text.lines()
+                                .filter_map(|l| serde_json::from_str::<Prediction>(l).ok()),
+                        );
                     }
                     other => eprintln!("Python baselines failed: {other:?}"),
                 }
@@ -308,12 +368,19 @@ fn main() {
         }
     }
 
-    let by_key: BTreeMap<(String, String, String), &Window> =
-        windows.iter().map(|w| ((w.id.clone(), w.target.clone(), w.horizon.clone()), w)).collect();
+    let by_key: BTreeMap<(String, String, String), &Window> = windows
+        .iter()
+        .map(|w| ((w.id.clone(), w.target.clone(), w.horizon.clone()), w))
+        .collect();
     let mut accs: BTreeMap<(String, String, String), Acc> = BTreeMap::new();
     for p in &preds {
         if let Some(w) = by_key.get(&(p.id.clone(), p.target.clone(), p.horizon.clone())) {
-            score(accs.entry((p.model.clone(), p.horizon.clone(), p.target.clone())).or_default(), w, p);
+            score(
+                accs.entry((p.model.clone(), p.horizon.clone(), p.target.clone()))
+                    .or_default(),
+                w,
+                p,
+            );
         }
     }
     let rows: Vec<Row> = accs
@@ -335,7 +402,8 @@ fn main() {
         .collect();
     print_table(&rows);
     if let Some(path) = &args.json {
-        let doc = serde_json::json!({ "series": n_series, "windows": windows.len(), "results": rows });
+        let doc =
+            serde_json::json!({ "series": n_series, "windows": windows.len(), "results": rows });
         match std::fs::write(path, serde_json::to_string_pretty(&doc).unwrap_or_default()) {
             Ok(()) => println!("results written to {}", path.display()),
             Err(e) => eprintln!("cannot write {}: {e}", path.display()),
@@ -344,12 +412,31 @@ fn main() {
 }
 
 fn print_table(rows: &[Row]) {
-    let find = |model: &str, h: &str, t: &str| rows.iter().find(|r| r.model == model && r.horizon == h && r.target == t);
+    let find = |model: &str, h: &str, t: &str| {
+        rows.iter()
+            .find(|r| r.model == model && r.horizon == h && r.target == t)
+    };
     println!();
-    println!("{:<28} {:>3} {:<7} {:>7} {:>7} {:>6} {:>6} {:>6} {:>7} {:>9} {:>5} {:>9} {:>9}", "model", "h", "target", "gmMASE", "sMAPE", "WAPE", "cov80", "cov95", "MSIS", "s/series", "fail", "MASE/snv", "time/sf");
+    println!(
+        "{:<28} {:>3} {:<7} {:>7} {:>7} {:>6} {:>6} {:>6} {:>7} {:>9} {:>5} {:>9} {:>9}",
+        "model",
+        "h",
+        "target",
+        "gmMASE",
+        "sMAPE",
+        "WAPE",
+        "cov80",
+        "cov95",
+        "MSIS",
+        "s/series",
+        "fail",
+        "MASE/snv",
+        "time/sf"
+    );
     for r in rows {
         let base = find("seasonal-naive", &r.horizon, &r.target).and_then(|b| b.mase);
-        let sf = find("statsforecast-mstl-autoets", &r.horizon, &r.target).map(|b| b.sec_per_series);
+        let sf =
+            find("statsforecast-mstl-autoets", &r.horizon, &r.target).map(|b| b.sec_per_series);
         let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
             (Some(a), Some(b)) if b > 0.0 => format!("{:.3}", a / b),
             _ => "-".into(),

@@ -37,10 +37,25 @@ pub fn run(args: ForecastArgs) -> anyhow::Result<()> {
     let day = (86_400 / vm.cpu_mhz.step_s) as usize;
     let origin = args.origin_day * day;
     if origin < 7 * day || origin + DAY.steps > vm.cpu_mhz.values.len() {
-        bail!("--origin-day {} is outside the trace ({} days)", args.origin_day, vm.cpu_mhz.values.len() / day);
+        bail!(
+            "--origin-day {} is outside the trace ({} days)",
+            args.origin_day,
+            vm.cpu_mhz.values.len() / day
+        );
     }
-    let forecaster = Forecaster::new(ForecasterConfig { candidates: Model::all(), ..ForecasterConfig::default() });
-    let panels = [("CPU usage (MHz)", &vm.cpu_mhz, Some(vm.cpu_capacity_mhz)), ("Memory usage (KB)", &vm.memory_kb, Some(vm.memory_capacity_kb)), ("Disk read+write (KB/s)", &vm.disk_kbps, None)];
+    let forecaster = Forecaster::new(ForecasterConfig {
+        candidates: Model::all(),
+        ..ForecasterConfig::default()
+    });
+    let panels = [
+        ("CPU usage (MHz)", &vm.cpu_mhz, Some(vm.cpu_capacity_mhz)),
+        (
+            "Memory usage (KB)",
+            &vm.memory_kb,
+            Some(vm.memory_capacity_kb),
+        ),
+        ("Disk read+write (KB/s)", &vm.disk_kbps, None),
+    ];
     let root = SVGBackend::new(&args.out, (1200, 1100)).into_drawing_area();
     root.fill(&WHITE)?;
     let areas = root.split_evenly((3, 1));
@@ -52,10 +67,28 @@ pub fn run(args: ForecastArgs) -> anyhow::Result<()> {
         let shown_from = origin - 2 * day;
         let shown: Series = series.slice(shown_from, origin + DAY.steps);
         let x = |i: usize| (i as f64) / day as f64 - 2.0;
-        let finite_max = shown.values.iter().chain(&fc.upper95).copied().filter(|v| v.is_finite()).fold(0.0f64, f64::max);
-        let insample: Vec<f64> = history.values.iter().copied().filter(|v| v.is_finite()).collect();
-        let (a, m): (Vec<f64>, Vec<f64>) = actual.iter().zip(&fc.mean).filter(|(a, _)| a.is_finite()).map(|(a, m)| (*a, *m)).unzip();
-        let idx: Vec<usize> = (0..actual.len()).filter(|i| actual[*i].is_finite()).collect();
+        let finite_max = shown
+            .values
+            .iter()
+            .chain(&fc.upper95)
+            .copied()
+            .filter(|v| v.is_finite())
+            .fold(0.0f64, f64::max);
+        let insample: Vec<f64> = history
+            .values
+            .iter()
+            .copied()
+            .filter(|v| v.is_finite())
+            .collect();
+        let (a, m): (Vec<f64>, Vec<f64>) = actual
+            .iter()
+            .zip(&fc.mean)
+            .filter(|(a, _)| a.is_finite())
+            .map(|(a, m)| (*a, *m))
+            .unzip();
+        let idx: Vec<usize> = (0..actual.len())
+            .filter(|i| actual[*i].is_finite())
+            .collect();
         let pick = |v: &[f64]| idx.iter().map(|&i| v[i]).collect::<Vec<_>>();
         let cov80 = coverage(&a, &pick(&fc.lower80), &pick(&fc.upper80));
         let cov95 = coverage(&a, &pick(&fc.lower95), &pick(&fc.upper95));
@@ -66,7 +99,10 @@ pub fn run(args: ForecastArgs) -> anyhow::Result<()> {
             fc.model,
             cov80 * 100.0,
             cov95 * 100.0,
-            fc.fallback_reason.as_deref().map(|r| format!(" (fallback: {r})")).unwrap_or_default()
+            fc.fallback_reason
+                .as_deref()
+                .map(|r| format!(" (fallback: {r})"))
+                .unwrap_or_default()
         );
         let mut chart = ChartBuilder::on(area)
             .caption(caption, ("sans-serif", 16))
@@ -74,23 +110,76 @@ pub fn run(args: ForecastArgs) -> anyhow::Result<()> {
             .x_label_area_size(30)
             .y_label_area_size(70)
             .build_cartesian_2d(-2.0f64..1.0f64, 0.0f64..(finite_max * 1.05).max(1.0))?;
-        chart.configure_mesh().x_desc("days from the forecast origin").draw()?;
+        chart
+            .configure_mesh()
+            .x_desc("days from the forecast origin")
+            .draw()?;
         let band = |lo: &[f64], hi: &[f64]| -> Vec<(f64, f64)> {
-            let mut pts: Vec<(f64, f64)> = lo.iter().enumerate().map(|(i, v)| (x(2 * day + i), *v)).collect();
-            pts.extend(hi.iter().enumerate().rev().map(|(i, v)| (x(2 * day + i), *v)));
+            let mut pts: Vec<(f64, f64)> = lo
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (x(2 * day + i), *v))
+                .collect();
+            pts.extend(
+                hi.iter()
+                    .enumerate()
+                    .rev()
+                    .map(|(i, v)| (x(2 * day + i), *v)),
+            );
             pts
         };
-        chart.draw_series(std::iter::once(Polygon::new(band(&fc.lower95, &fc.upper95), RGBColor(200, 215, 240).filled())))?.label("95% interval").legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], RGBColor(200, 215, 240).filled()));
-        chart.draw_series(std::iter::once(Polygon::new(band(&fc.lower80, &fc.upper80), RGBColor(150, 180, 230).filled())))?.label("80% interval").legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], RGBColor(150, 180, 230).filled()));
         chart
-            .draw_series(LineSeries::new(shown.values.iter().enumerate().filter(|(_, v)| v.is_finite()).map(|(i, v)| (x(i), *v)), BLACK.stroke_width(1)))?
+            .draw_series(std::iter::once(Polygon::new(
+                band(&fc.lower95, &fc.upper95),
+                RGBColor(200, 215, 240).filled(),
+            )))?
+            .label("95% interval")
+            .legend(|(x, y)| {
+                Rectangle::new(
+                    [(x, y - 5), (x + 15, y + 5)],
+                    RGBColor(200, 215, 240).filled(),
+                )
+            });
+        chart
+            .draw_series(std::iter::once(Polygon::new(
+                band(&fc.lower80, &fc.upper80),
+                RGBColor(150, 180, 230).filled(),
+            )))?
+            .label("80% interval")
+            .legend(|(x, y)| {
+                Rectangle::new(
+                    [(x, y - 5), (x + 15, y + 5)],
+                    RGBColor(150, 180, 230).filled(),
+                )
+            });
+        chart
+            .draw_series(LineSeries::new(
+                shown
+                    .values
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| v.is_finite())
+                    .map(|(i, v)| (x(i), *v)),
+                BLACK.stroke_width(1),
+            ))?
             .label("actual")
             .legend(|(x, y)| PathElement::new([(x, y), (x + 15, y)], BLACK));
         chart
-            .draw_series(LineSeries::new(fc.mean.iter().enumerate().map(|(i, v)| (x(2 * day + i), *v)), RGBColor(20, 60, 160).stroke_width(2)))?
+            .draw_series(LineSeries::new(
+                fc.mean
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| (x(2 * day + i), *v)),
+                RGBColor(20, 60, 160).stroke_width(2),
+            ))?
             .label("forecast")
             .legend(|(x, y)| PathElement::new([(x, y), (x + 15, y)], RGBColor(20, 60, 160)));
-        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).position(SeriesLabelPosition::UpperLeft).draw()?;
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperLeft)
+            .draw()?;
     }
     root.present()?;
     println!("wrote {}", args.out.display());

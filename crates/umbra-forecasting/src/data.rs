@@ -30,7 +30,10 @@ pub enum DataError {
 }
 
 fn open(path: &Path) -> Result<Box<dyn BufRead>, DataError> {
-    let file = std::fs::File::open(path).map_err(|source| DataError::Io { path: path.into(), source })?;
+    let file = std::fs::File::open(path).map_err(|source| DataError::Io {
+        path: path.into(),
+        source,
+    })?;
     let reader: Box<dyn Read> = if path.extension().is_some_and(|e| e == "gz") {
         Box::new(flate2::read::GzDecoder::new(file))
     } else {
@@ -70,21 +73,36 @@ pub fn read_bitbrains(path: &Path) -> Result<VmTrace, DataError> {
         .unwrap_or_default();
     let mut rows: Vec<(i64, [f64; 6])> = Vec::new();
     for (i, line) in open(path)?.lines().enumerate() {
-        let line = line.map_err(|source| DataError::Io { path: path.into(), source })?;
+        let line = line.map_err(|source| DataError::Io {
+            path: path.into(),
+            source,
+        })?;
         if i == 0 || line.trim().is_empty() {
             continue;
         }
         let cols: Vec<&str> = line.split(';').map(str::trim).collect();
-        let bad = |why: String| DataError::Format { path: path.into(), line: i + 1, why };
+        let bad = |why: String| DataError::Format {
+            path: path.into(),
+            line: i + 1,
+            why,
+        };
         if cols.len() < 9 {
             return Err(bad(format!("{} columns, expected 11", cols.len())));
         }
-        let num = |k: usize| cols[k].parse::<f64>().map_err(|e| bad(format!("column {}: {e}", k + 1)));
+        let num = |k: usize| {
+            cols[k]
+                .parse::<f64>()
+                .map_err(|e| bad(format!("column {}: {e}", k + 1)))
+        };
         let ts = num(0)? as i64;
         rows.push((ts, [num(2)?, num(3)?, num(5)?, num(6)?, num(7)?, num(8)?]));
     }
     if rows.is_empty() {
-        return Err(DataError::Format { path: path.into(), line: 1, why: "no samples".into() });
+        return Err(DataError::Format {
+            path: path.into(),
+            line: 1,
+            why: "no samples".into(),
+        });
     }
     rows.sort_by_key(|r| r.0);
     let start = rows[0].0.div_euclid(STEP_S) * STEP_S;
@@ -105,17 +123,39 @@ pub fn read_bitbrains(path: &Path) -> Result<VmTrace, DataError> {
     let col = |j: usize| Series {
         start_s: start,
         step_s: STEP_S,
-        values: (0..n).map(|k| if counts[k] == 0 { f64::NAN } else { sums[k][j] / counts[k] as f64 }).collect(),
+        values: (0..n)
+            .map(|k| {
+                if counts[k] == 0 {
+                    f64::NAN
+                } else {
+                    sums[k][j] / counts[k] as f64
+                }
+            })
+            .collect(),
     };
-    Ok(VmTrace { id, cpu_mhz: col(0), memory_kb: col(1), disk_kbps: col(2), cpu_capacity_mhz: cpu_cap, memory_capacity_kb: mem_cap })
+    Ok(VmTrace {
+        id,
+        cpu_mhz: col(0),
+        memory_kb: col(1),
+        disk_kbps: col(2),
+        cpu_capacity_mhz: cpu_cap,
+        memory_capacity_kb: mem_cap,
+    })
 }
 
 /// The `.csv.gz` / `.csv` files of a Bitbrains-format folder, sorted by name.
 pub fn bitbrains_files(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
-    let rd = std::fs::read_dir(dir).map_err(|source| DataError::Io { path: dir.into(), source })?;
+    let rd = std::fs::read_dir(dir).map_err(|source| DataError::Io {
+        path: dir.into(),
+        source,
+    })?;
     let mut files: Vec<PathBuf> = rd
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(".csv.gz") || n.ends_with(".csv")))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(".csv.gz") || n.ends_with(".csv"))
+        })
         .collect();
     files.sort();
     Ok(files)
@@ -125,14 +165,24 @@ pub fn bitbrains_files(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
 pub fn read_m4(path: &Path) -> Result<Vec<(String, Vec<f64>)>, DataError> {
     let mut out = Vec::new();
     for (i, line) in open(path)?.lines().enumerate() {
-        let line = line.map_err(|source| DataError::Io { path: path.into(), source })?;
+        let line = line.map_err(|source| DataError::Io {
+            path: path.into(),
+            source,
+        })?;
         if i == 0 || line.trim().is_empty() {
             continue;
         }
         let mut cols = line.split(',').map(|c| c.trim().trim_matches('"'));
         let id = cols.next().unwrap_or_default().to_string();
-        let values: Result<Vec<f64>, _> = cols.filter(|c| !c.is_empty()).map(str::parse::<f64>).collect();
-        let values = values.map_err(|e| DataError::Format { path: path.into(), line: i + 1, why: e.to_string() })?;
+        let values: Result<Vec<f64>, _> = cols
+            .filter(|c| !c.is_empty())
+            .map(str::parse::<f64>)
+            .collect();
+        let values = values.map_err(|e| DataError::Format {
+            path: path.into(),
+            line: i + 1,
+            why: e.to_string(),
+        })?;
         out.push((id, values));
     }
     Ok(out)

@@ -19,11 +19,23 @@ pub struct HorizonSpec {
 }
 
 /// The next hour at 5 minutes.
-pub const HOUR: HorizonSpec = HorizonSpec { name: "1h", steps: 12, aggregate: 1 };
+pub const HOUR: HorizonSpec = HorizonSpec {
+    name: "1h",
+    steps: 12,
+    aggregate: 1,
+};
 /// The next day at 5 minutes.
-pub const DAY: HorizonSpec = HorizonSpec { name: "1d", steps: 288, aggregate: 1 };
+pub const DAY: HorizonSpec = HorizonSpec {
+    name: "1d",
+    steps: 288,
+    aggregate: 1,
+};
 /// The next week at hourly means.
-pub const WEEK: HorizonSpec = HorizonSpec { name: "1w", steps: 168, aggregate: 12 };
+pub const WEEK: HorizonSpec = HorizonSpec {
+    name: "1w",
+    steps: 168,
+    aggregate: 12,
+};
 /// The three horizons the service publishes.
 pub const HORIZONS: [HorizonSpec; 3] = [HOUR, DAY, WEEK];
 
@@ -45,7 +57,11 @@ pub struct ForecasterConfig {
 impl Default for ForecasterConfig {
     fn default() -> Self {
         Self {
-            candidates: vec![Model::SeasonalNaiveDaily, Model::SeasonalNaiveWeekly, Model::MstlAutoEts],
+            candidates: vec![
+                Model::SeasonalNaiveDaily,
+                Model::SeasonalNaiveWeekly,
+                Model::MstlAutoEts,
+            ],
             backtest_origins: 5,
             origin_spacing_s: 86_400,
             max_history_s: 28 * 86_400,
@@ -108,24 +124,46 @@ impl Forecaster {
     }
 
     /// Forecasts the `horizon` steps after `history` with the model the backtest prefers.
-    pub fn forecast(&self, history: &Series, horizon: usize, events: &[Event], capacity: Option<f64>) -> Forecast {
-        self.evaluate(history, &[horizon], events, capacity).remove(0).chosen
+    pub fn forecast(
+        &self,
+        history: &Series,
+        horizon: usize,
+        events: &[Event],
+        capacity: Option<f64>,
+    ) -> Forecast {
+        self.evaluate(history, &[horizon], events, capacity)
+            .remove(0)
+            .chosen
     }
 
     /// Forecasts with every candidate for each of `horizons` (steps after `history`) and
     /// chooses one per horizon. Each model is fitted once per backtest origin and once on the
     /// whole history, for the longest horizon; shorter horizons are its prefixes, with their
     /// own model choice and interval calibration.
-    pub fn evaluate(&self, history: &Series, horizons: &[usize], events: &[Event], capacity: Option<f64>) -> Vec<Evaluation> {
+    pub fn evaluate(
+        &self,
+        history: &Series,
+        horizons: &[usize],
+        events: &[Event],
+        capacity: Option<f64>,
+    ) -> Vec<Evaluation> {
         let history = self.trimmed(history);
         let start_s = history.time_of(history.values.len());
         let max_h = horizons.iter().copied().max().unwrap_or(0);
-        let finite: Vec<f64> = history.values.iter().copied().filter(|v| v.is_finite()).collect();
+        let finite: Vec<f64> = history
+            .values
+            .iter()
+            .copied()
+            .filter(|v| v.is_finite())
+            .collect();
         let day = (86_400 / history.step_s).max(1) as usize;
         let flat_all = |reason: String| -> Vec<Evaluation> {
             horizons
                 .iter()
-                .map(|h| Evaluation { candidates: Vec::new(), chosen: flat(&history, *h, start_s, capacity, reason.clone()) })
+                .map(|h| Evaluation {
+                    candidates: Vec::new(),
+                    chosen: flat(&history, *h, start_s, capacity, reason.clone()),
+                })
                 .collect()
         };
         if finite.len() < day.min(48).max(2) || max_h == 0 {
@@ -144,7 +182,11 @@ impl Forecaster {
         // Per candidate: backtest origins and the final fit, at the longest horizon.
         let mut fitted = Vec::new();
         for model in &self.config.candidates {
-            let input = if model.handles_events() { &history } else { &deflated };
+            let input = if model.handles_events() {
+                &history
+            } else {
+                &deflated
+            };
             let origins = self.backtest(model, input, &history, max_h, spacing, events, &resolved);
             let started = std::time::Instant::now();
             let mean = model.forecast(input, max_h, events).map(|mut mean| {
@@ -177,7 +219,17 @@ impl Forecaster {
                 });
                 candidates.push((model.clone(), result));
             }
-            let chosen = self.choose(&candidates, &deflated, &finite, h, day, start_s, history.step_s, capacity, &history);
+            let chosen = self.choose(
+                &candidates,
+                &deflated,
+                &finite,
+                h,
+                day,
+                start_s,
+                history.step_s,
+                capacity,
+                &history,
+            );
             out.push(Evaluation { candidates, chosen });
         }
         out
@@ -208,13 +260,22 @@ impl Forecaster {
         if let Some(f) = best {
             return f;
         }
-        let why: Vec<String> =
-            candidates.iter().filter_map(|(m, r)| r.as_ref().err().map(|e| format!("{}: {e}", m.name()))).collect();
+        let why: Vec<String> = candidates
+            .iter()
+            .filter_map(|(m, r)| r.as_ref().err().map(|e| format!("{}: {e}", m.name())))
+            .collect();
         let reason = format!("every model failed ({})", why.join("; "));
         match seasonal_naive(&deflated.values, day, horizon) {
-            Ok(mean) if mean.iter().all(|v| v.is_finite()) => {
-                build("seasonal-naive", Some(reason), start_s, step_s, mean, &spread_bands(finite, horizon), capacity, None)
-            }
+            Ok(mean) if mean.iter().all(|v| v.is_finite()) => build(
+                "seasonal-naive",
+                Some(reason),
+                start_s,
+                step_s,
+                mean,
+                &spread_bands(finite, horizon),
+                capacity,
+                None,
+            ),
             _ => flat(history, horizon, start_s, capacity, reason),
         }
     }
@@ -244,19 +305,36 @@ impl Forecaster {
         let day = (86_400 / input.step_s).max(1) as usize;
         let mut origins = Vec::new();
         for k in 0..self.config.backtest_origins {
-            let Some(end) = n.checked_sub(horizon + k * spacing) else { break };
+            let Some(end) = n.checked_sub(horizon + k * spacing) else {
+                break;
+            };
             if end < 2 * day {
                 break;
             }
             let train = input.slice(0, end);
-            let Ok(mut f) = model.forecast(&train, horizon, events) else { continue };
+            let Ok(mut f) = model.forecast(&train, horizon, events) else {
+                continue;
+            };
             if !model.handles_events() {
                 inflate(&mut f, train.time_of(end), input.step_s, resolved);
             }
             let actual = original.values[end..end + horizon].to_vec();
-            let residuals = actual.iter().zip(&f).map(|(a, p)| if a.is_finite() { a - p } else { f64::NAN }).collect();
-            let insample: Vec<f64> = original.values[..end].iter().copied().filter(|v| v.is_finite()).collect();
-            origins.push(Origin { actual, forecast: f, residuals, insample });
+            let residuals = actual
+                .iter()
+                .zip(&f)
+                .map(|(a, p)| if a.is_finite() { a - p } else { f64::NAN })
+                .collect();
+            let insample: Vec<f64> = original.values[..end]
+                .iter()
+                .copied()
+                .filter(|v| v.is_finite())
+                .collect();
+            origins.push(Origin {
+                actual,
+                forecast: f,
+                residuals,
+                insample,
+            });
         }
         origins
     }
@@ -273,8 +351,12 @@ struct Origin {
 impl Origin {
     /// MASE over the first `h` steps.
     fn mase(&self, h: usize, m: usize) -> Option<f64> {
-        let (a, p): (Vec<f64>, Vec<f64>) =
-            self.actual[..h].iter().zip(&self.forecast[..h]).filter(|(a, _)| a.is_finite()).map(|(a, p)| (*a, *p)).unzip();
+        let (a, p): (Vec<f64>, Vec<f64>) = self.actual[..h]
+            .iter()
+            .zip(&self.forecast[..h])
+            .filter(|(a, _)| a.is_finite())
+            .map(|(a, p)| (*a, *p))
+            .unzip();
         mase(&a, &p, &self.insample, m)
     }
 }
@@ -318,7 +400,11 @@ fn bands(residuals: &[Vec<f64>], horizon: usize, buckets: usize) -> Option<Bands
 /// `(n + 1)` correction.
 fn conformal_quantile(v: &[f64], q: f64) -> f64 {
     let n = v.len();
-    let rank = if q >= 0.5 { ((n + 1) as f64 * q).ceil() } else { ((n + 1) as f64 * q).floor() };
+    let rank = if q >= 0.5 {
+        ((n + 1) as f64 * q).ceil()
+    } else {
+        ((n + 1) as f64 * q).floor()
+    };
     let idx = (rank as isize - 1).clamp(0, n as isize - 1) as usize;
     v[idx]
 }
@@ -343,9 +429,16 @@ fn build(
     capacity: Option<f64>,
     backtest_mase: Option<f64>,
 ) -> Forecast {
-    let cap = capacity.filter(|c| c.is_finite() && *c > 0.0).unwrap_or(f64::INFINITY);
+    let cap = capacity
+        .filter(|c| c.is_finite() && *c > 0.0)
+        .unwrap_or(f64::INFINITY);
     let clip = |v: f64| v.clamp(0.0, cap);
-    let band = |j: usize| -> Vec<f64> { mean.iter().zip(bands).map(|(m, b)| clip(m + b[j])).collect() };
+    let band = |j: usize| -> Vec<f64> {
+        mean.iter()
+            .zip(bands)
+            .map(|(m, b)| clip(m + b[j]))
+            .collect()
+    };
     let (lower95, lower80, upper80, upper95) = (band(0), band(1), band(2), band(3));
     Forecast {
         model: model.to_string(),
@@ -363,10 +456,30 @@ fn build(
 }
 
 /// The last finite value, flat, with intervals from the history's spread.
-fn flat(history: &Series, horizon: usize, start_s: i64, capacity: Option<f64>, reason: String) -> Forecast {
-    let finite: Vec<f64> = history.values.iter().copied().filter(|v| v.is_finite()).collect();
+fn flat(
+    history: &Series,
+    horizon: usize,
+    start_s: i64,
+    capacity: Option<f64>,
+    reason: String,
+) -> Forecast {
+    let finite: Vec<f64> = history
+        .values
+        .iter()
+        .copied()
+        .filter(|v| v.is_finite())
+        .collect();
     let last = finite.last().copied().unwrap_or(0.0);
-    build("last-value", Some(reason), start_s, history.step_s, vec![last; horizon], &spread_bands(&finite, horizon), capacity, None)
+    build(
+        "last-value",
+        Some(reason),
+        start_s,
+        history.step_s,
+        vec![last; horizon],
+        &spread_bands(&finite, horizon),
+        capacity,
+        None,
+    )
 }
 
 #[cfg(test)]
@@ -374,7 +487,11 @@ mod tests {
     use super::*;
 
     fn series(values: Vec<f64>) -> Series {
-        Series { start_s: 1_372_636_800, step_s: 300, values }
+        Series {
+            start_s: 1_372_636_800,
+            step_s: 300,
+            values,
+        }
     }
 
     #[test]
@@ -386,17 +503,60 @@ mod tests {
             ("all NaN", vec![f64::NAN; 3000]),
             ("all zero", vec![0.0; 3000]),
             ("constant", vec![7.5; 3000]),
-            ("huge", (0..3000).map(|i| 1e300 * (1.0 + (i % 288) as f64)).collect()),
-            ("gappy", (0..3000).map(|i| if i % 3 == 0 { f64::NAN } else { (i % 288) as f64 }).collect()),
-            ("infinite", (0..3000).map(|i| if i == 5 { f64::INFINITY } else { 1.0 + (i % 7) as f64 }).collect()),
+            (
+                "huge",
+                (0..3000)
+                    .map(|i| 1e300 * (1.0 + (i % 288) as f64))
+                    .collect(),
+            ),
+            (
+                "gappy",
+                (0..3000)
+                    .map(|i| {
+                        if i % 3 == 0 {
+                            f64::NAN
+                        } else {
+                            (i % 288) as f64
+                        }
+                    })
+                    .collect(),
+            ),
+            (
+                "infinite",
+                (0..3000)
+                    .map(|i| {
+                        if i == 5 {
+                            f64::INFINITY
+                        } else {
+                            1.0 + (i % 7) as f64
+                        }
+                    })
+                    .collect(),
+            ),
         ];
         for (name, values) in cases {
             let fc = f.forecast(&series(values), 12, &[], Some(1e9));
             assert_eq!(fc.mean.len(), 12, "{name}");
-            assert!(fc.mean.iter().chain(&fc.lower95).chain(&fc.upper95).all(|v| v.is_finite() && *v >= 0.0), "{name}: {fc:?}");
-            assert!(fc.lower95.iter().zip(&fc.upper95).all(|(l, u)| l <= u), "{name}");
-            if matches!(name, "empty" | "short" | "all NaN" | "all zero" | "constant") {
-                assert!(fc.fallback_reason.is_some(), "{name} records why it fell back");
+            assert!(
+                fc.mean
+                    .iter()
+                    .chain(&fc.lower95)
+                    .chain(&fc.upper95)
+                    .all(|v| v.is_finite() && *v >= 0.0),
+                "{name}: {fc:?}"
+            );
+            assert!(
+                fc.lower95.iter().zip(&fc.upper95).all(|(l, u)| l <= u),
+                "{name}"
+            );
+            if matches!(
+                name,
+                "empty" | "short" | "all NaN" | "all zero" | "constant"
+            ) {
+                assert!(
+                    fc.fallback_reason.is_some(),
+                    "{name} records why it fell back"
+                );
             }
         }
     }

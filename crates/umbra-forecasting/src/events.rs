@@ -35,7 +35,11 @@ const MAX_IMPACT: f64 = 20.0;
 /// The impact of `kind` learned from the events of that kind that lie inside `history`.
 pub fn learn_impact(history: &Series, events: &[Event], kind: &str) -> Option<f64> {
     let n = history.values.len();
-    let lag = if n as i64 * history.step_s >= 2 * 7 * 86_400 { 7 * 86_400 } else { 86_400 } / history.step_s;
+    let lag = if n as i64 * history.step_s >= 2 * 7 * 86_400 {
+        7 * 86_400
+    } else {
+        86_400
+    } / history.step_s;
     let lag = lag as usize;
     let (mut inside, mut before) = (0.0, 0.0);
     let mut count = 0;
@@ -60,7 +64,10 @@ pub fn resolve(history: &Series, events: &[Event]) -> Vec<(Event, f64)> {
     events
         .iter()
         .filter_map(|e| {
-            let impact = e.impact.filter(|v| v.is_finite() && *v > 0.0).map(|v| v.clamp(1.0 / MAX_IMPACT, MAX_IMPACT));
+            let impact = e
+                .impact
+                .filter(|v| v.is_finite() && *v > 0.0)
+                .map(|v| v.clamp(1.0 / MAX_IMPACT, MAX_IMPACT));
             let impact = impact.or_else(|| learn_impact(history, events, &e.kind))?;
             Some((e.clone(), impact))
         })

@@ -37,7 +37,11 @@ impl Series {
 
     /// The steps `[from, to)` as a new series.
     pub fn slice(&self, from: usize, to: usize) -> Series {
-        Series { start_s: self.time_of(from), step_s: self.step_s, values: self.values[from..to].to_vec() }
+        Series {
+            start_s: self.time_of(from),
+            step_s: self.step_s,
+            values: self.values[from..to].to_vec(),
+        }
     }
 
     /// Means over groups of `factor` steps (e.g. 12 five-minute steps to an hour); NaNs are
@@ -48,7 +52,10 @@ impl Series {
             .chunks(factor)
             .filter(|c| c.len() == factor)
             .map(|c| {
-                let (s, n) = c.iter().filter(|v| v.is_finite()).fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+                let (s, n) = c
+                    .iter()
+                    .filter(|v| v.is_finite())
+                    .fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
                 if n == 0 {
                     f64::NAN
                 } else {
@@ -56,14 +63,20 @@ impl Series {
                 }
             })
             .collect();
-        Series { start_s: self.start_s, step_s: self.step_s * factor as i64, values }
+        Series {
+            start_s: self.start_s,
+            step_s: self.step_s * factor as i64,
+            values,
+        }
     }
 }
 
 /// Replaces non-finite values by linear interpolation between the nearest finite neighbours
 /// (constant extrapolation at the ends; zeros if nothing is finite). Returns the count filled.
 pub fn fill_gaps(values: &mut [f64]) -> usize {
-    let finite: Vec<usize> = (0..values.len()).filter(|&i| values[i].is_finite()).collect();
+    let finite: Vec<usize> = (0..values.len())
+        .filter(|&i| values[i].is_finite())
+        .collect();
     let filled = values.len() - finite.len();
     if filled == 0 {
         return 0;
@@ -105,7 +118,11 @@ mod tests {
 
     #[test]
     fn downsample_means() {
-        let s = Series { start_s: 0, step_s: 300, values: vec![1.0, 3.0, f64::NAN, 5.0, 7.0] };
+        let s = Series {
+            start_s: 0,
+            step_s: 300,
+            values: vec![1.0, 3.0, f64::NAN, 5.0, 7.0],
+        };
         let h = s.downsample(2);
         assert_eq!(h.step_s, 600);
         assert_eq!(h.values, vec![2.0, 5.0]);

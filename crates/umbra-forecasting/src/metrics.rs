@@ -7,7 +7,9 @@ pub fn seasonal_naive_scale(insample: &[f64], m: usize) -> Option<f64> {
         return None;
     }
     let n = insample.len() - m;
-    let s: f64 = (m..insample.len()).map(|i| (insample[i] - insample[i - m]).abs()).sum();
+    let s: f64 = (m..insample.len())
+        .map(|i| (insample[i] - insample[i - m]).abs())
+        .sum();
     let scale = s / n as f64;
     (scale > 0.0 && scale.is_finite()).then_some(scale)
 }
@@ -21,7 +23,12 @@ pub fn mase(actual: &[f64], forecast: &[f64], insample: &[f64], m: usize) -> Opt
 /// Mean absolute error.
 pub fn mean_abs_error(actual: &[f64], forecast: &[f64]) -> f64 {
     let n = actual.len().min(forecast.len()).max(1);
-    actual.iter().zip(forecast).map(|(a, f)| (a - f).abs()).sum::<f64>() / n as f64
+    actual
+        .iter()
+        .zip(forecast)
+        .map(|(a, f)| (a - f).abs())
+        .sum::<f64>()
+        / n as f64
 }
 
 /// Symmetric MAPE in percent, M4 definition (`200 |a - f| / (|a| + |f|)`); steps where both are
@@ -45,7 +52,11 @@ pub fn smape(actual: &[f64], forecast: &[f64]) -> f64 {
 
 /// Weighted absolute percentage error: `sum |a - f| / sum |a|`. `None` if all actuals are zero.
 pub fn wape(actual: &[f64], forecast: &[f64]) -> Option<f64> {
-    let num: f64 = actual.iter().zip(forecast).map(|(a, f)| (a - f).abs()).sum();
+    let num: f64 = actual
+        .iter()
+        .zip(forecast)
+        .map(|(a, f)| (a - f).abs())
+        .sum();
     let den: f64 = actual.iter().map(|a| a.abs()).sum();
     (den > 0.0).then(|| num / den)
 }
@@ -53,11 +64,24 @@ pub fn wape(actual: &[f64], forecast: &[f64]) -> Option<f64> {
 /// Fraction of actuals inside `[lower, upper]`.
 pub fn coverage(actual: &[f64], lower: &[f64], upper: &[f64]) -> f64 {
     let n = actual.len().max(1);
-    actual.iter().zip(lower).zip(upper).filter(|((a, l), u)| **l <= **a && **a <= **u).count() as f64 / n as f64
+    actual
+        .iter()
+        .zip(lower)
+        .zip(upper)
+        .filter(|((a, l), u)| **l <= **a && **a <= **u)
+        .count() as f64
+        / n as f64
 }
 
 /// Mean scaled interval score of a `(1 - alpha)` interval (M4 definition).
-pub fn msis(actual: &[f64], lower: &[f64], upper: &[f64], insample: &[f64], m: usize, alpha: f64) -> Option<f64> {
+pub fn msis(
+    actual: &[f64],
+    lower: &[f64],
+    upper: &[f64],
+    insample: &[f64],
+    m: usize,
+    alpha: f64,
+) -> Option<f64> {
     let scale = seasonal_naive_scale(insample, m)?;
     let n = actual.len().max(1);
     let s: f64 = actual
@@ -80,7 +104,11 @@ pub fn msis(actual: &[f64], lower: &[f64], upper: &[f64], insample: &[f64], m: u
 
 /// Geometric mean of positive values (zeros and non-finite values are skipped).
 pub fn geometric_mean(values: &[f64]) -> Option<f64> {
-    let logs: Vec<f64> = values.iter().filter(|v| v.is_finite() && **v > 0.0).map(|v| v.ln()).collect();
+    let logs: Vec<f64> = values
+        .iter()
+        .filter(|v| v.is_finite() && **v > 0.0)
+        .map(|v| v.ln())
+        .collect();
     (!logs.is_empty()).then(|| (logs.iter().sum::<f64>() / logs.len() as f64).exp())
 }
 

@@ -8,7 +8,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use augurs::ets::AutoETS;
 use augurs::mstl::MSTLModel;
 use augurs::prophet::wasmstan::WasmstanOptimizer;
-use augurs::prophet::{Holiday, HolidayOccurrence, PredictionData, Prophet, ProphetOptions, TrainingData};
+use augurs::prophet::{
+    Holiday, HolidayOccurrence, PredictionData, Prophet, ProphetOptions, TrainingData,
+};
 use augurs::{Fit, Predict};
 
 use crate::{Event, Series};
@@ -67,7 +69,13 @@ impl Model {
 
     /// All models.
     pub fn all() -> Vec<Model> {
-        vec![Model::SeasonalNaiveDaily, Model::SeasonalNaiveWeekly, Model::MstlAutoEts, Model::Prophet, Model::Ensemble]
+        vec![
+            Model::SeasonalNaiveDaily,
+            Model::SeasonalNaiveWeekly,
+            Model::MstlAutoEts,
+            Model::Prophet,
+            Model::Ensemble,
+        ]
     }
 
     /// Whether the model takes external events itself (otherwise the engine applies them).
@@ -76,36 +84,66 @@ impl Model {
     }
 
     /// Point forecast of the `horizon` steps after `history`. Never panics.
-    pub fn forecast(&self, history: &Series, horizon: usize, events: &[Event]) -> Result<Vec<f64>, ModelError> {
+    pub fn forecast(
+        &self,
+        history: &Series,
+        horizon: usize,
+        events: &[Event],
+    ) -> Result<Vec<f64>, ModelError> {
         let mut values = history.values.clone();
         crate::fill_gaps(&mut values);
         // Scale to unit size: huge or tiny magnitudes must not reach the optimisers.
         let scale = values.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-        let scale = if scale > 0.0 && scale.is_finite() { scale } else { 1.0 };
+        let scale = if scale > 0.0 && scale.is_finite() {
+            scale
+        } else {
+            1.0
+        };
         values.iter_mut().for_each(|v| *v /= scale);
-        let scaled = Series { start_s: history.start_s, step_s: history.step_s, values };
-        let out = catch_unwind(AssertUnwindSafe(|| self.forecast_scaled(&scaled, horizon, events)))
-            .map_err(|p| ModelError::Panicked(panic_text(&p)))??;
+        let scaled = Series {
+            start_s: history.start_s,
+            step_s: history.step_s,
+            values,
+        };
+        let out = catch_unwind(AssertUnwindSafe(|| {
+            self.forecast_scaled(&scaled, horizon, events)
+        }))
+        .map_err(|p| ModelError::Panicked(panic_text(&p)))??;
         if out.len() != horizon || out.iter().any(|v| !v.is_finite()) {
             return Err(ModelError::NonFinite);
         }
         Ok(out.into_iter().map(|v| v * scale).collect())
     }
 
-    fn forecast_scaled(&self, h: &Series, horizon: usize, events: &[Event]) -> Result<Vec<f64>, ModelError> {
+    fn forecast_scaled(
+        &self,
+        h: &Series,
+        horizon: usize,
+        events: &[Event],
+    ) -> Result<Vec<f64>, ModelError> {
         let day = (86_400 / h.step_s).max(1) as usize;
         let week = day * 7;
         match self {
             Model::SeasonalNaiveDaily => seasonal_naive(&h.values, day, horizon),
             Model::SeasonalNaiveWeekly => seasonal_naive(&h.values, week, horizon),
             Model::MstlAutoEts => {
-                let periods: Vec<usize> = [day, week].into_iter().filter(|p| *p > 1 && h.values.len() >= 2 * p).collect();
+                let periods: Vec<usize> = [day, week]
+                    .into_iter()
+                    .filter(|p| *p > 1 && h.values.len() >= 2 * p)
+                    .collect();
                 if periods.is_empty() {
-                    return Err(ModelError::TooShort { have: h.values.len(), need: 2 * day });
+                    return Err(ModelError::TooShort {
+                        have: h.values.len(),
+                        need: 2 * day,
+                    });
                 }
                 let model = MSTLModel::new(periods, AutoETS::non_seasonal().into_trend_model());
-                let fit = model.fit(&h.values).map_err(|e| ModelError::Library(e.to_string()))?;
-                let f = fit.predict(horizon, None).map_err(|e| ModelError::Library(e.to_string()))?;
+                let fit = model
+                    .fit(&h.values)
+                    .map_err(|e| ModelError::Library(e.to_string()))?;
+                let f = fit
+                    .predict(horizon, None)
+                    .map_err(|e| ModelError::Library(e.to_string()))?;
                 Ok(f.point)
             }
             Model::Prophet => prophet(h, horizon, events),
@@ -126,10 +164,15 @@ impl Model {
                     members.push(f);
                 }
                 if members.len() < 2 {
-                    return Err(ModelError::TooShort { have: h.values.len(), need: 2 * day });
+                    return Err(ModelError::TooShort {
+                        have: h.values.len(),
+                        need: 2 * day,
+                    });
                 }
                 let k = members.len() as f64;
-                Ok((0..horizon).map(|i| members.iter().map(|m| m[i]).sum::<f64>() / k).collect())
+                Ok((0..horizon)
+                    .map(|i| members.iter().map(|m| m[i]).sum::<f64>() / k)
+                    .collect())
             }
         }
     }
@@ -143,9 +186,16 @@ fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
 }
 
 /// `y[t] = y[t - period]`, repeated over the horizon.
-pub fn seasonal_naive(values: &[f64], period: usize, horizon: usize) -> Result<Vec<f64>, ModelError> {
+pub fn seasonal_naive(
+    values: &[f64],
+    period: usize,
+    horizon: usize,
+) -> Result<Vec<f64>, ModelError> {
     if values.len() < period || period == 0 {
-        return Err(ModelError::TooShort { have: values.len(), need: period });
+        return Err(ModelError::TooShort {
+            have: values.len(),
+            need: period,
+        });
     }
     let last = &values[values.len() - period..];
     Ok((0..horizon).map(|i| last[i % period]).collect())
@@ -161,24 +211,51 @@ fn optimizer() -> WasmstanOptimizer {
 fn prophet(h: &Series, horizon: usize, events: &[Event]) -> Result<Vec<f64>, ModelError> {
     // Hourly means keep the fit fast; each hour's value is spread over its steps.
     let per_hour = ((3_600 / h.step_s).max(1)) as usize;
-    let hourly = if per_hour > 1 { h.downsample(per_hour) } else { h.clone() };
+    let hourly = if per_hour > 1 {
+        h.downsample(per_hour)
+    } else {
+        h.clone()
+    };
     if hourly.values.len() < 48 {
-        return Err(ModelError::TooShort { have: h.values.len(), need: 48 * per_hour });
+        return Err(ModelError::TooShort {
+            have: h.values.len(),
+            need: 48 * per_hour,
+        });
     }
-    let ds: Vec<i64> = (0..hourly.values.len()).map(|i| hourly.time_of(i)).collect();
-    let data = TrainingData::new(ds, hourly.values.clone()).map_err(|e| ModelError::Library(e.to_string()))?;
-    let mut opts = ProphetOptions { uncertainty_samples: 0, ..ProphetOptions::default() };
+    let ds: Vec<i64> = (0..hourly.values.len())
+        .map(|i| hourly.time_of(i))
+        .collect();
+    let data = TrainingData::new(ds, hourly.values.clone())
+        .map_err(|e| ModelError::Library(e.to_string()))?;
+    let mut opts = ProphetOptions {
+        uncertainty_samples: 0,
+        ..ProphetOptions::default()
+    };
     let mut holidays: HashMap<String, Vec<HolidayOccurrence>> = HashMap::new();
     for e in events {
-        holidays.entry(e.kind.clone()).or_default().push(HolidayOccurrence::new(e.start_s, e.end_s));
+        holidays
+            .entry(e.kind.clone())
+            .or_default()
+            .push(HolidayOccurrence::new(e.start_s, e.end_s));
     }
-    opts.holidays = holidays.into_iter().map(|(k, occ)| (k, Holiday::new(occ))).collect();
+    opts.holidays = holidays
+        .into_iter()
+        .map(|(k, occ)| (k, Holiday::new(occ)))
+        .collect();
     let mut model = Prophet::new(opts, optimizer());
-    model.fit(data, Default::default()).map_err(|e| ModelError::Library(e.to_string()))?;
+    model
+        .fit(data, Default::default())
+        .map_err(|e| ModelError::Library(e.to_string()))?;
     let hours = horizon.div_ceil(per_hour);
     let last = hourly.time_of(hourly.values.len() - 1);
-    let future = PredictionData::new((1..=hours as i64).map(|k| last + k * hourly.step_s).collect());
-    let p = model.predict(future).map_err(|e| ModelError::Library(e.to_string()))?;
+    let future = PredictionData::new(
+        (1..=hours as i64)
+            .map(|k| last + k * hourly.step_s)
+            .collect(),
+    );
+    let p = model
+        .predict(future)
+        .map_err(|e| ModelError::Library(e.to_string()))?;
     let mut out = Vec::with_capacity(horizon);
     for i in 0..horizon {
         out.push(p.yhat.point[(i / per_hour).min(p.yhat.point.len() - 1)]);

@@ -78,15 +78,25 @@ fn models(names: &[String]) -> Result<Vec<Model>, StreamError> {
 
 /// Reads all partitions of `topic` from the beginning; returns the consumer and the end
 /// offsets captured now (the restore target).
-async fn open_from_start(rt: &Runtime<Settings>, topic: &str) -> Result<(StreamConsumer, std::collections::HashMap<i32, i64>), StreamError> {
+async fn open_from_start(
+    rt: &Runtime<Settings>,
+    topic: &str,
+) -> Result<(StreamConsumer, std::collections::HashMap<i32, i64>), StreamError> {
     let partitions = kafka::partitions(&rt.config.kafka, topic).await?;
     let consumer = kafka::reader(&rt.config.kafka)?;
     let end = table::end_offsets(&consumer, topic, &partitions).await?;
     let mut tpl = TopicPartitionList::new();
     for p in &partitions {
-        tpl.add_partition_offset(topic, *p, Offset::Beginning).map_err(|e| StreamError::Kafka { context: "assign".into(), source: e })?;
+        tpl.add_partition_offset(topic, *p, Offset::Beginning)
+            .map_err(|e| StreamError::Kafka {
+                context: "assign".into(),
+                source: e,
+            })?;
     }
-    consumer.assign(&tpl).map_err(|e| StreamError::Kafka { context: format!("assigning {topic}"), source: e })?;
+    consumer.assign(&tpl).map_err(|e| StreamError::Kafka {
+        context: format!("assigning {topic}"),
+        source: e,
+    })?;
     Ok((consumer, end))
 }
 
@@ -103,9 +113,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
     }));
     let series_topic = rt.config.topic("umbra.usage.series");
     let events_topic = rt.config.topic("umbra.events.external");
-    let series_in: Arc<Input<WorkloadKey, UsagePoint>> = Arc::new(Input::new(rt.registry.clone(), series_topic.clone()).await?);
-    let events_in: Arc<Input<EventKey, ExternalEvent>> = Arc::new(Input::new(rt.registry.clone(), events_topic.clone()).await?);
-    let out: Output<WorkloadKey, DemandForecast> = Output::new(rt.registry.clone(), rt.config.topic("umbra.forecasts")).await?;
+    let series_in: Arc<Input<WorkloadKey, UsagePoint>> =
+        Arc::new(Input::new(rt.registry.clone(), series_topic.clone()).await?);
+    let events_in: Arc<Input<EventKey, ExternalEvent>> =
+        Arc::new(Input::new(rt.registry.clone(), events_topic.clone()).await?);
+    let out: Output<WorkloadKey, DemandForecast> =
+        Output::new(rt.registry.clone(), rt.config.topic("umbra.forecasts")).await?;
     let state = Arc::new(Mutex::new(State::new(settings.history_days)));
 
     let (series_consumer, series_end) = open_from_start(&rt, &series_topic).await?;
@@ -117,44 +130,60 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
     let sd = shutdown.clone();
     let metrics = rt.metrics.clone();
     let series_task = tokio::spawn(async move {
-        follow(series_consumer, series_end, series_ready, sd, metrics, move |bytes| {
-            let s1 = s1.clone();
-            let input = series_in.clone();
-            async move {
-                match input.decode_value(&bytes).await {
-                    Ok(p) => {
-                        s1.lock().unwrap_or_else(|e| e.into_inner()).add_point(&p);
-                        Ok(())
+        follow(
+            series_consumer,
+            series_end,
+            series_ready,
+            sd,
+            metrics,
+            move |bytes| {
+                let s1 = s1.clone();
+                let input = series_in.clone();
+                async move {
+                    match input.decode_value(&bytes).await {
+                        Ok(p) => {
+                            s1.lock().unwrap_or_else(|e| e.into_inner()).add_point(&p);
+                            Ok(())
+                        }
+                        Err(e) => Err(e.to_string()),
                     }
-                    Err(e) => Err(e.to_string()),
                 }
-            }
-        })
+            },
+        )
         .await
     });
     let s2 = state.clone();
     let sd = shutdown.clone();
     let metrics = rt.metrics.clone();
     let events_task = tokio::spawn(async move {
-        follow(events_consumer, events_end, events_ready, sd, metrics, move |bytes| {
-            let s2 = s2.clone();
-            let input = events_in.clone();
-            async move {
-                match input.decode_value(&bytes).await {
-                    Ok(e) => {
-                        s2.lock().unwrap_or_else(|p| p.into_inner()).add_event(e);
-                        Ok(())
+        follow(
+            events_consumer,
+            events_end,
+            events_ready,
+            sd,
+            metrics,
+            move |bytes| {
+                let s2 = s2.clone();
+                let input = events_in.clone();
+                async move {
+                    match input.decode_value(&bytes).await {
+                        Ok(e) => {
+                            s2.lock().unwrap_or_else(|p| p.into_inner()).add_event(e);
+                            Ok(())
+                        }
+                        Err(e) => Err(e.to_string()),
                     }
-                    Err(e) => Err(e.to_string()),
                 }
-            }
-        })
+            },
+        )
         .await
     });
 
-    let mut tick = tokio::time::interval(Duration::from_millis(settings.refit_interval_ms.max(100)));
+    let mut tick =
+        tokio::time::interval(Duration::from_millis(settings.refit_interval_ms.max(100)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_refit = std::time::Instant::now() - Duration::from_millis(settings.refit_interval_ms);
+    let mut last_refit =
+        std::time::Instant::now() - Duration::from_millis(settings.refit_interval_ms);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -179,15 +208,27 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
         let f = forecaster.clone();
         let now = umbra_stream::now_millis();
         let forecasts = tokio::task::spawn_blocking(move || {
-            work.into_iter().map(|(id, h, ev)| forecast_workload(&f, &id, &h, &ev, now)).collect::<Vec<_>>()
+            work.into_iter()
+                .map(|(id, h, ev)| forecast_workload(&f, &id, &h, &ev, now))
+                .collect::<Vec<_>>()
         })
         .await
         .map_err(|e| StreamError::Internal(e.to_string()))?;
         let trace = TraceCtx::root("forecast refit");
         let mut published = HashSet::new();
         for fc in forecasts {
-            let emit = out.record(&WorkloadKey { workload_id: fc.workload_id.clone() }, &fc)?;
-            send(&rt.producer, &emit, with_headers(OwnedHeaders::new(), &trace.headers())).await?;
+            let emit = out.record(
+                &WorkloadKey {
+                    workload_id: fc.workload_id.clone(),
+                },
+                &fc,
+            )?;
+            send(
+                &rt.producer,
+                &emit,
+                with_headers(OwnedHeaders::new(), &trace.headers()),
+            )
+            .await?;
             rt.metrics.produced.with_label_values(&[out.topic()]).inc();
             published.insert(fc.workload_id);
         }
@@ -213,7 +254,10 @@ async fn follow<F, Fut>(
     Fut: std::future::Future<Output = Result<(), String>>,
 {
     let mut positions: std::collections::HashMap<i32, i64> = std::collections::HashMap::new();
-    let caught_up = |pos: &std::collections::HashMap<i32, i64>| end.iter().all(|(p, e)| pos.get(p).copied().unwrap_or(0) >= *e);
+    let caught_up = |pos: &std::collections::HashMap<i32, i64>| {
+        end.iter()
+            .all(|(p, e)| pos.get(p).copied().unwrap_or(0) >= *e)
+    };
     if caught_up(&positions) {
         ready.store(true, Ordering::Release);
     }

@@ -5,7 +5,9 @@ use std::collections::{HashMap, HashSet};
 
 use umbra_forecasting::engine::{DAY, HOUR, WEEK};
 use umbra_forecasting::{Event, Forecaster, Series};
-use umbra_schemas::{DemandForecast, ExternalEvent, ForecastPoint, HorizonForecast, Horizon, Interval, UsagePoint};
+use umbra_schemas::{
+    DemandForecast, ExternalEvent, ForecastPoint, Horizon, HorizonForecast, Interval, UsagePoint,
+};
 
 /// Grid step of the history, seconds (the ingest bucket).
 pub const STEP_S: i64 = 300;
@@ -52,7 +54,11 @@ impl History {
             self.start_s = t;
         }
         let i = ((t - self.start_s) / STEP_S) as usize;
-        for (v, x) in [(&mut self.cpu, cpu), (&mut self.memory, memory), (&mut self.disk, disk)] {
+        for (v, x) in [
+            (&mut self.cpu, cpu),
+            (&mut self.memory, memory),
+            (&mut self.disk, disk),
+        ] {
             if v.len() <= i {
                 v.resize(i + 1, f64::NAN);
             }
@@ -82,13 +88,22 @@ pub struct State {
 impl State {
     /// Empty state keeping `history_days` of history per workload.
     pub fn new(history_days: u32) -> Self {
-        Self { max_len: (history_days as usize * 86_400 / STEP_S as usize).max(1), ..Self::default() }
+        Self {
+            max_len: (history_days as usize * 86_400 / STEP_S as usize).max(1),
+            ..Self::default()
+        }
     }
 
     /// Applies one usage point; the workload is refitted at the next cadence.
     pub fn add_point(&mut self, p: &UsagePoint) {
         let h = self.workloads.entry(p.workload_id.clone()).or_default();
-        h.set(p.bucket_start.div_euclid(1000), p.cpu_millicores.mean, p.memory_bytes.mean, p.disk_io_bytes_per_s.mean, self.max_len);
+        h.set(
+            p.bucket_start.div_euclid(1000),
+            p.cpu_millicores.mean,
+            p.memory_bytes.mean,
+            p.disk_io_bytes_per_s.mean,
+            self.max_len,
+        );
         h.labels.clone_from(&p.labels);
         self.dirty.insert(p.workload_id.clone());
     }
@@ -119,7 +134,12 @@ impl State {
         ids.into_iter()
             .filter_map(|id| {
                 let h = self.workloads.get(&id)?.clone();
-                let events = self.events.values().filter(|e| in_scope(e, &id, &h.labels)).map(to_event).collect();
+                let events = self
+                    .events
+                    .values()
+                    .filter(|e| in_scope(e, &id, &h.labels))
+                    .map(to_event)
+                    .collect();
                 Some((id, h, events))
             })
             .collect()
@@ -132,7 +152,8 @@ pub fn in_scope(e: &ExternalEvent, id: &str, labels: &HashMap<String, String>) -
     if e.workload_ids.is_empty() && e.labels.is_empty() {
         return true;
     }
-    e.workload_ids.iter().any(|w| w == id) || (!e.labels.is_empty() && e.labels.iter().all(|(k, v)| labels.get(k) == Some(v)))
+    e.workload_ids.iter().any(|w| w == id)
+        || (!e.labels.is_empty() && e.labels.iter().all(|(k, v)| labels.get(k) == Some(v)))
 }
 
 fn to_event(e: &ExternalEvent) -> Event {
@@ -146,15 +167,32 @@ fn to_event(e: &ExternalEvent) -> Event {
 
 /// The forecast of one workload: hour and day ahead at 5 minutes, week ahead at hourly means,
 /// for CPU, memory and disk I/O, each with 80% and 95% intervals.
-pub fn forecast_workload(f: &Forecaster, id: &str, h: &History, events: &[Event], now_ms: i64) -> DemandForecast {
-    let series = |v: &Vec<f64>| Series { start_s: h.start_s, step_s: STEP_S, values: v.clone() };
-    let resources = [("cpu", series(&h.cpu)), ("memory", series(&h.memory)), ("disk", series(&h.disk))];
+pub fn forecast_workload(
+    f: &Forecaster,
+    id: &str,
+    h: &History,
+    events: &[Event],
+    now_ms: i64,
+) -> DemandForecast {
+    let series = |v: &Vec<f64>| Series {
+        start_s: h.start_s,
+        step_s: STEP_S,
+        values: v.clone(),
+    };
+    let resources = [
+        ("cpu", series(&h.cpu)),
+        ("memory", series(&h.memory)),
+        ("disk", series(&h.disk)),
+    ];
     let mut per_resource = Vec::new();
     let mut models = Vec::new();
     let mut reasons = Vec::new();
     for (name, s) in &resources {
         let mut short = f.evaluate(s, &[HOUR.steps, DAY.steps], events, None);
-        let week = f.evaluate(&s.downsample(WEEK.aggregate), &[WEEK.steps], events, None).remove(0).chosen;
+        let week = f
+            .evaluate(&s.downsample(WEEK.aggregate), &[WEEK.steps], events, None)
+            .remove(0)
+            .chosen;
         let day = short.remove(1).chosen;
         let hour = short.remove(0).chosen;
         models.push(format!("{name}:{}", day.model));
@@ -166,7 +204,11 @@ pub fn forecast_workload(f: &Forecaster, id: &str, h: &History, events: &[Event]
         per_resource.push([hour, day, week]);
     }
     let horizon = |k: usize, which: Horizon| {
-        let [cpu, mem, disk] = [&per_resource[0][k], &per_resource[1][k], &per_resource[2][k]];
+        let [cpu, mem, disk] = [
+            &per_resource[0][k],
+            &per_resource[1][k],
+            &per_resource[2][k],
+        ];
         let iv = |fc: &umbra_forecasting::Forecast, i: usize| Interval {
             mean: fc.mean[i],
             lower_80: fc.lower80[i],
@@ -192,7 +234,11 @@ pub fn forecast_workload(f: &Forecaster, id: &str, h: &History, events: &[Event]
         generated_at: now_ms,
         model: models.join(" "),
         fallback_reason: (!reasons.is_empty()).then(|| reasons.join("; ")),
-        horizons: vec![horizon(0, Horizon::Hour), horizon(1, Horizon::Day), horizon(2, Horizon::Week)],
+        horizons: vec![
+            horizon(0, Horizon::Hour),
+            horizon(1, Horizon::Day),
+            horizon(2, Horizon::Week),
+        ],
     }
 }
 
@@ -202,7 +248,11 @@ mod tests {
     use umbra_schemas::{Record, Stats};
 
     fn point(id: &str, t_s: i64, v: f64) -> UsagePoint {
-        let s = Stats { mean: v, p95: v, max: v };
+        let s = Stats {
+            mean: v,
+            p95: v,
+            max: v,
+        };
         UsagePoint {
             workload_id: id.into(),
             bucket_start: t_s * 1000,
@@ -238,15 +288,22 @@ mod tests {
         let mut st = State::new(28);
         st.add_point(&point("a", 1_372_636_800, 1.0));
         st.add_point(&point("b", 1_372_636_800, 1.0));
-        assert!(st.take_dirty(false).is_empty(), "new data waits for the cadence");
+        assert!(
+            st.take_dirty(false).is_empty(),
+            "new data waits for the cadence"
+        );
         let mut e = ExternalEvent::example();
         e.workload_ids = vec!["b".into()];
         e.labels.clear();
         st.add_event(e);
-        let now: Vec<String> = st.take_dirty(false).into_iter().map(|(id, _, ev)| {
-            assert_eq!(ev.len(), 1);
-            id
-        }).collect();
+        let now: Vec<String> = st
+            .take_dirty(false)
+            .into_iter()
+            .map(|(id, _, ev)| {
+                assert_eq!(ev.len(), 1);
+                id
+            })
+            .collect();
         assert_eq!(now, vec!["b".to_string()]);
         assert_eq!(st.take_dirty(true).len(), 2);
     }
@@ -255,14 +312,27 @@ mod tests {
     fn a_forecast_has_three_horizons_of_the_right_length() {
         let mut st = State::new(28);
         for i in 0..(3 * 288) {
-            st.add_point(&point("a", 1_372_636_800 + i * 300, 100.0 + (i % 288) as f64));
+            st.add_point(&point(
+                "a",
+                1_372_636_800 + i * 300,
+                100.0 + (i % 288) as f64,
+            ));
         }
         let h = st.history("a").unwrap();
         let f = Forecaster::default();
         let fc = forecast_workload(&f, "a", h, &[], 0);
-        assert_eq!(fc.horizons.iter().map(|h| h.points.len()).collect::<Vec<_>>(), vec![12, 288, 168]);
+        assert_eq!(
+            fc.horizons
+                .iter()
+                .map(|h| h.points.len())
+                .collect::<Vec<_>>(),
+            vec![12, 288, 168]
+        );
         assert_eq!(fc.horizons[2].step_seconds, 3600);
         let p = &fc.horizons[1].points[0];
-        assert!(p.cpu_millicores.lower_95 <= p.cpu_millicores.mean && p.cpu_millicores.mean <= p.cpu_millicores.upper_95);
+        assert!(
+            p.cpu_millicores.lower_95 <= p.cpu_millicores.mean
+                && p.cpu_millicores.mean <= p.cpu_millicores.upper_95
+        );
     }
 }
