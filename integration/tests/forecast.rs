@@ -25,6 +25,8 @@ fn point(i: i64) -> UsagePoint {
         memory_bytes: v(4.0e9),
         disk_io_bytes_per_s: v(1.0e6),
         labels: Default::default(),
+        cpu_capacity_millicores: 8000.0,
+        memory_capacity_bytes: 16.0e9,
     }
 }
 
@@ -126,6 +128,7 @@ async fn usage_and_an_event_in_a_forecast_out_and_a_restart_keeps_history() -> a
             "ordered intervals"
         );
         assert!(c.lower_95 >= 0.0, "clipped at zero");
+        assert!(c.upper_95 <= 8000.0, "clipped at the CPU capacity");
     }
     svc.signal("TERM")?;
     assert_eq!(svc.wait_exit(Duration::from_secs(30)).await?, Some(0));

@@ -166,7 +166,7 @@ impl Forecaster {
                 })
                 .collect()
         };
-        if finite.len() < day.min(48).max(2) || max_h == 0 {
+        if finite.len() < day.clamp(2, 48) || max_h == 0 {
             return flat_all(format!("only {} usable steps of history", finite.len()));
         }
         let lo = finite.iter().copied().fold(f64::INFINITY, f64::min);

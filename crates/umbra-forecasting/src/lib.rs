@@ -93,9 +93,9 @@ pub fn fill_gaps(values: &mut [f64]) -> usize {
         let (a, b) = (w[0], w[1]);
         if b > a + 1 {
             let (va, vb) = (values[a], values[b]);
-            for i in a + 1..b {
-                let t = (i - a) as f64 / (b - a) as f64;
-                values[i] = va + t * (vb - va);
+            for (k, v) in values[a + 1..b].iter_mut().enumerate() {
+                let t = (k + 1) as f64 / (b - a) as f64;
+                *v = va + t * (vb - va);
             }
         }
     }

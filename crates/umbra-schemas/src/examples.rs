@@ -96,6 +96,8 @@ pub(crate) fn USAGE_POINT() -> UsagePoint {
         memory_bytes: stats(3.0e9),
         disk_io_bytes_per_s: stats(6144.0),
         labels: labels(),
+        cpu_capacity_millicores: 4000.0,
+        memory_capacity_bytes: 8.0 * (1u64 << 30) as f64,
     }
 }
 pub(crate) fn HOST_STATE() -> HostState {

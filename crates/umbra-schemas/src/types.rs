@@ -155,6 +155,8 @@ pub struct UsagePoint {
     pub memory_bytes: Stats,
     pub disk_io_bytes_per_s: Stats,
     pub labels: HashMap<String, String>,
+    pub cpu_capacity_millicores: f64,
+    pub memory_capacity_bytes: f64,
 }
 /// See `host_state.avsc`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]

@@ -25,6 +25,10 @@ pub struct History {
     pub disk: Vec<f64>,
     /// Labels from the latest point.
     pub labels: HashMap<String, String>,
+    /// CPU provisioned, millicores, from the latest point that knew it; forecasts are clipped to it.
+    pub cpu_capacity: Option<f64>,
+    /// Memory provisioned, bytes, likewise.
+    pub memory_capacity: Option<f64>,
 }
 
 impl History {
@@ -105,6 +109,9 @@ impl State {
             self.max_len,
         );
         h.labels.clone_from(&p.labels);
+        let known = |v: f64| (v.is_finite() && v > 0.0).then_some(v);
+        h.cpu_capacity = known(p.cpu_capacity_millicores).or(h.cpu_capacity);
+        h.memory_capacity = known(p.memory_capacity_bytes).or(h.memory_capacity);
         self.dirty.insert(p.workload_id.clone());
     }
 
@@ -262,6 +269,8 @@ mod tests {
             memory_bytes: s.clone(),
             disk_io_bytes_per_s: s,
             labels: HashMap::new(),
+            cpu_capacity_millicores: 0.0,
+            memory_capacity_bytes: 0.0,
         }
     }
 

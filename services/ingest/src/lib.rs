@@ -141,6 +141,8 @@ pub fn point_of(s: &UsageSample, bucket_seconds: i32) -> UsagePoint {
         memory_bytes: one(s.memory_bytes),
         disk_io_bytes_per_s: one(s.disk_read_bytes_per_s + s.disk_write_bytes_per_s),
         labels: s.labels.clone(),
+        cpu_capacity_millicores: s.cpu_capacity_millicores,
+        memory_capacity_bytes: s.memory_capacity_bytes,
     }
 }
 
