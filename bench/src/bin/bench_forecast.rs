@@ -25,6 +25,9 @@ struct Args {
     vms: usize,
     origins: usize,
     python: Option<PathBuf>,
+    backtest_origins: usize,
+    interval_buckets: usize,
+    selection_margin: f64,
 }
 
 fn args() -> Result<Args, String> {
@@ -34,6 +37,9 @@ fn args() -> Result<Args, String> {
         vms: 10,
         origins: 14,
         python: None,
+        backtest_origins: ForecasterConfig::default().backtest_origins,
+        interval_buckets: ForecasterConfig::default().interval_buckets,
+        selection_margin: ForecasterConfig::default().selection_margin,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -44,7 +50,10 @@ fn args() -> Result<Args, String> {
             "--vms" => a.vms = v()?.parse().map_err(|e| format!("--vms: {e}"))?,
             "--origins" => a.origins = v()?.parse().map_err(|e| format!("--origins: {e}"))?,
             "--python" => a.python = Some(PathBuf::from(v()?)),
-            other => return Err(format!("unknown argument {other}; usage: bench-forecast [--data DIR] [--json FILE] [--vms N] [--origins N] [--python PY]")),
+            "--backtest-origins" => a.backtest_origins = v()?.parse().map_err(|e| format!("--backtest-origins: {e}"))?,
+            "--selection-margin" => a.selection_margin = v()?.parse().map_err(|e| format!("--selection-margin: {e}"))?,
+            "--interval-buckets" => a.interval_buckets = v()?.parse().map_err(|e| format!("--interval-buckets: {e}"))?,
+            other => return Err(format!("unknown argument {other}; usage: bench-forecast [--data DIR] [--json FILE] [--vms N] [--origins N] [--python PY] [--backtest-origins N] [--interval-buckets N] [--selection-margin F]")),
         }
     }
     Ok(a)
@@ -289,6 +298,9 @@ fn main() {
     // (1h and 1d share the 5-minute fit; 1w is fitted on hourly means).
     let forecaster = Forecaster::new(ForecasterConfig {
         candidates: Model::all(),
+        backtest_origins: args.backtest_origins,
+        interval_buckets: args.interval_buckets,
+        selection_margin: args.selection_margin,
         ..ForecasterConfig::default()
     });
     let mut preds: Vec<Prediction> = Vec::new();

@@ -52,6 +52,9 @@ pub struct ForecasterConfig {
     pub max_history_s: i64,
     /// Number of horizon buckets that pool residuals for the conformal quantiles.
     pub interval_buckets: usize,
+    /// How much lower (as a fraction) a model's backtest MASE must be than the daily seasonal
+    /// naive's for the model to be chosen over it.
+    pub selection_margin: f64,
 }
 
 impl Default for ForecasterConfig {
@@ -66,6 +69,7 @@ impl Default for ForecasterConfig {
             origin_spacing_s: 86_400,
             max_history_s: 28 * 86_400,
             interval_buckets: 6,
+            selection_margin: 0.0,
         }
     }
 }
@@ -248,15 +252,24 @@ impl Forecaster {
         capacity: Option<f64>,
         history: &Series,
     ) -> Forecast {
+        // A model must beat the seasonal naive baseline by the margin to replace it: with a
+        // handful of backtest origins, small differences are noise.
+        let penalty = |m: &Model| {
+            if *m == Model::SeasonalNaiveDaily {
+                1.0
+            } else {
+                1.0 + self.config.selection_margin
+            }
+        };
         let best = candidates
             .iter()
-            .filter_map(|(_, r)| r.as_ref().ok())
-            .min_by(|a, b| {
-                let ka = a.backtest_mase.unwrap_or(f64::INFINITY);
-                let kb = b.backtest_mase.unwrap_or(f64::INFINITY);
-                ka.total_cmp(&kb)
+            .filter_map(|(m, r)| {
+                r.as_ref()
+                    .ok()
+                    .map(|f| (f, f.backtest_mase.map_or(f64::INFINITY, |k| k * penalty(m))))
             })
-            .cloned();
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(f, _)| f.clone());
         if let Some(f) = best {
             return f;
         }
