@@ -18,6 +18,7 @@ pub mod http;
 pub mod kafka;
 pub mod metrics;
 pub mod processor;
+pub mod reader;
 pub mod registry;
 pub mod service;
 pub mod shutdown;

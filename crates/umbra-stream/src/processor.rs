@@ -33,15 +33,21 @@ pub struct Emit {
     pub value: Option<Vec<u8>>,
 }
 
-/// A typed output topic: encodes keys and values under its subjects.
-pub struct Output<K, V> {
+/// The codecs of one topic: encodes and decodes its keys and values under its subjects.
+/// A service holds one per topic it reads ([`Input`]) or writes ([`Output`]).
+pub struct TopicCodecs<K, V> {
     topic: String,
     key: Codec<K>,
     value: Codec<V>,
 }
 
-impl<K: Record, V: Record> Output<K, V> {
-    /// Registers the topic's key and value schemas.
+/// A topic a service reads.
+pub type Input<K, V> = TopicCodecs<K, V>;
+/// A topic a service writes.
+pub type Output<K, V> = TopicCodecs<K, V>;
+
+impl<K: Record, V: Record> TopicCodecs<K, V> {
+    /// Registers the topic's key and value schemas (`<topic>-key`, `<topic>-value`).
     pub async fn new(
         registry: Arc<dyn SchemaRegistry>,
         topic: String,
@@ -72,30 +78,6 @@ impl<K: Record, V: Record> Output<K, V> {
             key: self.key.encode(key)?,
             value: None,
         })
-    }
-}
-
-/// A typed input topic: decodes keys and values.
-pub struct Input<K, V> {
-    topic: String,
-    key: Codec<K>,
-    value: Codec<V>,
-}
-
-impl<K: Record, V: Record> Input<K, V> {
-    /// Registers the topic's key and value schemas (the reader schemas).
-    pub async fn new(
-        registry: Arc<dyn SchemaRegistry>,
-        topic: String,
-    ) -> Result<Self, StreamError> {
-        let key = Codec::register(registry.clone(), format!("{topic}-key")).await?;
-        let value = Codec::register(registry, format!("{topic}-value")).await?;
-        Ok(Self { topic, key, value })
-    }
-
-    /// Topic name.
-    pub fn topic(&self) -> &str {
-        &self.topic
     }
 
     /// Decodes a key.

@@ -9,16 +9,15 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use umbra_schemas::{EntityKey, Record};
 
-use crate::codec::Codec;
 use crate::config::KafkaSettings;
 use crate::metrics::Metrics;
+use crate::processor::TopicCodecs;
+use crate::reader::{RawRecord, RestoringReader};
 use crate::registry::SchemaRegistry;
-use crate::{kafka, StreamError};
+use crate::StreamError;
 
 /// Rows of a table and how far into each partition they reflect.
 #[derive(Debug, Clone)]
@@ -119,116 +118,46 @@ impl<V: Record> Table<V> {
         metrics: Metrics,
         shutdown: CancellationToken,
     ) -> Result<Self, StreamError> {
-        let key_codec = Codec::<K>::register(registry.clone(), format!("{topic}-key")).await?;
-        let value_codec = Codec::<V>::register(registry, format!("{topic}-value")).await?;
-        let partitions = kafka::partitions(kafka_settings, &topic).await?;
-        let consumer = kafka::reader(kafka_settings)?;
-        let end_offsets = end_offsets(&consumer, &topic, &partitions).await?;
-        let mut tpl = TopicPartitionList::new();
-        for p in &partitions {
-            tpl.add_partition_offset(&topic, *p, Offset::Beginning)
-                .map_err(|e| StreamError::kafka("assigning table partitions", e))?;
-        }
-        consumer
-            .assign(&tpl)
-            .map_err(|e| StreamError::kafka("assigning table partitions", e))?;
+        let codecs: Arc<TopicCodecs<K, V>> =
+            Arc::new(TopicCodecs::new(registry, topic.clone()).await?);
+        let reader = RestoringReader::open(kafka_settings, &topic).await?;
         let table = Self {
             state: Arc::new(RwLock::new(TableState::default())),
             ready,
             topic: topic.clone(),
         };
-        if table.read().caught_up(&end_offsets) {
-            table.ready.store(true, Ordering::Release);
-            tracing::info!(topic = %topic, rows = 0, "table restored");
-        }
         let driver = table.clone();
-        tokio::spawn(async move {
-            driver
-                .follow(
-                    consumer,
-                    key_codec,
-                    value_codec,
-                    end_offsets,
-                    metrics,
-                    shutdown,
-                )
-                .await;
-        });
+        let gate = table.ready.clone();
+        let rows_gauge = metrics.table_rows.with_label_values(&[&topic]);
+        let bad = metrics
+            .dead_lettered
+            .with_label_values(&[&topic, "table-decode"]);
+        tokio::spawn(reader.run(gate, shutdown, metrics, move |r: RawRecord| {
+            let (codecs, driver, rows_gauge, bad) = (codecs.clone(), driver.clone(), rows_gauge.clone(), bad.clone());
+            async move {
+                let key = match &r.key {
+                    Some(k) => codecs.decode_key(k).await.map(|k| k.id().to_string()).map_err(|e| e.to_string()),
+                    None => Err("null key on a table topic".to_string()),
+                };
+                let value = match &r.value {
+                    None => Ok(None),
+                    Some(v) => codecs.decode_value(v).await.map(Some).map_err(|e| e.to_string()),
+                };
+                match (key, value) {
+                    (Ok(k), Ok(v)) => driver.write().apply(r.partition, r.offset, k, v),
+                    (k, v) => {
+                        let why = k.err().or(v.err()).unwrap_or_default();
+                        // The table has a single writer; a bad row there is a bug upstream.
+                        // Skip it so the table stays available, and make it visible.
+                        tracing::error!(topic = %driver.topic, partition = r.partition, offset = r.offset, error = %why, "skipping undecodable table record");
+                        bad.inc();
+                        driver.write().advance(r.partition, r.offset + 1);
+                    }
+                }
+                rows_gauge.set(driver.read().len() as i64);
+            }
+        }));
         Ok(table)
-    }
-
-    async fn follow<K: EntityKey>(
-        self,
-        consumer: StreamConsumer,
-        key_codec: Codec<K>,
-        value_codec: Codec<V>,
-        end_offsets: HashMap<i32, i64>,
-        metrics: Metrics,
-        shutdown: CancellationToken,
-    ) {
-        let rows_gauge = metrics.table_rows.with_label_values(&[&self.topic]);
-        loop {
-            let msg = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                m = tokio::time::timeout(Duration::from_millis(250), consumer.recv()) => m,
-            };
-            match msg {
-                Err(_idle) => {
-                    // Compaction can leave the last offsets empty: trust the client's position.
-                    if !self.is_ready() {
-                        if let Ok(pos) = consumer.position() {
-                            let mut st = self.write();
-                            for e in pos.elements() {
-                                if let Offset::Offset(o) = e.offset() {
-                                    st.advance(e.partition(), o);
-                                }
-                            }
-                        }
-                    }
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(topic = %self.topic, error = %e, "table consumer error; retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Ok(Ok(m)) => {
-                    let (partition, offset) = (m.partition(), m.offset());
-                    let key = match m.key() {
-                        Some(k) => key_codec.decode(k).await.map(|k| k.id().to_string()),
-                        None => Err(crate::codec::DecodeError {
-                            kind: crate::codec::DecodeErrorKind::Framing,
-                            detail: "null key on a table topic".into(),
-                        }),
-                    };
-                    let value = match m.payload() {
-                        None => Ok(None),
-                        Some(v) => value_codec.decode(v).await.map(Some),
-                    };
-                    match (key, value) {
-                        (Ok(k), Ok(v)) => self.write().apply(partition, offset, k, v),
-                        (k, v) => {
-                            let why = k
-                                .err()
-                                .or(v.err())
-                                .map(|e| e.to_string())
-                                .unwrap_or_default();
-                            // The table has a single writer; a bad row there is a bug upstream.
-                            // Skip it so the table stays available, and make it visible.
-                            tracing::error!(topic = %self.topic, partition, offset, error = %why, "skipping undecodable table record");
-                            metrics
-                                .dead_lettered
-                                .with_label_values(&[&self.topic, "table-decode"])
-                                .inc();
-                            self.write().advance(partition, offset + 1);
-                        }
-                    }
-                }
-            }
-            rows_gauge.set(self.read().len() as i64);
-            if !self.is_ready() && self.read().caught_up(&end_offsets) {
-                self.ready.store(true, Ordering::Release);
-                tracing::info!(topic = %self.topic, rows = self.read().len(), "table restored");
-            }
-        }
     }
 }
 

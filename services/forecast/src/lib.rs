@@ -14,22 +14,20 @@
 mod state;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Message, OwnedHeaders};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::message::OwnedHeaders;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use umbra_forecasting::{Forecaster, ForecasterConfig, Model};
 use umbra_schemas::{DemandForecast, EventKey, ExternalEvent, UsagePoint, WorkloadKey};
 use umbra_stream::config::ServiceConfig;
 use umbra_stream::processor::{send, Input, Output};
+use umbra_stream::reader::{RawRecord, RestoringReader};
 use umbra_stream::service::Runtime;
 use umbra_stream::telemetry::{with_headers, TraceCtx};
-use umbra_stream::{kafka, table, StreamError};
+use umbra_stream::StreamError;
 
 pub use state::{forecast_workload, History, State};
 
@@ -76,30 +74,6 @@ fn models(names: &[String]) -> Result<Vec<Model>, StreamError> {
         .collect()
 }
 
-/// Reads all partitions of `topic` from the beginning; returns the consumer and the end
-/// offsets captured now (the restore target).
-async fn open_from_start(
-    rt: &Runtime<Settings>,
-    topic: &str,
-) -> Result<(StreamConsumer, std::collections::HashMap<i32, i64>), StreamError> {
-    let partitions = kafka::partitions(&rt.config.kafka, topic).await?;
-    let consumer = kafka::reader(&rt.config.kafka)?;
-    let end = table::end_offsets(&consumer, topic, &partitions).await?;
-    let mut tpl = TopicPartitionList::new();
-    for p in &partitions {
-        tpl.add_partition_offset(topic, *p, Offset::Beginning)
-            .map_err(|e| StreamError::Kafka {
-                context: "assign".into(),
-                source: e,
-            })?;
-    }
-    consumer.assign(&tpl).map_err(|e| StreamError::Kafka {
-        context: format!("assigning {topic}"),
-        source: e,
-    })?;
-    Ok((consumer, end))
-}
-
 /// Runs the service until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StreamError> {
     let models = models(&config.service.models)?;
@@ -121,63 +95,41 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
         Output::new(rt.registry.clone(), rt.config.topic("umbra.forecasts")).await?;
     let state = Arc::new(Mutex::new(State::new(settings.history_days)));
 
-    let (series_consumer, series_end) = open_from_start(&rt, &series_topic).await?;
-    let (events_consumer, events_end) = open_from_start(&rt, &events_topic).await?;
+    let series_reader = RestoringReader::open(&rt.config.kafka, &series_topic).await?;
+    let events_reader = RestoringReader::open(&rt.config.kafka, &events_topic).await?;
     let series_ready = rt.readiness.gate(format!("restore {series_topic}"));
     let events_ready = rt.readiness.gate(format!("restore {events_topic}"));
-
+    // Undecodable records are logged and skipped here: they were dead-lettered when first
+    // consumed upstream, and this reader replays them at every start.
     let s1 = state.clone();
-    let sd = shutdown.clone();
-    let metrics = rt.metrics.clone();
-    let series_task = tokio::spawn(async move {
-        follow(
-            series_consumer,
-            series_end,
-            series_ready,
-            sd,
-            metrics,
-            move |bytes| {
-                let s1 = s1.clone();
-                let input = series_in.clone();
-                async move {
-                    match input.decode_value(&bytes).await {
-                        Ok(p) => {
-                            s1.lock().unwrap_or_else(|e| e.into_inner()).add_point(&p);
-                            Ok(())
-                        }
-                        Err(e) => Err(e.to_string()),
-                    }
-                }
-            },
-        )
-        .await
-    });
+    let series_task = tokio::spawn(series_reader.run(series_ready, shutdown.clone(), rt.metrics.clone(), move |r: RawRecord| {
+        let (s1, input) = (s1.clone(), series_in.clone());
+        async move {
+            let Some(bytes) = r.value else { return };
+            match input.decode_value(&bytes).await {
+                Ok(p) => s1.lock().unwrap_or_else(|e| e.into_inner()).add_point(&p),
+                Err(e) => tracing::warn!(offset = r.offset, error = %e, "skipping undecodable usage point"),
+            }
+        }
+    }));
     let s2 = state.clone();
-    let sd = shutdown.clone();
-    let metrics = rt.metrics.clone();
-    let events_task = tokio::spawn(async move {
-        follow(
-            events_consumer,
-            events_end,
-            events_ready,
-            sd,
-            metrics,
-            move |bytes| {
-                let s2 = s2.clone();
-                let input = events_in.clone();
-                async move {
-                    match input.decode_value(&bytes).await {
-                        Ok(e) => {
-                            s2.lock().unwrap_or_else(|p| p.into_inner()).add_event(e);
-                            Ok(())
-                        }
-                        Err(e) => Err(e.to_string()),
+    let events_task = tokio::spawn(events_reader.run(
+        events_ready,
+        shutdown.clone(),
+        rt.metrics.clone(),
+        move |r: RawRecord| {
+            let (s2, input) = (s2.clone(), events_in.clone());
+            async move {
+                let Some(bytes) = r.value else { return };
+                match input.decode_value(&bytes).await {
+                    Ok(e) => s2.lock().unwrap_or_else(|p| p.into_inner()).add_event(e),
+                    Err(e) => {
+                        tracing::warn!(offset = r.offset, error = %e, "skipping undecodable event")
                     }
                 }
-            },
-        )
-        .await
-    });
+            }
+        },
+    ));
 
     let mut tick =
         tokio::time::interval(Duration::from_millis(settings.refit_interval_ms.max(100)));
@@ -237,60 +189,4 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
     series_task.abort();
     events_task.abort();
     Ok(())
-}
-
-/// Reads a consumer until shutdown, applying each value with `apply`; opens `ready` once the
-/// end offsets captured at start-up are reached. Undecodable records are counted and skipped
-/// here: they were dead-lettered when first consumed (ingest validates usage series input).
-async fn follow<F, Fut>(
-    consumer: StreamConsumer,
-    end: std::collections::HashMap<i32, i64>,
-    ready: Arc<AtomicBool>,
-    shutdown: CancellationToken,
-    metrics: umbra_stream::metrics::Metrics,
-    apply: F,
-) where
-    F: Fn(Vec<u8>) -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>>,
-{
-    let mut positions: std::collections::HashMap<i32, i64> = std::collections::HashMap::new();
-    let caught_up = |pos: &std::collections::HashMap<i32, i64>| {
-        end.iter()
-            .all(|(p, e)| pos.get(p).copied().unwrap_or(0) >= *e)
-    };
-    if caught_up(&positions) {
-        ready.store(true, Ordering::Release);
-    }
-    loop {
-        let msg = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            m = tokio::time::timeout(Duration::from_millis(250), consumer.recv()) => m,
-        };
-        match msg {
-            Err(_) => {
-                if let Ok(pos) = consumer.position() {
-                    for e in pos.elements() {
-                        if let Offset::Offset(o) = e.offset() {
-                            let p = positions.entry(e.partition()).or_insert(0);
-                            *p = (*p).max(o);
-                        }
-                    }
-                }
-            }
-            Ok(Err(e)) => tracing::warn!(error = %e, "consumer error"),
-            Ok(Ok(m)) => {
-                metrics.consumed.with_label_values(&[m.topic()]).inc();
-                positions.insert(m.partition(), m.offset() + 1);
-                if let Some(v) = m.payload() {
-                    if let Err(e) = apply(v.to_vec()).await {
-                        tracing::warn!(topic = m.topic(), offset = m.offset(), error = %e, "skipping undecodable record");
-                    }
-                }
-            }
-        }
-        if !ready.load(Ordering::Acquire) && caught_up(&positions) {
-            ready.store(true, Ordering::Release);
-            tracing::info!("restored");
-        }
-    }
 }

@@ -1,0 +1,126 @@
+//! Reading a whole topic into local state: every partition from the beginning, a restore
+//! phase up to the end offsets captured when the reader opens, then following new records.
+//! The table materializer and the forecast service's history are built on it.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::KafkaSettings;
+use crate::metrics::Metrics;
+use crate::{kafka, table, StreamError};
+
+/// One record as read, with its bytes owned.
+#[derive(Debug, Clone)]
+pub struct RawRecord {
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Key bytes.
+    pub key: Option<Vec<u8>>,
+    /// Value bytes; `None` is a tombstone.
+    pub value: Option<Vec<u8>>,
+}
+
+/// A reader of every partition of one topic, opened at the beginning.
+pub struct RestoringReader {
+    topic: String,
+    consumer: StreamConsumer,
+    end: HashMap<i32, i64>,
+}
+
+impl RestoringReader {
+    /// Assigns every partition of `topic` from the beginning and captures the end offsets:
+    /// the restore target.
+    pub async fn open(settings: &KafkaSettings, topic: &str) -> Result<Self, StreamError> {
+        let partitions = kafka::partitions(settings, topic).await?;
+        let consumer = kafka::reader(settings)?;
+        let end = table::end_offsets(&consumer, topic, &partitions).await?;
+        let mut tpl = TopicPartitionList::new();
+        for p in &partitions {
+            tpl.add_partition_offset(topic, *p, Offset::Beginning)
+                .map_err(|e| StreamError::kafka(format!("assigning {topic}"), e))?;
+        }
+        consumer
+            .assign(&tpl)
+            .map_err(|e| StreamError::kafka(format!("assigning {topic}"), e))?;
+        Ok(Self {
+            topic: topic.to_string(),
+            consumer,
+            end,
+        })
+    }
+
+    /// Topic name.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Hands every record to `apply`, in order per partition, until `shutdown`; opens `ready`
+    /// once every partition has reached the end offset captured at open.
+    pub async fn run<F, Fut>(
+        self,
+        ready: Arc<AtomicBool>,
+        shutdown: CancellationToken,
+        metrics: Metrics,
+        mut apply: F,
+    ) where
+        F: FnMut(RawRecord) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let mut positions: HashMap<i32, i64> = HashMap::new();
+        let caught_up = |pos: &HashMap<i32, i64>| {
+            self.end
+                .iter()
+                .all(|(p, e)| pos.get(p).copied().unwrap_or(0) >= *e)
+        };
+        let consumed = metrics.consumed.with_label_values(&[&self.topic]);
+        loop {
+            if !ready.load(Ordering::Acquire) && caught_up(&positions) {
+                ready.store(true, Ordering::Release);
+                tracing::info!(topic = %self.topic, "restored");
+            }
+            let msg = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                m = tokio::time::timeout(Duration::from_millis(250), self.consumer.recv()) => m,
+            };
+            match msg {
+                // Idle: records compacted away at the end still move the client's position.
+                Err(_idle) => {
+                    if let Ok(pos) = self.consumer.position() {
+                        for e in pos.elements() {
+                            if let Offset::Offset(o) = e.offset() {
+                                let p = positions.entry(e.partition()).or_insert(0);
+                                *p = (*p).max(o);
+                            }
+                        }
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(topic = %self.topic, error = %e, "consumer error; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Ok(Ok(m)) => {
+                    consumed.inc();
+                    positions.insert(m.partition(), m.offset() + 1);
+                    let record = RawRecord {
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key().map(<[u8]>::to_vec),
+                        value: m.payload().map(<[u8]>::to_vec),
+                    };
+                    drop(m);
+                    apply(record).await;
+                }
+            }
+        }
+    }
+}
