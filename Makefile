@@ -61,7 +61,7 @@ $(BENCH_VENV)/.installed:
 
 # Rolling-origin forecast evaluation: `make bench-forecast DATA=DIR JSON=FILE [VMS=N] [ORIGINS=N]`.
 DATA ?= ../shared/data/bitbrains-rnd
-VMS ?= 10
+VMS ?= 3
 ORIGINS ?= 14
 bench-forecast: bench-venv
 	$(CARGO) build --release -p umbra-bench --bin bench-forecast
