@@ -121,28 +121,40 @@ pub async fn send(
     emit: &Emit,
     headers: OwnedHeaders,
 ) -> Result<(), StreamError> {
-    let mut record = FutureRecord::to(&emit.topic)
-        .key(&emit.key)
-        .headers(headers);
-    if let Some(v) = &emit.value {
-        record = record.payload(v);
-    }
-    producer
-        .send(record, Duration::from_secs(30))
-        .await
-        .map(|_| ())
-        .map_err(|(e, _)| StreamError::Produce {
-            topic: emit.topic.clone(),
-            detail: e.to_string(),
-        })
+    send_bytes(
+        producer,
+        &emit.topic,
+        Some(&emit.key),
+        emit.value.as_deref(),
+        headers,
+    )
+    .await
 }
 
 async fn send_dead_letter(producer: &FutureProducer, dl: DeadLetter) -> Result<(), StreamError> {
-    let mut record = FutureRecord::to(&dl.topic).headers(dl.headers);
-    if let Some(k) = &dl.key {
+    send_bytes(
+        producer,
+        &dl.topic,
+        dl.key.as_deref(),
+        dl.value.as_deref(),
+        dl.headers,
+    )
+    .await
+}
+
+/// Sends one record (a `None` value is a tombstone) and waits for the acknowledgement.
+async fn send_bytes(
+    producer: &FutureProducer,
+    topic: &str,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    headers: OwnedHeaders,
+) -> Result<(), StreamError> {
+    let mut record = FutureRecord::to(topic).headers(headers);
+    if let Some(k) = key {
         record = record.key(k);
     }
-    if let Some(v) = &dl.value {
+    if let Some(v) = value {
         record = record.payload(v);
     }
     producer
@@ -150,7 +162,7 @@ async fn send_dead_letter(producer: &FutureProducer, dl: DeadLetter) -> Result<(
         .await
         .map(|_| ())
         .map_err(|(e, _)| StreamError::Produce {
-            topic: dl.topic.clone(),
+            topic: topic.to_string(),
             detail: e.to_string(),
         })
 }
