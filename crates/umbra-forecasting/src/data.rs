@@ -29,6 +29,26 @@ pub enum DataError {
     },
 }
 
+/// The data lines of a text file with a header: (1-based line number, line), blank lines
+/// skipped.
+fn data_lines(
+    path: &Path,
+) -> Result<impl Iterator<Item = Result<(usize, String), DataError>>, DataError> {
+    let path = path.to_path_buf();
+    Ok(open(&path)?
+        .lines()
+        .enumerate()
+        .skip(1)
+        .filter_map(move |(i, line)| match line {
+            Ok(l) if l.trim().is_empty() => None,
+            Ok(l) => Some(Ok((i + 1, l))),
+            Err(source) => Some(Err(DataError::Io {
+                path: path.clone(),
+                source,
+            })),
+        }))
+}
+
 fn open(path: &Path) -> Result<Box<dyn BufRead>, DataError> {
     let file = std::fs::File::open(path).map_err(|source| DataError::Io {
         path: path.into(),
@@ -72,18 +92,12 @@ pub fn read_bitbrains(path: &Path) -> Result<VmTrace, DataError> {
         .map(|n| n.split('.').next().unwrap_or(n).to_string())
         .unwrap_or_default();
     let mut rows: Vec<(i64, [f64; 6])> = Vec::new();
-    for (i, line) in open(path)?.lines().enumerate() {
-        let line = line.map_err(|source| DataError::Io {
-            path: path.into(),
-            source,
-        })?;
-        if i == 0 || line.trim().is_empty() {
-            continue;
-        }
+    for line in data_lines(path)? {
+        let (line_no, line) = line?;
         let cols: Vec<&str> = line.split(';').map(str::trim).collect();
         let bad = |why: String| DataError::Format {
             path: path.into(),
-            line: i + 1,
+            line: line_no,
             why,
         };
         if cols.len() < 9 {
@@ -164,14 +178,8 @@ pub fn bitbrains_files(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
 /// Reads an M4 file (`"V1","V2",...` header, one series per row, id first, ragged rows).
 pub fn read_m4(path: &Path) -> Result<Vec<(String, Vec<f64>)>, DataError> {
     let mut out = Vec::new();
-    for (i, line) in open(path)?.lines().enumerate() {
-        let line = line.map_err(|source| DataError::Io {
-            path: path.into(),
-            source,
-        })?;
-        if i == 0 || line.trim().is_empty() {
-            continue;
-        }
+    for line in data_lines(path)? {
+        let (line_no, line) = line?;
         let mut cols = line.split(',').map(|c| c.trim().trim_matches('"'));
         let id = cols.next().unwrap_or_default().to_string();
         let values: Result<Vec<f64>, _> = cols
@@ -180,7 +188,7 @@ pub fn read_m4(path: &Path) -> Result<Vec<(String, Vec<f64>)>, DataError> {
             .collect();
         let values = values.map_err(|e| DataError::Format {
             path: path.into(),
-            line: i + 1,
+            line: line_no,
             why: e.to_string(),
         })?;
         out.push((id, values));

@@ -166,7 +166,14 @@ impl Forecaster {
                 .iter()
                 .map(|h| Evaluation {
                     candidates: Vec::new(),
-                    chosen: flat(&history, *h, start_s, capacity, reason.clone()),
+                    chosen: flat(
+                        &finite,
+                        history.step_s,
+                        *h,
+                        start_s,
+                        capacity,
+                        reason.clone(),
+                    ),
                 })
                 .collect()
         };
@@ -232,7 +239,6 @@ impl Forecaster {
                 start_s,
                 history.step_s,
                 capacity,
-                &history,
             );
             out.push(Evaluation { candidates, chosen });
         }
@@ -250,7 +256,6 @@ impl Forecaster {
         start_s: i64,
         step_s: i64,
         capacity: Option<f64>,
-        history: &Series,
     ) -> Forecast {
         // A model must beat the seasonal naive baseline by the margin to replace it: with a
         // handful of backtest origins, small differences are noise.
@@ -289,7 +294,7 @@ impl Forecaster {
                 capacity,
                 None,
             ),
-            _ => flat(history, horizon, start_s, capacity, reason),
+            _ => flat(finite, step_s, horizon, start_s, capacity, reason),
         }
     }
 
@@ -470,26 +475,21 @@ fn build(
 
 /// The last finite value, flat, with intervals from the history's spread.
 fn flat(
-    history: &Series,
+    finite: &[f64],
+    step_s: i64,
     horizon: usize,
     start_s: i64,
     capacity: Option<f64>,
     reason: String,
 ) -> Forecast {
-    let finite: Vec<f64> = history
-        .values
-        .iter()
-        .copied()
-        .filter(|v| v.is_finite())
-        .collect();
     let last = finite.last().copied().unwrap_or(0.0);
     build(
         "last-value",
         Some(reason),
         start_s,
-        history.step_s,
+        step_s,
         vec![last; horizon],
-        &spread_bands(&finite, horizon),
+        &spread_bands(finite, horizon),
         capacity,
         None,
     )
