@@ -72,6 +72,7 @@ pub(crate) fn HOST_METRICS() -> HostMetrics {
         capacity: res(32_000, 128),
         used: res(12_000, 40),
         healthy: true,
+        committed: Some(res(16_000, 64)),
     }
 }
 pub(crate) fn EXTERNAL_EVENT() -> ExternalEvent {

@@ -82,7 +82,7 @@ pub struct EventKey {
     pub event_id: String,
 }
 /// CPU (millicores), memory (bytes) and disk I/O (bytes/s).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, AvroSchema)]
 #[avro(namespace = "io.umbra.v1")]
 #[allow(missing_docs)]
 pub struct Resources {
@@ -118,6 +118,9 @@ pub struct HostMetrics {
     pub capacity: Resources,
     pub used: Resources,
     pub healthy: bool,
+    #[serde(default)]
+    #[avro(default = "null")]
+    pub committed: Option<Resources>,
 }
 /// See `external_event.avsc`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
@@ -327,5 +330,87 @@ impl Resources {
         self.cpu_millicores <= other.cpu_millicores
             && self.memory_bytes <= other.memory_bytes
             && self.disk_io_bytes_per_s <= other.disk_io_bytes_per_s
+    }
+}
+
+impl Resources {
+    /// No resources.
+    pub const ZERO: Resources = Resources {
+        cpu_millicores: 0,
+        memory_bytes: 0,
+        disk_io_bytes_per_s: 0,
+    };
+
+    /// The sum, saturating at `i64::MAX`.
+    pub fn plus(&self, o: &Resources) -> Resources {
+        Resources {
+            cpu_millicores: self.cpu_millicores.saturating_add(o.cpu_millicores),
+            memory_bytes: self.memory_bytes.saturating_add(o.memory_bytes),
+            disk_io_bytes_per_s: self
+                .disk_io_bytes_per_s
+                .saturating_add(o.disk_io_bytes_per_s),
+        }
+    }
+
+    /// The difference, floored at zero per resource.
+    pub fn minus(&self, o: &Resources) -> Resources {
+        Resources {
+            cpu_millicores: (self.cpu_millicores.saturating_sub(o.cpu_millicores)).max(0),
+            memory_bytes: (self.memory_bytes.saturating_sub(o.memory_bytes)).max(0),
+            disk_io_bytes_per_s: (self
+                .disk_io_bytes_per_s
+                .saturating_sub(o.disk_io_bytes_per_s))
+            .max(0),
+        }
+    }
+
+    /// The larger of each resource.
+    pub fn max(&self, o: &Resources) -> Resources {
+        Resources {
+            cpu_millicores: self.cpu_millicores.max(o.cpu_millicores),
+            memory_bytes: self.memory_bytes.max(o.memory_bytes),
+            disk_io_bytes_per_s: self.disk_io_bytes_per_s.max(o.disk_io_bytes_per_s),
+        }
+    }
+
+    /// True when every resource is at most the one of `limit`.
+    pub fn fits_within(&self, limit: &Resources) -> bool {
+        self.cpu_millicores <= limit.cpu_millicores
+            && self.memory_bytes <= limit.memory_bytes
+            && self.disk_io_bytes_per_s <= limit.disk_io_bytes_per_s
+    }
+
+    /// True when no resource is negative.
+    pub fn is_non_negative(&self) -> bool {
+        self.cpu_millicores >= 0 && self.memory_bytes >= 0 && self.disk_io_bytes_per_s >= 0
+    }
+
+    /// True when every resource is zero.
+    pub fn is_zero(&self) -> bool {
+        *self == Self::ZERO
+    }
+
+    /// Which resources of `self` exceed `limit`, as "cpu 1200m > 800m" phrases.
+    pub fn excess_over(&self, limit: &Resources) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.cpu_millicores > limit.cpu_millicores {
+            out.push(format!(
+                "cpu {}m > {}m",
+                self.cpu_millicores, limit.cpu_millicores
+            ));
+        }
+        if self.memory_bytes > limit.memory_bytes {
+            out.push(format!(
+                "memory {} B > {} B",
+                self.memory_bytes, limit.memory_bytes
+            ));
+        }
+        if self.disk_io_bytes_per_s > limit.disk_io_bytes_per_s {
+            out.push(format!(
+                "disk I/O {} B/s > {} B/s",
+                self.disk_io_bytes_per_s, limit.disk_io_bytes_per_s
+            ));
+        }
+        out
     }
 }

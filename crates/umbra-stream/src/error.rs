@@ -66,7 +66,8 @@ pub enum StreamError {
 }
 
 impl StreamError {
-    pub(crate) fn kafka(context: impl Into<String>, source: KafkaError) -> Self {
+    /// A Kafka client error with what was being done.
+    pub fn kafka(context: impl Into<String>, source: KafkaError) -> Self {
         Self::Kafka {
             context: context.into(),
             source,

@@ -83,12 +83,14 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// Binds `listen` and serves the endpoints until `shutdown`; returns the bound address.
+/// Binds `listen` and serves the endpoints, plus the service's own `extra` routes (the fleet
+/// simulator's fault API), until `shutdown`; returns the bound address.
 pub async fn serve(
     listen: SocketAddr,
     readiness: Readiness,
     metrics_: Metrics,
     shutdown: CancellationToken,
+    extra: Router,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), StreamError> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -107,7 +109,8 @@ pub async fn serve(
         .with_state(AppState {
             readiness,
             metrics: metrics_,
-        });
+        })
+        .merge(extra);
     let handle = tokio::spawn(async move {
         let result = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })

@@ -25,6 +25,27 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// A service's own counter, registered beside the standard metrics (`umbra_<name>`).
+    /// Call once per name at start-up; labels must be low-cardinality.
+    pub fn counter(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        let c = IntCounterVec::new(Opts::new(name, help), labels)
+            .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+        if let Err(e) = self.registry.register(Box::new(c.clone())) {
+            tracing::warn!(metric = name, error = %e, "metric not registered");
+        }
+        c
+    }
+
+    /// A service's own gauge, registered beside the standard metrics (`umbra_<name>`).
+    pub fn gauge(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        let g = IntGaugeVec::new(Opts::new(name, help), labels)
+            .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+        if let Err(e) = self.registry.register(Box::new(g.clone())) {
+            tracing::warn!(metric = name, error = %e, "metric not registered");
+        }
+        g
+    }
+
     /// Fresh metrics for `service`.
     pub fn new(service: &str) -> Self {
         let registry = Registry::new_custom(

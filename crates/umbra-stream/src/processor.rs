@@ -131,7 +131,11 @@ pub async fn send(
     .await
 }
 
-async fn send_dead_letter(producer: &FutureProducer, dl: DeadLetter) -> Result<(), StreamError> {
+/// Sends a dead letter and waits for the acknowledgement.
+pub async fn send_dead_letter(
+    producer: &FutureProducer,
+    dl: DeadLetter,
+) -> Result<(), StreamError> {
     send_bytes(
         producer,
         &dl.topic,

@@ -71,8 +71,40 @@ impl RestoringReader {
         ready: Arc<AtomicBool>,
         shutdown: CancellationToken,
         metrics: Metrics,
-        mut apply: F,
+        apply: F,
     ) where
+        F: FnMut(RawRecord) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        self.drive(Some(ready), false, shutdown, metrics, apply)
+            .await;
+    }
+
+    /// Hands every record up to the end offsets captured at open to `apply`, then returns:
+    /// for state that only its own writer changes afterwards (the shadow table in the shadow
+    /// manager, the fleet ledger in the simulator). Returns `false` if `shutdown` came first.
+    pub async fn restore<F, Fut>(
+        self,
+        shutdown: CancellationToken,
+        metrics: Metrics,
+        apply: F,
+    ) -> bool
+    where
+        F: FnMut(RawRecord) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        self.drive(None, true, shutdown, metrics, apply).await
+    }
+
+    async fn drive<F, Fut>(
+        self,
+        ready: Option<Arc<AtomicBool>>,
+        stop_at_end: bool,
+        shutdown: CancellationToken,
+        metrics: Metrics,
+        mut apply: F,
+    ) -> bool
+    where
         F: FnMut(RawRecord) -> Fut,
         Fut: Future<Output = ()>,
     {
@@ -84,12 +116,18 @@ impl RestoringReader {
         };
         let consumed = metrics.consumed.with_label_values(&[&self.topic]);
         loop {
-            if !ready.load(Ordering::Acquire) && caught_up(&positions) {
-                ready.store(true, Ordering::Release);
-                tracing::info!(topic = %self.topic, "restored");
+            if caught_up(&positions) {
+                if stop_at_end {
+                    tracing::info!(topic = %self.topic, "restored");
+                    return true;
+                }
+                if let Some(ready) = ready.as_ref().filter(|r| !r.load(Ordering::Acquire)) {
+                    ready.store(true, Ordering::Release);
+                    tracing::info!(topic = %self.topic, "restored");
+                }
             }
             let msg = tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => return false,
                 m = tokio::time::timeout(Duration::from_millis(250), self.consumer.recv()) => m,
             };
             match msg {

@@ -53,6 +53,16 @@ impl<S> Runtime<S> {
         config: ServiceConfig<S>,
         shutdown: CancellationToken,
     ) -> Result<Self, StreamError> {
+        Self::start_with_routes(name, config, shutdown, axum::Router::new()).await
+    }
+
+    /// As [`Runtime::start`], with the service's own HTTP routes served beside the standard ones.
+    pub async fn start_with_routes(
+        name: &'static str,
+        config: ServiceConfig<S>,
+        shutdown: CancellationToken,
+        routes: axum::Router,
+    ) -> Result<Self, StreamError> {
         let metrics = Metrics::new(name);
         let readiness = Readiness::default();
         let (http_addr, _http) = http::serve(
@@ -60,6 +70,7 @@ impl<S> Runtime<S> {
             readiness.clone(),
             metrics.clone(),
             shutdown.clone(),
+            routes,
         )
         .await?;
         tracing::info!(service = name, http = %http_addr, "http endpoint listening");
@@ -105,6 +116,19 @@ impl<S> Runtime<S> {
         default_topic: &str,
         policy: BadDataPolicy,
     ) -> Result<Processor<K, V>, StreamError> {
+        self.processor_in_group(default_topic, policy, self.name)
+            .await
+    }
+
+    /// A processor of `default_topic` in the consumer group of `consumer` (a service with
+    /// several inputs gives each its own group, so that one input's rebalance never pauses
+    /// another).
+    pub async fn processor_in_group<K: Record, V: Record>(
+        &self,
+        default_topic: &str,
+        policy: BadDataPolicy,
+        consumer: &str,
+    ) -> Result<Processor<K, V>, StreamError> {
         let topic = self.config.topic(default_topic);
         kafka::partitions(&self.config.kafka, &topic).await?;
         Ok(Processor {
@@ -112,7 +136,7 @@ impl<S> Runtime<S> {
             input: Input::new(self.registry.clone(), topic).await?,
             consumer: Arc::new(kafka::group_consumer(
                 &self.config.kafka,
-                &self.config.group_id(self.name),
+                &self.config.group_id(consumer),
             )?),
             producer: self.producer.clone(),
             policy,

@@ -135,18 +135,9 @@ impl<V: Record> Table<V> {
         tokio::spawn(reader.run(gate, shutdown, metrics, move |r: RawRecord| {
             let (codecs, driver, rows_gauge, bad) = (codecs.clone(), driver.clone(), rows_gauge.clone(), bad.clone());
             async move {
-                let key = match &r.key {
-                    Some(k) => codecs.decode_key(k).await.map(|k| k.id().to_string()).map_err(|e| e.to_string()),
-                    None => Err("null key on a table topic".to_string()),
-                };
-                let value = match &r.value {
-                    None => Ok(None),
-                    Some(v) => codecs.decode_value(v).await.map(Some).map_err(|e| e.to_string()),
-                };
-                match (key, value) {
-                    (Ok(k), Ok(v)) => driver.write().apply(r.partition, r.offset, k, v),
-                    (k, v) => {
-                        let why = k.err().or(v.err()).unwrap_or_default();
+                match decode_row(&codecs, &r).await {
+                    Ok((k, v)) => driver.write().apply(r.partition, r.offset, k, v),
+                    Err(why) => {
                         // The table has a single writer; a bad row there is a bug upstream.
                         // Skip it so the table stays available, and make it visible.
                         tracing::error!(topic = %driver.topic, partition = r.partition, offset = r.offset, error = %why, "skipping undecodable table record");
@@ -186,6 +177,72 @@ impl<V> Table<V> {
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, TableState<V>> {
         self.state.write().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Reads a table topic once, up to the end offsets captured at start, and returns its rows:
+/// the restore of a table whose only writer is the caller (the shadow manager's own table).
+/// Undecodable rows are skipped and counted, as in [`Table::start`].
+pub async fn restore_rows<K: EntityKey, V: Record>(
+    kafka_settings: &KafkaSettings,
+    registry: Arc<dyn SchemaRegistry>,
+    topic: &str,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> Result<HashMap<String, V>, StreamError> {
+    let codecs: TopicCodecs<K, V> = TopicCodecs::new(registry, topic.to_string()).await?;
+    let reader = RestoringReader::open(kafka_settings, topic).await?;
+    let state = Arc::new(std::sync::Mutex::new(TableState::<V>::default()));
+    let codecs = Arc::new(codecs);
+    let bad = metrics
+        .dead_lettered
+        .with_label_values(&[topic, "table-decode"]);
+    let sink = state.clone();
+    let done = reader
+        .restore(shutdown, metrics.clone(), move |r: RawRecord| {
+            let (codecs, sink, bad) = (codecs.clone(), sink.clone(), bad.clone());
+            async move {
+                let decoded = decode_row(&codecs, &r).await;
+                let mut st = sink.lock().unwrap_or_else(|p| p.into_inner());
+                match decoded {
+                    Ok((k, v)) => st.apply(r.partition, r.offset, k, v),
+                    Err(why) => {
+                        tracing::error!(partition = r.partition, offset = r.offset, error = %why, "skipping undecodable table record");
+                        bad.inc();
+                        st.advance(r.partition, r.offset + 1);
+                    }
+                }
+            }
+        })
+        .await;
+    if !done {
+        return Err(StreamError::Cancelled("restoring a table"));
+    }
+    let state = std::mem::take(&mut *state.lock().unwrap_or_else(|p| p.into_inner()));
+    metrics
+        .table_rows
+        .with_label_values(&[topic])
+        .set(state.len() as i64);
+    Ok(state.rows)
+}
+
+/// Decodes one table record into its key id and value (`None` for a tombstone).
+async fn decode_row<K: EntityKey, V: Record>(
+    codecs: &TopicCodecs<K, V>,
+    r: &RawRecord,
+) -> Result<(String, Option<V>), String> {
+    let key = match &r.key {
+        Some(k) => codecs
+            .decode_key(k)
+            .await
+            .map(|k| k.id().to_string())
+            .map_err(|e| e.to_string())?,
+        None => return Err("null key on a table topic".to_string()),
+    };
+    let value = match &r.value {
+        None => None,
+        Some(v) => Some(codecs.decode_value(v).await.map_err(|e| e.to_string())?),
+    };
+    Ok((key, value))
 }
 
 /// High watermarks of `partitions`, read once: the restore target.

@@ -1,12 +1,17 @@
-//! Ingest: validates raw workload usage samples and publishes them as usage series.
+//! Ingest: validates raw workload usage samples and publishes them as usage series, and keeps
+//! host state (compacted, keyed by host) from host metrics.
 //!
 //! In this first version each valid sample becomes a one-sample point of its 5-minute
 //! bucket; bucket aggregation with allowed lateness, host metrics and Prometheus import come
 //! with their own issue. Invalid samples go to `umbra.usage.raw.dlq` with the reason.
 
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use tokio_util::sync::CancellationToken;
-use umbra_schemas::{Stats, UsagePoint, UsageSample, WorkloadKey};
+
+use umbra_schemas::{
+    HostHealth, HostKey, HostMetrics, HostState, Stats, UsagePoint, UsageSample, WorkloadKey,
+};
 use umbra_stream::config::ServiceConfig;
 use umbra_stream::dlq::BadDataPolicy;
 use umbra_stream::processor::{Emit, Handler, Incoming, Output, Rejection};
@@ -173,6 +178,90 @@ impl Handler<WorkloadKey, UsageSample> for Ingest {
     }
 }
 
+/// Checks one host metrics sample; the error says which field is wrong and why.
+pub fn validate_host(
+    m: &HostMetrics,
+    settings: &IngestSettings,
+    now_ms: i64,
+) -> Result<(), String> {
+    if m.host_id.trim().is_empty() {
+        return Err("host_id is empty".into());
+    }
+    if m.sample_time < EPOCH_2000_MS || m.sample_time > now_ms + settings.max_future_ms {
+        return Err(format!("sample_time {} is implausible", m.sample_time));
+    }
+    if m.capacity.cpu_millicores <= 0 || m.capacity.memory_bytes <= 0 {
+        return Err(format!("capacity {:?} has no CPU or no memory", m.capacity));
+    }
+    for (what, r) in [
+        ("capacity", Some(&m.capacity)),
+        ("used", Some(&m.used)),
+        ("committed", m.committed.as_ref()),
+    ] {
+        if let Some(r) = r {
+            if !r.is_non_negative() {
+                return Err(format!("{what} {r:?} is negative"));
+            }
+            if r.cpu_millicores as f64 > settings.max_cpu_millicores * 100.0
+                || r.memory_bytes as f64 > settings.max_memory_bytes * 100.0
+            {
+                return Err(format!("{what} {r:?} is above any plausible host"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Host state from a metrics sample and the previous health score: the score is an
+/// exponentially weighted share of healthy samples, so one bad sample degrades a host and a
+/// run of them makes it unhealthy, while one good sample does not make it healthy again.
+pub fn host_state_of(m: &HostMetrics, previous_score: Option<f64>) -> HostState {
+    let sample = if m.healthy { 1.0 } else { 0.0 };
+    let score = previous_score.map_or(sample, |p| 0.5 * p + 0.5 * sample);
+    let health = if !m.healthy || score < 0.3 {
+        HostHealth::Unhealthy
+    } else if score < 0.9 {
+        HostHealth::Degraded
+    } else {
+        HostHealth::Healthy
+    };
+    HostState {
+        host_id: m.host_id.clone(),
+        updated_at: m.sample_time,
+        capacity: m.capacity,
+        used: m.used,
+        committed: m.committed.unwrap_or(m.used),
+        health,
+        health_score: score,
+    }
+}
+
+struct HostStates {
+    settings: IngestSettings,
+    out: Output<HostKey, HostState>,
+    scores: HashMap<String, f64>,
+}
+
+impl Handler<HostKey, HostMetrics> for HostStates {
+    fn handle(&mut self, input: &Incoming<HostKey, HostMetrics>) -> Result<Vec<Emit>, Rejection> {
+        let m = &input.value;
+        validate_host(m, &self.settings, umbra_stream::now_millis()).map_err(Rejection)?;
+        if input.key.host_id != m.host_id {
+            return Err(Rejection(format!(
+                "key host_id '{}' differs from value host_id '{}'",
+                input.key.host_id, m.host_id
+            )));
+        }
+        let state = host_state_of(m, self.scores.get(&m.host_id).copied());
+        self.scores.insert(m.host_id.clone(), state.health_score);
+        let emit = self
+            .out
+            .record(&input.key, &state)
+            .map_err(|e| Rejection(e.to_string()))?;
+        Ok(vec![emit])
+    }
+}
+
 /// Runs the service until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StreamError> {
     let rt = Runtime::start(NAME, config, shutdown.clone()).await?;
@@ -185,7 +274,39 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
         settings: rt.config.service.clone(),
         series,
     };
-    processor.run(&mut handler, gate, shutdown).await?;
+    let hosts_out = Output::new(rt.registry.clone(), rt.config.topic("umbra.host.state")).await?;
+    let hosts_processor = rt
+        .processor_in_group::<HostKey, HostMetrics>(
+            "umbra.host.metrics",
+            rt.config.service.bad_data,
+            &format!("{NAME}-host-metrics"),
+        )
+        .await?;
+    let hosts_gate = rt.readiness.gate("consumer umbra.host.metrics");
+    let mut hosts_handler = HostStates {
+        settings: rt.config.service.clone(),
+        out: hosts_out,
+        scores: HashMap::new(),
+    };
+    // One input failing stops the other too: a restart resumes both from their commits.
+    let stop_on_error = |r: Result<_, StreamError>| {
+        if r.is_err() {
+            shutdown.cancel();
+        }
+        r
+    };
+    let (a, b) = tokio::join!(
+        async { stop_on_error(processor.run(&mut handler, gate, shutdown.clone()).await) },
+        async {
+            stop_on_error(
+                hosts_processor
+                    .run(&mut hosts_handler, hosts_gate, shutdown.clone())
+                    .await,
+            )
+        }
+    );
+    a?;
+    b?;
     Ok(())
 }
 
@@ -211,6 +332,25 @@ mod tests {
         assert!(with(|s| s.workload_id = " ".into()).contains("empty"));
         assert!(with(|s| s.sample_time = 5).contains("before 2000"));
         assert!(with(|s| s.sample_time = i64::MAX / 2).contains("future"));
+    }
+
+    #[test]
+    fn host_health_follows_a_weighted_share_of_healthy_samples() {
+        let mut m = HostMetrics::example();
+        let s = host_state_of(&m, None);
+        assert_eq!((s.health, s.health_score), (HostHealth::Healthy, 1.0));
+        assert_eq!(s.committed, m.committed.unwrap_or_default());
+        m.healthy = false;
+        let s = host_state_of(&m, Some(1.0));
+        assert_eq!((s.health, s.health_score), (HostHealth::Unhealthy, 0.5));
+        m.healthy = true;
+        let s = host_state_of(&m, Some(0.5));
+        assert_eq!((s.health, s.health_score), (HostHealth::Degraded, 0.75));
+        let st = IngestSettings::default();
+        m.used.cpu_millicores = -1;
+        assert!(validate_host(&m, &st, m.sample_time)
+            .unwrap_err()
+            .contains("negative"));
     }
 
     #[test]

@@ -1,40 +1,233 @@
 //! Shadow manager: the single writer of the shadow table.
 //!
-//! This version connects, registers its schemas, restores the state it needs and reports
-//! ready; its decisions come with the service's own issue.
+//! It reads forecasts and host state (tables), fleet events, claims and re-shadow requests
+//! (streams folded into local state), and its own table, restored once at start-up: being the
+//! only writer, it then keeps the table in memory and writes every change through. Decisions
+//! are made by [`core::Manager::reconcile`], a pure pass run whenever an input changes and on
+//! a cadence; the service sends the table writes, waits for their acknowledgement, then sends
+//! the fleet commands.
+//!
+//! Why streams are folded from the beginning instead of consumed in a group: the manager's
+//! decisions depend on the whole fleet (every reservation on every host), not on one record
+//! at a time, and every decision is idempotent (command ids derived from shadow ids, a table
+//! row rewritten only when it changes). Re-reading the retained fleet events at start gives
+//! the exact ledger back; no offsets need committing. Run one instance (it is the single
+//! writer); the deployment uses `replicas: 1` with the Recreate strategy.
 
-use serde::{Deserialize, Serialize};
+pub mod core;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::message::OwnedHeaders;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use umbra_schemas::{HostKey, HostState, ShadowEntry, WorkloadKey};
+use umbra_fleet::Ledger;
+use umbra_schemas::Record;
+use umbra_schemas::{
+    Claim, DemandForecast, FleetCommand, FleetEvent, HostKey, HostState, ReshadowRequest,
+    ShadowEntry, WorkloadKey,
+};
 use umbra_stream::config::ServiceConfig;
+use umbra_stream::processor::{send, Input, Output};
+use umbra_stream::reader::{RawRecord, RestoringReader};
 use umbra_stream::service::Runtime;
-use umbra_stream::StreamError;
+use umbra_stream::table::restore_rows;
+use umbra_stream::telemetry::{with_headers, TraceCtx};
+use umbra_stream::{now_millis, StreamError};
+
+pub use crate::core::{Action, Inputs, Manager, Quantile, Settings};
 
 /// Service name: consumer group, metrics label, dead-letter header.
 pub const NAME: &str = "shadow-manager";
 
-/// Settings of this service (`[service]`); none yet.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Settings {}
-
 /// Full configuration of the service.
 pub type Config = ServiceConfig<Settings>;
 
+/// Local state fed by the folding readers.
+#[derive(Default)]
+struct Folded {
+    ledger: Ledger,
+    claims: HashMap<String, Claim>,
+    reshadows: Vec<ReshadowRequest>,
+}
+
+/// Follows `topic` from the beginning, decoding values and handing them to `apply`; opens a
+/// readiness gate once restored. Undecodable records are logged and skipped: they were
+/// dead-lettered by the service that consumed them first.
+async fn fold<K: Record, V: Record>(
+    rt: &Runtime<Settings>,
+    default_topic: &str,
+    notify: Arc<Notify>,
+    apply: impl Fn(V) + Send + Sync + 'static,
+) -> Result<(), StreamError> {
+    let topic = rt.config.topic(default_topic);
+    let input: Arc<Input<K, V>> = Arc::new(Input::new(rt.registry.clone(), topic.clone()).await?);
+    let reader = RestoringReader::open(&rt.config.kafka, &topic).await?;
+    let gate = rt.readiness.gate(format!("restore {topic}"));
+    let apply = Arc::new(apply);
+    tokio::spawn(reader.run(gate, rt.shutdown.clone(), rt.metrics.clone(), move |r: RawRecord| {
+        let (input, apply, notify) = (input.clone(), apply.clone(), notify.clone());
+        async move {
+            let Some(bytes) = r.value else { return };
+            match input.decode_value(&bytes).await {
+                Ok(v) => {
+                    apply(v);
+                    notify.notify_one();
+                }
+                Err(e) => tracing::warn!(topic = %input.topic(), offset = r.offset, error = %e, "skipping undecodable record"),
+            }
+        }
+    }));
+    Ok(())
+}
+
 /// Runs the service until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StreamError> {
+    config.service.validate().map_err(StreamError::Config)?;
     let rt = Runtime::start(NAME, config, shutdown.clone()).await?;
-    let shadow_table = rt
-        .table::<WorkloadKey, ShadowEntry>("umbra.shadow.table")
+    let settings = rt.config.service.clone();
+    let table_topic = rt.config.topic("umbra.shadow.table");
+    let table_out: Output<WorkloadKey, ShadowEntry> =
+        Output::new(rt.registry.clone(), table_topic.clone()).await?;
+    let commands_out: Output<HostKey, FleetCommand> =
+        Output::new(rt.registry.clone(), rt.config.topic("umbra.fleet.commands")).await?;
+    let table_gate = rt.readiness.gate(format!("restore {table_topic}"));
+
+    let notify = Arc::new(Notify::new());
+    let folded = Arc::new(Mutex::new(Folded::default()));
+    let forecasts = rt
+        .table::<WorkloadKey, DemandForecast>("umbra.forecasts")
         .await?;
     let host_state = rt.table::<HostKey, HostState>("umbra.host.state").await?;
-    shadow_table.wait_ready(&shutdown).await?;
-    tracing::info!(
-        rows = shadow_table.read().len(),
-        "umbra.shadow.table restored"
+    let f = folded.clone();
+    fold::<HostKey, FleetEvent>(&rt, "umbra.fleet.events", notify.clone(), move |e| {
+        f.lock().unwrap_or_else(|p| p.into_inner()).ledger.apply(&e)
+    })
+    .await?;
+    let f = folded.clone();
+    fold::<WorkloadKey, Claim>(&rt, "umbra.claims", notify.clone(), move |c| {
+        f.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .claims
+            .insert(c.shadow_id.clone(), c);
+    })
+    .await?;
+    let f = folded.clone();
+    fold::<WorkloadKey, ReshadowRequest>(
+        &rt,
+        "umbra.reshadow.requests",
+        notify.clone(),
+        move |r| {
+            f.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .reshadows
+                .push(r)
+        },
+    )
+    .await?;
+    let rows = restore_rows::<WorkloadKey, ShadowEntry>(
+        &rt.config.kafka,
+        rt.registry.clone(),
+        &table_topic,
+        rt.metrics.clone(),
+        shutdown.clone(),
+    )
+    .await?;
+    tracing::info!(rows = rows.len(), "umbra.shadow.table restored");
+    table_gate.store(true, std::sync::atomic::Ordering::Release);
+    let mut manager = Manager::new(settings.clone(), rows);
+
+    // Decisions wait until every input is restored: a pass over a half-read ledger would
+    // place shadows on hosts that are already full.
+    while !rt.readiness.is_ready() {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+    tracing::info!(rows = manager.table().len(), "inputs restored; reconciling");
+    let rows_gauge = rt.metrics.table_rows.with_label_values(&[&table_topic]);
+    let actions_counter = rt.metrics.counter(
+        "shadow_actions_total",
+        "Shadow table writes and fleet commands issued, by kind.",
+        &["kind"],
     );
-    host_state.wait_ready(&shutdown).await?;
-    tracing::info!(rows = host_state.read().len(), "umbra.host.state restored");
-    shutdown.cancelled().await;
+    let interval = Duration::from_millis(settings.reconcile_interval_ms.max(10));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = notify.notified() => {
+                // Let a burst of input settle into one pass.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let actions = {
+            let forecasts = forecasts.read();
+            let hosts = host_state.read();
+            let mut folded = folded.lock().unwrap_or_else(|p| p.into_inner());
+            let reshadows = std::mem::take(&mut folded.reshadows);
+            let inputs = Inputs {
+                now: now_millis(),
+                forecasts: forecasts.rows(),
+                host_state: hosts.rows(),
+                ledger: &folded.ledger,
+                claims: &folded.claims,
+                reshadows: &reshadows,
+            };
+            manager.reconcile(&inputs, &mut |_, _| uuid::Uuid::new_v4().to_string())
+        };
+        if actions.is_empty() {
+            continue;
+        }
+        let trace = TraceCtx::root("shadow reconcile");
+        let headers = || with_headers(OwnedHeaders::new(), &trace.headers());
+        // Table writes first: a crash after them leaves rows whose commands are re-sent (same
+        // ids); a crash before them leaves at most orphan shadows, which the next pass releases.
+        let mut writes = Vec::new();
+        let mut commands = Vec::new();
+        for a in &actions {
+            match a {
+                Action::Upsert(e) => writes.push(table_out.record(
+                    &WorkloadKey {
+                        workload_id: e.workload_id.clone(),
+                    },
+                    e,
+                )?),
+                Action::Delete(w) => writes.push(table_out.tombstone(&WorkloadKey {
+                    workload_id: w.clone(),
+                })?),
+                Action::Command(c) => commands.push(commands_out.record(
+                    &HostKey {
+                        host_id: c.host_id.clone(),
+                    },
+                    c,
+                )?),
+            }
+        }
+        for (batch, kind) in [(&writes, "table_write"), (&commands, "fleet_command")] {
+            let sends = batch.iter().map(|e| send(&rt.producer, e, headers()));
+            for r in futures::future::join_all(sends).await {
+                r?;
+            }
+            actions_counter
+                .with_label_values(&[kind])
+                .inc_by(batch.len() as u64);
+            if let Some(first) = batch.first() {
+                rt.metrics
+                    .produced
+                    .with_label_values(&[&first.topic])
+                    .inc_by(batch.len() as u64);
+            }
+        }
+        rows_gauge.set(manager.table().len() as i64);
+        tracing::debug!(
+            writes = writes.len(),
+            commands = commands.len(),
+            "reconciled"
+        );
+    }
     Ok(())
 }

@@ -1,0 +1,382 @@
+//! The fleet protocol's accounting and the fleet simulator.
+//!
+//! [`Ledger`] folds fleet events into what the fleet holds (per host: capacity, health, shadow
+//! reservations, placed workloads). The simulator ([`Simulator`], run by `umbra-fleet-sim`)
+//! executes fleet commands against simulated hosts, admits nothing beyond capacity and says
+//! why it refuses, runs health checks and workload start-ups after configurable delays, and
+//! injects faults by chance (`[service.faults]`) or on request through its HTTP API:
+//!
+//! ```text
+//! POST /faults {"fault": "fail_shadow", "shadow_id": "..."}          the shadow fails its health check now
+//! POST /faults {"fault": "fail_workload_shadows", "workload_id": "..."}
+//! POST /faults {"fault": "host_health", "host_id": "host-001", "healthy": false}
+//! POST /faults {"fault": "lose_commands", "count": 2}                the next 2 commands are lost
+//! POST /faults {"fault": "duplicate_commands", "count": 2}           the next 2 are delivered twice
+//! GET  /fleet                                                         hosts, commitments, shadows
+//! ```
+//!
+//! State: the simulator's ledger is the fold of its own events, so at start-up it reads
+//! `umbra.fleet.events` up to the end offsets and continues from there; commands are consumed
+//! in a group with offsets stored after their events are acknowledged, and a command id that
+//! was answered before (a replay or a duplicate) changes nothing.
+
+pub mod ledger;
+pub mod sim;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::message::{Message, OwnedHeaders};
+use rdkafka::producer::FutureProducer;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use umbra_schemas::{FleetCommand, FleetEvent, HostKey, HostMetrics, Resources};
+use umbra_stream::config::ServiceConfig;
+use umbra_stream::dlq::dead_letter;
+use umbra_stream::metrics::Metrics;
+use umbra_stream::processor::{send, send_dead_letter, Input, Output};
+use umbra_stream::reader::{RawRecord, RestoringReader};
+use umbra_stream::service::Runtime;
+use umbra_stream::telemetry::{with_headers, TraceCtx};
+use umbra_stream::{kafka, now_millis, StreamError};
+
+pub use ledger::{HostRecord, Ledger, ShadowEnd, ShadowHealth, ShadowRecord};
+pub use sim::{FaultSettings, ShadowSelector, SimSettings, Simulator};
+
+/// Name of the simulator: consumer group, metrics label, dead-letter header.
+pub const NAME: &str = "fleet-sim";
+
+/// Full configuration of the simulator.
+pub type Config = ServiceConfig<SimSettings>;
+
+/// A fault requested through the HTTP API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "fault", rename_all = "snake_case", deny_unknown_fields)]
+pub enum FaultRequest {
+    /// One shadow fails its health check now.
+    FailShadow {
+        /// Shadow id.
+        shadow_id: String,
+    },
+    /// Every live shadow of a workload fails its health check now.
+    FailWorkloadShadows {
+        /// Workload id.
+        workload_id: String,
+    },
+    /// A host turns unhealthy, or healthy again.
+    HostHealth {
+        /// Host id.
+        host_id: String,
+        /// New health.
+        healthy: bool,
+    },
+    /// The next `count` commands are consumed and never executed.
+    LoseCommands {
+        /// How many.
+        count: u32,
+    },
+    /// The next `count` commands are delivered twice.
+    DuplicateCommands {
+        /// How many.
+        count: u32,
+    },
+}
+
+/// One host as `GET /fleet` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HostView {
+    /// Capacity.
+    pub capacity: Resources,
+    /// Placed workloads plus live shadows.
+    pub committed: Resources,
+    /// Health.
+    pub healthy: bool,
+    /// Live shadow ids.
+    pub shadows: Vec<String>,
+    /// Placed resources by workload.
+    pub workloads: BTreeMap<String, Resources>,
+}
+
+enum Control {
+    Fault(FaultRequest, oneshot::Sender<usize>),
+    Fleet(oneshot::Sender<BTreeMap<String, HostView>>),
+}
+
+fn unavailable() -> (axum::http::StatusCode, String) {
+    (
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "the simulator is not running\n".to_string(),
+    )
+}
+
+fn routes(tx: mpsc::Sender<Control>) -> Router {
+    async fn fault(
+        State(tx): State<mpsc::Sender<Control>>,
+        Json(req): Json<FaultRequest>,
+    ) -> Result<Json<serde_json::Value>, (axum::http::StatusCode, String)> {
+        let (reply, rx) = oneshot::channel();
+        tx.send(Control::Fault(req, reply))
+            .await
+            .map_err(|_| unavailable())?;
+        let events = rx.await.map_err(|_| unavailable())?;
+        Ok(Json(serde_json::json!({ "events": events })))
+    }
+    async fn fleet(
+        State(tx): State<mpsc::Sender<Control>>,
+    ) -> Result<Json<BTreeMap<String, HostView>>, (axum::http::StatusCode, String)> {
+        let (reply, rx) = oneshot::channel();
+        tx.send(Control::Fleet(reply))
+            .await
+            .map_err(|_| unavailable())?;
+        Ok(Json(rx.await.map_err(|_| unavailable())?))
+    }
+    Router::new()
+        .route("/faults", post(fault))
+        .route("/fleet", get(fleet))
+        .with_state(tx)
+}
+
+fn fleet_view(ledger: &Ledger) -> BTreeMap<String, HostView> {
+    ledger
+        .hosts()
+        .iter()
+        .map(|(id, h)| {
+            (
+                id.clone(),
+                HostView {
+                    capacity: h.capacity,
+                    committed: h.committed(),
+                    healthy: h.healthy,
+                    shadows: h.shadows.keys().cloned().collect(),
+                    workloads: h.workloads.clone(),
+                },
+            )
+        })
+        .collect()
+}
+
+struct Outputs {
+    producer: FutureProducer,
+    events: Output<HostKey, FleetEvent>,
+    metrics_out: Output<HostKey, HostMetrics>,
+    metrics: Metrics,
+}
+
+impl Outputs {
+    /// Publishes events in order and waits for every acknowledgement: the ledger of a
+    /// restarted simulator is the fold of exactly what was acknowledged.
+    async fn events(&self, events: &[FleetEvent], trace: &TraceCtx) -> Result<(), StreamError> {
+        for e in events {
+            let emit = self.events.record(
+                &HostKey {
+                    host_id: e.host_id.clone(),
+                },
+                e,
+            )?;
+            send(
+                &self.producer,
+                &emit,
+                with_headers(OwnedHeaders::new(), &trace.headers()),
+            )
+            .await?;
+            self.metrics
+                .produced
+                .with_label_values(&[self.events.topic()])
+                .inc();
+        }
+        Ok(())
+    }
+
+    async fn host_metrics(&self, samples: &[HostMetrics]) -> Result<(), StreamError> {
+        for m in samples {
+            let emit = self.metrics_out.record(
+                &HostKey {
+                    host_id: m.host_id.clone(),
+                },
+                m,
+            )?;
+            send(&self.producer, &emit, OwnedHeaders::new()).await?;
+            self.metrics
+                .produced
+                .with_label_values(&[self.metrics_out.topic()])
+                .inc();
+        }
+        Ok(())
+    }
+}
+
+/// Restores the ledger from the simulator's own events.
+async fn restore_ledger(
+    rt: &Runtime<SimSettings>,
+    input: Input<HostKey, FleetEvent>,
+) -> Result<Ledger, StreamError> {
+    let reader = RestoringReader::open(&rt.config.kafka, input.topic()).await?;
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let input = Arc::new(input);
+    let sink = ledger.clone();
+    let done = reader
+        .restore(rt.shutdown.clone(), rt.metrics.clone(), move |r: RawRecord| {
+            let (input, sink) = (input.clone(), sink.clone());
+            async move {
+                let Some(bytes) = r.value else { return };
+                match input.decode_value(&bytes).await {
+                    Ok(e) => sink.lock().unwrap_or_else(|p| p.into_inner()).apply(&e),
+                    Err(e) => tracing::error!(offset = r.offset, error = %e, "skipping undecodable fleet event"),
+                }
+            }
+        })
+        .await;
+    if !done {
+        return Err(StreamError::Cancelled("restoring the fleet"));
+    }
+    let ledger = std::mem::take(&mut *ledger.lock().unwrap_or_else(|p| p.into_inner()));
+    Ok(ledger)
+}
+
+/// Runs the simulator until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StreamError> {
+    let (tx, mut control) = mpsc::channel(64);
+    let rt = Runtime::start_with_routes(NAME, config, shutdown.clone(), routes(tx)).await?;
+    let settings = rt.config.service.clone();
+    let events_topic = rt.config.topic("umbra.fleet.events");
+    let commands_topic = rt.config.topic("umbra.fleet.commands");
+    let commands: Input<HostKey, FleetCommand> =
+        Input::new(rt.registry.clone(), commands_topic.clone()).await?;
+    let out = Outputs {
+        producer: rt.producer.clone(),
+        events: Output::new(rt.registry.clone(), events_topic.clone()).await?,
+        metrics_out: Output::new(rt.registry.clone(), rt.config.topic("umbra.host.metrics"))
+            .await?,
+        metrics: rt.metrics.clone(),
+    };
+    let started: Arc<AtomicBool> = rt.readiness.gate(format!("restore {events_topic}"));
+    let ledger = restore_ledger(&rt, Input::new(rt.registry.clone(), events_topic).await?).await?;
+    let mut sim = Simulator::new(settings.clone(), ledger);
+    out.events(&sim.boot(now_millis()), &TraceCtx::root("fleet boot"))
+        .await?;
+    tracing::info!(
+        hosts = sim.ledger().hosts().len(),
+        shadows = sim.ledger().shadows().len(),
+        "fleet restored"
+    );
+
+    let commands_counter = rt.metrics.counter(
+        "fleet_commands_total",
+        "Fleet commands by outcome: executed, duplicate (an id answered before), lost (injected).",
+        &["outcome"],
+    );
+    let faults_counter = rt.metrics.counter(
+        "fleet_faults_injected_total",
+        "Faults injected, by kind.",
+        &["fault"],
+    );
+    kafka::partitions(&rt.config.kafka, &commands_topic).await?;
+    let consumer = kafka::group_consumer(&rt.config.kafka, &rt.config.group_id(NAME))?;
+    consumer
+        .subscribe(&[&commands_topic])
+        .map_err(|e| StreamError::kafka(format!("subscribing to {commands_topic}"), e))?;
+    started.store(true, Ordering::Release);
+
+    let (mut lose_next, mut duplicate_next) = (0u32, 0u32);
+    let mut metrics_tick =
+        tokio::time::interval(Duration::from_millis(settings.metrics_interval_ms.max(10)));
+    metrics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let result: Result<(), StreamError> = loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break Ok(()),
+            Some(c) = control.recv() => match c {
+                Control::Fleet(reply) => { let _ = reply.send(fleet_view(sim.ledger())); }
+                Control::Fault(req, reply) => {
+                    let now = now_millis();
+                    let kind = match &req { FaultRequest::FailShadow{..} => "fail_shadow", FaultRequest::FailWorkloadShadows{..} => "fail_workload_shadows", FaultRequest::HostHealth{..} => "host_health", FaultRequest::LoseCommands{..} => "lose_commands", FaultRequest::DuplicateCommands{..} => "duplicate_commands" };
+                    faults_counter.with_label_values(&[kind]).inc();
+                    tracing::warn!(?req, "fault injected");
+                    let events = match req {
+                        FaultRequest::FailShadow { shadow_id } => sim.fail_shadows(&ShadowSelector::Shadow(shadow_id), now),
+                        FaultRequest::FailWorkloadShadows { workload_id } => sim.fail_shadows(&ShadowSelector::Workload(workload_id), now),
+                        FaultRequest::HostHealth { host_id, healthy } => sim.set_host_health(&host_id, healthy, now),
+                        FaultRequest::LoseCommands { count } => { lose_next += count; Vec::new() }
+                        FaultRequest::DuplicateCommands { count } => { duplicate_next += count; Vec::new() }
+                    };
+                    if let Err(e) = out.events(&events, &TraceCtx::root("fleet fault")).await { break Err(e) }
+                    let _ = reply.send(events.len());
+                }
+            },
+            m = consumer.recv() => {
+                let msg = match m {
+                    Ok(m) => m,
+                    Err(e) => { tracing::warn!(error = %e, "consumer error; continuing"); continue; }
+                };
+                rt.metrics.consumed.with_label_values(&[&commands_topic]).inc();
+                let trace = TraceCtx::from_input(msg.headers(), "fleet command");
+                let decoded = match msg.payload() {
+                    None => Err("record has no value".to_string()),
+                    Some(v) => commands.decode_value(v).await.map_err(|e| e.to_string()),
+                };
+                match decoded {
+                    Err(reason) => {
+                        tracing::warn!(partition = msg.partition(), offset = msg.offset(), reason = %reason, "dead-lettering bad fleet command");
+                        if let Err(e) = send_dead_letter(&rt.producer, dead_letter(&msg, NAME, "decode", &reason)).await { break Err(e) }
+                        rt.metrics.dead_lettered.with_label_values(&[&commands_topic, "decode"]).inc();
+                    }
+                    Ok(cmd) => {
+                        let lost = if lose_next > 0 { lose_next -= 1; true } else { sim.roll_lost() };
+                        if lost {
+                            tracing::warn!(command_id = %cmd.command_id, kind = ?cmd.kind, "command lost (injected)");
+                            commands_counter.with_label_values(&["lost"]).inc();
+                        } else {
+                            if settings.command_delay_ms > 0 {
+                                tokio::time::sleep(Duration::from_millis(settings.command_delay_ms)).await;
+                            }
+                            let copies = if duplicate_next > 0 { duplicate_next -= 1; 2 } else if sim.roll_duplicate() { 2 } else { 1 };
+                            for _ in 0..copies {
+                                if sim.is_duplicate(&cmd) {
+                                    commands_counter.with_label_values(&["duplicate"]).inc();
+                                    continue;
+                                }
+                                let events = sim.execute(&cmd, now_millis());
+                                if let Err(e) = out.events(&events, &trace).await { return finish(&consumer, Err(e)) }
+                                commands_counter.with_label_values(&["executed"]).inc();
+                            }
+                        }
+                    }
+                }
+                if let Err(e) = consumer.store_offset(msg.topic(), msg.partition(), msg.offset()) {
+                    break Err(StreamError::kafka("storing offset", e));
+                }
+            }
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {
+                let events = sim.tick(now_millis());
+                if let Err(e) = out.events(&events, &TraceCtx::root("fleet health check")).await { break Err(e) }
+            }
+            _ = metrics_tick.tick() => {
+                if let Err(e) = out.host_metrics(&sim.host_metrics(now_millis())).await { break Err(e) }
+            }
+        }
+    };
+    finish(&consumer, result)
+}
+
+fn finish(
+    consumer: &rdkafka::consumer::StreamConsumer,
+    result: Result<(), StreamError>,
+) -> Result<(), StreamError> {
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(())
+        | Err(rdkafka::error::KafkaError::ConsumerCommit(
+            rdkafka::types::RDKafkaErrorCode::NoOffset,
+        )) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "final commit failed; uncommitted commands will be re-delivered and recognised as duplicates")
+        }
+    }
+    result
+}

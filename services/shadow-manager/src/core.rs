@@ -1,0 +1,907 @@
+//! The shadow manager's decisions, pure over local state: the predicted window and size of
+//! each workload's demand, the ranked candidate hosts, and what to write and command so that
+//! the shadow table and the fleet match them. No I/O: the service feeds it the restored
+//! inputs and sends what it returns.
+//!
+//! It works like a Kubernetes controller: every pass compares what should exist (from
+//! forecasts, claims and re-shadow requests) with what does (the table it writes and the fleet
+//! ledger folded from fleet events) and emits the difference. Command ids are derived from
+//! shadow ids, so a pass repeated after a crash re-sends the same commands and the fleet
+//! executes each at most once.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+use umbra_fleet::{Ledger, ShadowEnd, ShadowHealth};
+use umbra_schemas::{
+    Claim, DemandForecast, FleetCommand, FleetCommandKind, HostHealth, HostState, Interval,
+    ReshadowRequest, Resources, ShadowCandidate, ShadowEntry, ShadowState, ShadowStatus,
+};
+
+/// Which forecast value sizes a shadow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Quantile {
+    /// The point forecast (not recommended: half the time demand is above it).
+    Mean,
+    /// Upper bound of the 80% interval (the 90th percentile).
+    Upper80,
+    /// Upper bound of the 95% interval (the 97.5th percentile).
+    Upper95,
+}
+
+impl Quantile {
+    fn of(self, i: &Interval) -> f64 {
+        let v = match self {
+            Quantile::Mean => i.mean,
+            Quantile::Upper80 => i.upper_80,
+            Quantile::Upper95 => i.upper_95,
+        };
+        if v.is_finite() {
+            v.max(0.0)
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Settings of the shadow manager (`[service]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Candidate hosts per workload (K): shadows staged on distinct hosts.
+    pub candidates: usize,
+    /// Forecast value that sizes a shadow, per resource.
+    pub quantile: Quantile,
+    /// How long before the predicted start shadows are created, in milliseconds.
+    pub lead_time_ms: i64,
+    /// How far ahead forecasts are searched for demand, in milliseconds.
+    pub planning_horizon_ms: i64,
+    /// How long after the predicted end shadows are kept, in milliseconds.
+    pub release_grace_ms: i64,
+    /// A new forecast re-sizes shadows only when a resource changes by more than this
+    /// fraction (so that every refit does not churn the fleet).
+    pub resize_tolerance: f64,
+    /// Smallest CPU demand above what a workload holds that is worth a shadow, in millicores.
+    pub min_cpu_millicores: i64,
+    /// Smallest memory demand above what a workload holds that is worth a shadow, in bytes.
+    pub min_memory_bytes: i64,
+    /// Smallest disk I/O demand above what a workload holds that is worth a shadow, in bytes/s.
+    pub min_disk_io_bytes_per_s: i64,
+    /// Shadow CPU is rounded up to a multiple of this, in millicores.
+    pub cpu_granularity_millicores: i64,
+    /// Shadow memory is rounded up to a multiple of this, in bytes.
+    pub memory_granularity_bytes: i64,
+    /// A command the fleet has not answered after this long is sent again (same id), in ms.
+    pub command_timeout_ms: i64,
+    /// After this many unanswered attempts a shadow is given up and replaced elsewhere.
+    pub max_command_attempts: u32,
+    /// Fraction of a host's capacity that workloads and shadows may commit, in (0, 1].
+    pub max_host_commit_fraction: f64,
+    /// How often the manager compares desired and actual state, in milliseconds (it also
+    /// runs whenever an input changes).
+    pub reconcile_interval_ms: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            candidates: 3,
+            quantile: Quantile::Upper80,
+            lead_time_ms: 15 * 60_000,
+            planning_horizon_ms: 24 * 3_600_000,
+            release_grace_ms: 5 * 60_000,
+            resize_tolerance: 0.25,
+            min_cpu_millicores: 50,
+            min_memory_bytes: 64 << 20,
+            min_disk_io_bytes_per_s: 10 << 20,
+            cpu_granularity_millicores: 50,
+            memory_granularity_bytes: 64 << 20,
+            command_timeout_ms: 10_000,
+            max_command_attempts: 5,
+            max_host_commit_fraction: 1.0,
+            reconcile_interval_ms: 500,
+        }
+    }
+}
+
+impl Settings {
+    /// Checks ranges; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.candidates == 0 {
+            return Err("service.candidates must be at least 1".into());
+        }
+        if !(self.max_host_commit_fraction > 0.0 && self.max_host_commit_fraction <= 1.0) {
+            return Err("service.max_host_commit_fraction must be in (0, 1]".into());
+        }
+        if !(self.resize_tolerance >= 0.0 && self.resize_tolerance.is_finite()) {
+            return Err("service.resize_tolerance must be a non-negative number".into());
+        }
+        if self.cpu_granularity_millicores <= 0 || self.memory_granularity_bytes <= 0 {
+            return Err("service.*_granularity_* must be positive".into());
+        }
+        if self.command_timeout_ms <= 0 || self.max_command_attempts == 0 {
+            return Err(
+                "service.command_timeout_ms and max_command_attempts must be positive".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A workload's predicted demand above what it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Demand {
+    /// First step where demand exceeds what the workload holds (ms).
+    pub start: i64,
+    /// End of that run of steps (ms, exclusive).
+    pub end: i64,
+    /// Largest excess over the run, per resource, rounded up: the shadow's size.
+    pub requirement: Resources,
+}
+
+fn round_up(v: i64, g: i64) -> i64 {
+    if v <= 0 {
+        0
+    } else {
+        v.div_euclid(g) * g + if v % g == 0 { 0 } else { g }
+    }
+}
+
+/// The first run of forecast steps in the planning horizon where demand (at the configured
+/// quantile) exceeds `held` by a significant amount, and the largest excess over it.
+/// Horizons are merged finest first: the hour and day horizons (5-minute steps) cover the
+/// near future, the week horizon (hourly) only what they do not.
+pub fn demand(f: &DemandForecast, held: &Resources, s: &Settings, now: i64) -> Option<Demand> {
+    let mut steps: Vec<(i64, i64, &umbra_schemas::ForecastPoint)> = f
+        .horizons
+        .iter()
+        .filter(|h| h.step_seconds > 0)
+        .flat_map(|h| {
+            let step = i64::from(h.step_seconds) * 1000;
+            h.points.iter().map(move |p| (p.time, step, p))
+        })
+        .filter(|(t, step, _)| t + step > now && *t < now + s.planning_horizon_ms)
+        .collect();
+    steps.sort_by_key(|(t, step, _)| (*t, *step));
+    let mut covered = i64::MIN;
+    let mut run: Option<Demand> = None;
+    for (t, step, p) in steps {
+        if t < covered {
+            continue;
+        }
+        covered = t + step;
+        let excess = Resources {
+            cpu_millicores: s.quantile.of(&p.cpu_millicores).ceil() as i64 - held.cpu_millicores,
+            memory_bytes: s.quantile.of(&p.memory_bytes).ceil() as i64 - held.memory_bytes,
+            disk_io_bytes_per_s: s.quantile.of(&p.disk_io_bytes_per_s).ceil() as i64
+                - held.disk_io_bytes_per_s,
+        };
+        let significant = excess.cpu_millicores >= s.min_cpu_millicores
+            || excess.memory_bytes >= s.min_memory_bytes
+            || excess.disk_io_bytes_per_s >= s.min_disk_io_bytes_per_s;
+        match (&mut run, significant) {
+            (None, true) => {
+                run = Some(Demand {
+                    start: t,
+                    end: t + step,
+                    requirement: excess.max(&Resources::ZERO),
+                })
+            }
+            (Some(d), true) => {
+                d.end = t + step;
+                d.requirement = d.requirement.max(&excess);
+            }
+            (Some(_), false) => break,
+            (None, false) => {}
+        }
+    }
+    run.map(|mut d| {
+        d.requirement = Resources {
+            cpu_millicores: round_up(d.requirement.cpu_millicores, s.cpu_granularity_millicores),
+            memory_bytes: round_up(d.requirement.memory_bytes, s.memory_granularity_bytes),
+            disk_io_bytes_per_s: d.requirement.disk_io_bytes_per_s.max(0),
+        };
+        d
+    })
+}
+
+/// One host as placement sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostSlot {
+    /// Capacity.
+    pub capacity: Resources,
+    /// What may be committed: capacity × `max_host_commit_fraction`.
+    pub limit: Resources,
+    /// Committed (or used, if more) plus reservations requested and not yet confirmed.
+    pub load: Resources,
+    /// Health score in [0, 1]; 0 excludes the host.
+    pub score: f64,
+}
+
+impl HostSlot {
+    /// Fraction of capacity left with `extra` added, the scarcest resource deciding.
+    pub fn headroom(&self, extra: &Resources) -> f64 {
+        let after = self.load.plus(extra);
+        let frac = |limit: i64, load: i64, cap: i64| {
+            if cap <= 0 {
+                1.0
+            } else {
+                (limit - load) as f64 / cap as f64
+            }
+        };
+        let h = frac(
+            self.limit.cpu_millicores,
+            after.cpu_millicores,
+            self.capacity.cpu_millicores,
+        )
+        .min(frac(
+            self.limit.memory_bytes,
+            after.memory_bytes,
+            self.capacity.memory_bytes,
+        ))
+        .min(frac(
+            self.limit.disk_io_bytes_per_s,
+            after.disk_io_bytes_per_s,
+            self.capacity.disk_io_bytes_per_s,
+        ));
+        h.clamp(0.0, 1.0)
+    }
+
+    /// True when `need` fits on top of the load.
+    pub fn fits(&self, need: &Resources) -> bool {
+        self.score > 0.0 && self.load.plus(need).fits_within(&self.limit)
+    }
+}
+
+fn scale(r: &Resources, f: f64) -> Resources {
+    Resources {
+        cpu_millicores: (r.cpu_millicores as f64 * f).floor() as i64,
+        memory_bytes: (r.memory_bytes as f64 * f).floor() as i64,
+        disk_io_bytes_per_s: (r.disk_io_bytes_per_s as f64 * f).floor() as i64,
+    }
+}
+
+fn is_live(st: ShadowStatus) -> bool {
+    matches!(
+        st,
+        ShadowStatus::Requested | ShadowStatus::Healthy | ShadowStatus::Unhealthy
+    )
+}
+
+/// The hosts placement can use: every host the ledger or host state knows, with its load
+/// counting reservations the table requested and the fleet has not confirmed yet.
+pub fn host_slots<'a>(
+    ledger: &Ledger,
+    host_state: &HashMap<String, HostState>,
+    entries: impl Iterator<Item = &'a ShadowEntry>,
+    s: &Settings,
+) -> BTreeMap<String, HostSlot> {
+    let mut pending: HashMap<&str, Resources> = HashMap::new();
+    for e in entries {
+        for c in &e.candidates {
+            if c.status == ShadowStatus::Requested
+                && ledger.shadow(&c.shadow_id).is_none()
+                && ledger.ended(&c.shadow_id).is_none()
+            {
+                let p = pending.entry(c.host_id.as_str()).or_default();
+                *p = p.plus(&e.requirements);
+            }
+        }
+    }
+    let ids: std::collections::BTreeSet<&String> =
+        ledger.hosts().keys().chain(host_state.keys()).collect();
+    ids.into_iter()
+        .map(|id| {
+            let hs = host_state.get(id);
+            let lh = ledger.host(id);
+            let capacity = match (lh, hs) {
+                (Some(l), _) if !l.capacity.is_zero() => l.capacity,
+                (_, Some(h)) => h.capacity,
+                _ => Resources::ZERO,
+            };
+            let committed = match (lh, hs) {
+                (Some(l), _) => l.committed(),
+                (None, Some(h)) => h.committed,
+                _ => Resources::ZERO,
+            };
+            let used = hs.map(|h| h.used).unwrap_or_default();
+            let mut score = hs.map_or(1.0, |h| match h.health {
+                HostHealth::Unhealthy => 0.0,
+                _ if h.health_score.is_finite() => h.health_score.clamp(0.0, 1.0),
+                _ => 0.0,
+            });
+            if lh.is_some_and(|l| !l.healthy) || capacity.is_zero() {
+                score = 0.0;
+            }
+            let slot = HostSlot {
+                capacity,
+                limit: scale(&capacity, s.max_host_commit_fraction),
+                load: committed
+                    .max(&used)
+                    .plus(pending.get(id.as_str()).unwrap_or(&Resources::ZERO)),
+                score,
+            };
+            (id.clone(), slot)
+        })
+        .collect()
+}
+
+/// Up to `k` distinct hosts that can hold `need`, best first: by health score, then by
+/// headroom left with the shadow in place, then by host id (so the order is total and the
+/// same input always gives the same answer).
+pub fn choose_hosts(
+    slots: &BTreeMap<String, HostSlot>,
+    need: &Resources,
+    k: usize,
+    exclude: &HashSet<String>,
+) -> Vec<(String, f64)> {
+    let mut fit: Vec<(&String, f64, f64)> = slots
+        .iter()
+        .filter(|(id, slot)| !exclude.contains(*id) && slot.fits(need))
+        .map(|(id, slot)| (id, slot.score, slot.headroom(need)))
+        .collect();
+    let order = |a: &(&String, f64, f64), b: &(&String, f64, f64)| {
+        b.1.total_cmp(&a.1)
+            .then(b.2.total_cmp(&a.2))
+            .then_with(|| a.0.cmp(b.0))
+    };
+    // Only the best k are needed: select them in linear time, then sort those.
+    if k > 0 && fit.len() > k {
+        fit.select_nth_unstable_by(k - 1, order);
+        fit.truncate(k);
+    }
+    fit.sort_by(order);
+    fit.into_iter()
+        .take(k)
+        .map(|(id, _, h)| (id.clone(), h))
+        .collect()
+}
+
+/// What a reconcile pass asks the service to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Write this row to the shadow table.
+    Upsert(ShadowEntry),
+    /// Delete the row of this workload (a tombstone).
+    Delete(String),
+    /// Send this command to the fleet.
+    Command(FleetCommand),
+}
+
+/// What the manager reads besides its own table.
+pub struct Inputs<'a> {
+    /// Wall-clock time of the pass (ms).
+    pub now: i64,
+    /// Latest forecast per workload.
+    pub forecasts: &'a HashMap<String, DemandForecast>,
+    /// Latest host state per host.
+    pub host_state: &'a HashMap<String, HostState>,
+    /// The fleet, folded from its events.
+    pub ledger: &'a Ledger,
+    /// Claims by shadow id.
+    pub claims: &'a HashMap<String, Claim>,
+    /// Re-shadow requests received since the last pass.
+    pub reshadows: &'a [ReshadowRequest],
+}
+
+/// The single writer of the shadow table.
+pub struct Manager {
+    settings: Settings,
+    table: BTreeMap<String, ShadowEntry>,
+    /// Command id → (last sent, attempts). Lost on restart, which only means that
+    /// unanswered commands are sent again at once.
+    sent: HashMap<String, (i64, u32)>,
+}
+
+/// Command id of the creation of `shadow_id`.
+pub fn create_id(shadow_id: &str) -> String {
+    format!("create-{shadow_id}")
+}
+
+/// Command id of the release of `shadow_id`.
+pub fn release_id(shadow_id: &str) -> String {
+    format!("release-{shadow_id}")
+}
+
+fn status_factor(st: ShadowStatus) -> f64 {
+    match st {
+        ShadowStatus::Healthy | ShadowStatus::Claimed => 1.0,
+        ShadowStatus::Requested => 0.5,
+        ShadowStatus::Unhealthy => 0.1,
+        _ => 0.0,
+    }
+}
+
+fn differs(a: &Resources, b: &Resources, tol: f64) -> bool {
+    let rel = |x: i64, y: i64| {
+        let m = x.max(y);
+        m > 0 && ((x - y).abs() as f64 / m as f64) > tol
+    };
+    rel(a.cpu_millicores, b.cpu_millicores)
+        || rel(a.memory_bytes, b.memory_bytes)
+        || rel(a.disk_io_bytes_per_s, b.disk_io_bytes_per_s)
+}
+
+impl Manager {
+    /// A manager over the restored table.
+    pub fn new(settings: Settings, table: HashMap<String, ShadowEntry>) -> Self {
+        Self {
+            settings,
+            table: table.into_iter().collect(),
+            sent: HashMap::new(),
+        }
+    }
+
+    /// The table as written so far.
+    pub fn table(&self) -> &BTreeMap<String, ShadowEntry> {
+        &self.table
+    }
+
+    /// Settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    fn command(
+        &mut self,
+        kind: FleetCommandKind,
+        shadow_id: &str,
+        host: &str,
+        workload: &str,
+        resources: Resources,
+        now: i64,
+    ) -> Action {
+        let id = match kind {
+            FleetCommandKind::CreateShadow => create_id(shadow_id),
+            _ => release_id(shadow_id),
+        };
+        let e = self.sent.entry(id.clone()).or_insert((now, 0));
+        e.0 = now;
+        e.1 += 1;
+        Action::Command(FleetCommand {
+            command_id: id,
+            kind,
+            host_id: host.to_string(),
+            target_host_id: None,
+            shadow_id: Some(shadow_id.to_string()),
+            workload_id: workload.to_string(),
+            request_id: None,
+            resources,
+            issued_at: now,
+        })
+    }
+
+    fn due(&self, command_id: &str, now: i64) -> bool {
+        self.sent
+            .get(command_id)
+            .is_none_or(|(at, _)| now - at >= self.settings.command_timeout_ms)
+    }
+
+    /// One pass: compares desired and actual state and returns the writes and commands that
+    /// close the gap. The table is updated in place (the caller sends the writes before the
+    /// commands and stops on a send failure; a restart re-derives everything).
+    pub fn reconcile(
+        &mut self,
+        inp: &Inputs<'_>,
+        new_id: &mut dyn FnMut(&str, &str) -> String,
+    ) -> Vec<Action> {
+        let now = inp.now;
+        let mut slots = host_slots(
+            inp.ledger,
+            inp.host_state,
+            self.table.values(),
+            &self.settings,
+        );
+        let mut out = Vec::new();
+        let mut reshadows: HashMap<&str, Vec<&ReshadowRequest>> = HashMap::new();
+        for r in inp.reshadows {
+            reshadows.entry(r.workload_id.as_str()).or_default().push(r);
+        }
+        let workloads: std::collections::BTreeSet<String> = inp
+            .forecasts
+            .keys()
+            .chain(self.table.keys())
+            .cloned()
+            .collect();
+        for w in workloads {
+            let held = inp.ledger.held(&w);
+            let d = inp
+                .forecasts
+                .get(&w)
+                .and_then(|f| demand(f, &held, &self.settings, now));
+            let rs = reshadows.remove(w.as_str()).unwrap_or_default();
+            match self.table.get(&w).cloned() {
+                None => {
+                    if let Some(d) = d.filter(|d| d.start - self.settings.lead_time_ms <= now) {
+                        let mut e = ShadowEntry {
+                            workload_id: w.clone(),
+                            version: now.max(1),
+                            state: ShadowState::Pending,
+                            predicted_start: d.start,
+                            predicted_end: d.end,
+                            requirements: d.requirement,
+                            candidates: Vec::new(),
+                            host_ranking: Vec::new(),
+                            reason: String::new(),
+                            updated_at: now,
+                        };
+                        let mut reasons = vec!["forecast".to_string()];
+                        self.refill(
+                            &mut e,
+                            &mut slots,
+                            &HashSet::new(),
+                            &mut reasons,
+                            &mut out,
+                            new_id,
+                            now,
+                        );
+                        self.rank(&mut e, &slots);
+                        e.reason = reasons.join("; ");
+                        self.table.insert(w.clone(), e.clone());
+                        out.push(Action::Upsert(e));
+                    }
+                }
+                Some(old) => {
+                    self.update(old, d, &rs, inp, &mut slots, &mut out, new_id);
+                }
+            }
+        }
+        self.collect_orphans(inp, &mut out);
+        out
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn update(
+        &mut self,
+        old: ShadowEntry,
+        d: Option<Demand>,
+        rs: &[&ReshadowRequest],
+        inp: &Inputs<'_>,
+        slots: &mut BTreeMap<String, HostSlot>,
+        out: &mut Vec<Action>,
+        new_id: &mut dyn FnMut(&str, &str) -> String,
+    ) {
+        let now = inp.now;
+        let w = old.workload_id.clone();
+        let mut e = old.clone();
+        let mut reasons: Vec<String> = Vec::new();
+        let mut avoid: HashSet<String> = HashSet::new();
+        // What the fleet and the interceptor say about each shadow.
+        for c in &mut e.candidates {
+            let was = c.status;
+            if let Some(claim) = inp.claims.get(&c.shadow_id) {
+                if was != ShadowStatus::Claimed {
+                    c.status = ShadowStatus::Claimed;
+                    reasons.push(format!("claimed by request {}", claim.request_id));
+                }
+                continue;
+            }
+            if was == ShadowStatus::Claimed {
+                continue;
+            }
+            match (
+                inp.ledger.shadow(&c.shadow_id),
+                inp.ledger.ended(&c.shadow_id),
+            ) {
+                (Some(r), _) => {
+                    c.status = match r.health {
+                        ShadowHealth::Created => ShadowStatus::Requested,
+                        ShadowHealth::Healthy => ShadowStatus::Healthy,
+                        ShadowHealth::Unhealthy => ShadowStatus::Unhealthy,
+                    };
+                    if r.host_id != c.host_id {
+                        c.host_id = r.host_id.clone();
+                    }
+                }
+                (None, Some(ShadowEnd::Expanded)) => c.status = ShadowStatus::Claimed,
+                (None, Some(ShadowEnd::Released)) => c.status = ShadowStatus::Released,
+                (None, Some(ShadowEnd::Failed(why) | ShadowEnd::Refused(why))) => {
+                    c.status = ShadowStatus::Failed;
+                    reasons.push(format!("shadow on {} failed: {why}", c.host_id));
+                    avoid.insert(c.host_id.clone());
+                }
+                (None, None) => {
+                    // Not answered yet: send again after the timeout, give up after the limit.
+                    let cid = create_id(&c.shadow_id);
+                    if inp.ledger.answered(&cid) || !self.due(&cid, now) {
+                        continue;
+                    }
+                    let attempts = self.sent.get(&cid).map_or(0, |s| s.1);
+                    if attempts >= self.settings.max_command_attempts {
+                        c.status = ShadowStatus::Failed;
+                        reasons.push(format!(
+                            "no answer from {} after {attempts} attempts",
+                            c.host_id
+                        ));
+                        avoid.insert(c.host_id.clone());
+                        let rel = self.command(
+                            FleetCommandKind::ReleaseShadow,
+                            &c.shadow_id.clone(),
+                            &c.host_id.clone(),
+                            &w,
+                            e.requirements,
+                            now,
+                        );
+                        out.push(rel);
+                    } else {
+                        let cmd = self.command(
+                            FleetCommandKind::CreateShadow,
+                            &c.shadow_id.clone(),
+                            &c.host_id.clone(),
+                            &w,
+                            e.requirements,
+                            now,
+                        );
+                        out.push(cmd);
+                    }
+                }
+            }
+        }
+        let claimed = e
+            .candidates
+            .iter()
+            .any(|c| c.status == ShadowStatus::Claimed);
+        let finished = now >= e.predicted_end + self.settings.release_grace_ms;
+        let gone = !claimed
+            && match &d {
+                None => true,
+                Some(d) => d.start - self.settings.lead_time_ms > now,
+            };
+        if claimed || finished || gone {
+            // Release whatever is still reserved and unclaimed.
+            let live: Vec<ShadowCandidate> = e
+                .candidates
+                .iter()
+                .filter(|c| is_live(c.status))
+                .cloned()
+                .collect();
+            for c in live {
+                let a = self.command(
+                    FleetCommandKind::ReleaseShadow,
+                    &c.shadow_id,
+                    &c.host_id,
+                    &w,
+                    e.requirements,
+                    now,
+                );
+                out.push(a);
+            }
+            for c in &mut e.candidates {
+                if is_live(c.status) {
+                    c.status = ShadowStatus::Released;
+                }
+            }
+            if finished || gone {
+                self.table.remove(&w);
+                out.push(Action::Delete(w));
+                return;
+            }
+            reasons.push("other shadows released".into());
+        }
+        e.candidates
+            .retain(|c| is_live(c.status) || c.status == ShadowStatus::Claimed);
+        if !claimed {
+            if let Some(d) = &d {
+                if differs(
+                    &d.requirement,
+                    &e.requirements,
+                    self.settings.resize_tolerance,
+                ) {
+                    for c in std::mem::take(&mut e.candidates) {
+                        let a = self.command(
+                            FleetCommandKind::ReleaseShadow,
+                            &c.shadow_id,
+                            &c.host_id,
+                            &w,
+                            e.requirements,
+                            now,
+                        );
+                        out.push(a);
+                    }
+                    reasons.push(format!(
+                        "resized from {}m/{}B to {}m/{}B",
+                        e.requirements.cpu_millicores,
+                        e.requirements.memory_bytes,
+                        d.requirement.cpu_millicores,
+                        d.requirement.memory_bytes
+                    ));
+                    e.requirements = d.requirement;
+                }
+                e.predicted_start = d.start;
+                e.predicted_end = d.end;
+            }
+            for r in rs {
+                let Some(pos) = e.candidates.iter().position(|c| {
+                    c.shadow_id == r.shadow_id && c.host_id == r.from_host_id && is_live(c.status)
+                }) else {
+                    continue;
+                };
+                let c = e.candidates.remove(pos);
+                let a = self.command(
+                    FleetCommandKind::ReleaseShadow,
+                    &c.shadow_id,
+                    &c.host_id,
+                    &w,
+                    e.requirements,
+                    now,
+                );
+                out.push(a);
+                avoid.insert(c.host_id.clone());
+                reasons.push(format!("reshadow {}: {}", r.request_id, r.reason));
+                if let Some(to) = &r.to_host_id {
+                    let taken: HashSet<&str> =
+                        e.candidates.iter().map(|c| c.host_id.as_str()).collect();
+                    if !taken.contains(to.as_str())
+                        && slots.get(to).is_some_and(|s| s.fits(&e.requirements))
+                    {
+                        self.add_candidate(&mut e, to, slots, out, new_id, now);
+                    }
+                }
+            }
+            self.refill(&mut e, slots, &avoid, &mut reasons, out, new_id, now);
+        }
+        self.rank(&mut e, slots);
+        e.state = if claimed {
+            ShadowState::Claimed
+        } else if e
+            .candidates
+            .iter()
+            .any(|c| c.status == ShadowStatus::Healthy)
+        {
+            ShadowState::Active
+        } else {
+            ShadowState::Pending
+        };
+        if Self::materially_changed(&old, &e) {
+            e.version = (old.version + 1).max(now);
+            e.updated_at = now;
+            e.reason = if reasons.is_empty() {
+                "health".into()
+            } else {
+                reasons.join("; ")
+            };
+            self.table.insert(w, e.clone());
+            out.push(Action::Upsert(e));
+        }
+    }
+
+    fn materially_changed(a: &ShadowEntry, b: &ShadowEntry) -> bool {
+        a.state != b.state
+            || a.requirements != b.requirements
+            || a.predicted_start != b.predicted_start
+            || a.predicted_end != b.predicted_end
+            || a.host_ranking != b.host_ranking
+            || a.candidates.len() != b.candidates.len()
+            || a.candidates.iter().zip(&b.candidates).any(|(x, y)| {
+                x.shadow_id != y.shadow_id
+                    || x.host_id != y.host_id
+                    || x.status != y.status
+                    || (x.health_score - y.health_score).abs() > 0.05
+                    || (x.headroom - y.headroom).abs() > 0.05
+            })
+    }
+
+    fn add_candidate(
+        &mut self,
+        e: &mut ShadowEntry,
+        host: &str,
+        slots: &mut BTreeMap<String, HostSlot>,
+        out: &mut Vec<Action>,
+        new_id: &mut dyn FnMut(&str, &str) -> String,
+        now: i64,
+    ) {
+        let sid = new_id(&e.workload_id, host);
+        if let Some(s) = slots.get_mut(host) {
+            s.load = s.load.plus(&e.requirements);
+        }
+        e.candidates.push(ShadowCandidate {
+            shadow_id: sid.clone(),
+            host_id: host.to_string(),
+            rank: 0,
+            health_score: 0.0,
+            headroom: 0.0,
+            status: ShadowStatus::Requested,
+        });
+        let a = self.command(
+            FleetCommandKind::CreateShadow,
+            &sid,
+            host,
+            &e.workload_id,
+            e.requirements,
+            now,
+        );
+        out.push(a);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn refill(
+        &mut self,
+        e: &mut ShadowEntry,
+        slots: &mut BTreeMap<String, HostSlot>,
+        avoid: &HashSet<String>,
+        reasons: &mut Vec<String>,
+        out: &mut Vec<Action>,
+        new_id: &mut dyn FnMut(&str, &str) -> String,
+        now: i64,
+    ) {
+        let live = e.candidates.iter().filter(|c| is_live(c.status)).count();
+        let k = self.settings.candidates;
+        if live >= k {
+            return;
+        }
+        let mut exclude: HashSet<String> = avoid.clone();
+        exclude.extend(e.candidates.iter().map(|c| c.host_id.clone()));
+        let chosen = choose_hosts(slots, &e.requirements, k - live, &exclude);
+        if chosen.len() < k - live {
+            reasons.push(format!(
+                "{} of {k} candidate hosts can hold {}m CPU, {} B memory",
+                live + chosen.len(),
+                e.requirements.cpu_millicores,
+                e.requirements.memory_bytes
+            ));
+        }
+        for (h, _) in chosen {
+            self.add_candidate(e, &h, slots, out, new_id, now);
+        }
+    }
+
+    fn rank(&self, e: &mut ShadowEntry, slots: &BTreeMap<String, HostSlot>) {
+        for c in &mut e.candidates {
+            let (score, head) = slots
+                .get(&c.host_id)
+                .map_or((0.0, 0.0), |s| (s.score, s.headroom(&Resources::ZERO)));
+            c.health_score = ((score * status_factor(c.status)) * 1000.0).round() / 1000.0;
+            c.headroom = (head * 1000.0).round() / 1000.0;
+        }
+        e.candidates.sort_by(|a, b| {
+            b.health_score
+                .total_cmp(&a.health_score)
+                .then(b.headroom.total_cmp(&a.headroom))
+                .then_with(|| a.host_id.cmp(&b.host_id))
+        });
+        for (i, c) in e.candidates.iter_mut().enumerate() {
+            c.rank = i as i32;
+        }
+        e.host_ranking = e.candidates.iter().map(|c| c.host_id.clone()).collect();
+    }
+
+    /// Shadows the fleet holds that no row references (a row deleted while its release was
+    /// lost, or commands sent before a crash lost the row's write): released.
+    fn collect_orphans(&mut self, inp: &Inputs<'_>, out: &mut Vec<Action>) {
+        let referenced: HashSet<&str> = self
+            .table
+            .values()
+            .flat_map(|e| e.candidates.iter())
+            .filter(|c| is_live(c.status) || c.status == ShadowStatus::Claimed)
+            .map(|c| c.shadow_id.as_str())
+            .collect();
+        let mut orphans: Vec<(String, String, String, Resources)> = inp
+            .ledger
+            .shadows()
+            .iter()
+            .filter(|(id, _)| !referenced.contains(id.as_str()))
+            .filter(|(id, _)| self.due(&release_id(id), inp.now))
+            .map(|(id, r)| {
+                (
+                    id.clone(),
+                    r.host_id.clone(),
+                    r.workload_id.clone(),
+                    r.resources,
+                )
+            })
+            .collect();
+        orphans.sort_by(|a, b| a.0.cmp(&b.0));
+        for (id, host, w, res) in orphans {
+            let a = self.command(
+                FleetCommandKind::ReleaseShadow,
+                &id,
+                &host,
+                &w,
+                res,
+                inp.now,
+            );
+            out.push(a);
+        }
+    }
+}

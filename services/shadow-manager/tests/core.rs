@@ -1,0 +1,468 @@
+//! The shadow manager's pure core, without Kafka: demand windows, ranked placement, and the
+//! manager driving the fleet simulator's core through faults and restarts.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use proptest::prelude::*;
+use umbra_fleet::{Ledger, SimSettings, Simulator};
+use umbra_schemas::{
+    Claim, DemandForecast, FleetEvent, ForecastPoint, Horizon, HorizonForecast, HostHealth,
+    HostState, Interval, Resources, ShadowState, ShadowStatus,
+};
+use umbra_shadow_manager::core::{choose_hosts, demand, host_slots, HostSlot};
+use umbra_shadow_manager::{Action, Inputs, Manager, Settings};
+
+const GIB: i64 = 1 << 30;
+const T0: i64 = 1_700_000_000_000;
+
+fn iv(v: f64) -> Interval {
+    Interval {
+        mean: v * 0.8,
+        lower_80: v * 0.6,
+        upper_80: v,
+        lower_95: v * 0.5,
+        upper_95: v * 1.2,
+    }
+}
+
+/// A forecast whose 80% upper bound is `cpu[i]` millicores and `mem_gib[i]` GiB at step i.
+fn forecast(w: &str, start: i64, cpu: &[f64], mem_gib: f64) -> DemandForecast {
+    DemandForecast {
+        workload_id: w.into(),
+        generated_at: start,
+        model: "test".into(),
+        fallback_reason: None,
+        horizons: vec![HorizonForecast {
+            horizon: Horizon::Day,
+            step_seconds: 300,
+            points: cpu
+                .iter()
+                .enumerate()
+                .map(|(i, c)| ForecastPoint {
+                    time: start + i as i64 * 300_000,
+                    cpu_millicores: iv(*c),
+                    memory_bytes: iv(mem_gib * GIB as f64),
+                    disk_io_bytes_per_s: iv(0.0),
+                })
+                .collect(),
+        }],
+    }
+}
+
+fn res(cpu: i64, mem_gib: i64) -> Resources {
+    Resources {
+        cpu_millicores: cpu,
+        memory_bytes: mem_gib * GIB,
+        disk_io_bytes_per_s: 0,
+    }
+}
+
+#[test]
+fn demand_is_the_first_run_above_what_the_workload_holds() {
+    let s = Settings::default();
+    let mut cpu = vec![500.0; 24];
+    for c in &mut cpu[6..9] {
+        *c = 2_030.0;
+    }
+    let f = forecast("w", T0, &cpu, 0.5);
+    // Holding 1 core and 1 GiB: the spike at steps 6..9 needs 1030m more, rounded to 1050m.
+    let d = demand(&f, &res(1_000, 1), &s, T0).expect("a spike");
+    assert_eq!(d.start, T0 + 6 * 300_000);
+    assert_eq!(d.end, T0 + 9 * 300_000);
+    assert_eq!(d.requirement, res(1_050, 0));
+    // Holding enough: nothing to stage.
+    assert_eq!(demand(&f, &res(2_100, 1), &s, T0), None);
+    // Steps already past do not count.
+    assert_eq!(demand(&f, &res(1_000, 1), &s, T0 + 9 * 300_000), None);
+    // The quantile matters: the 95% bound is 20% higher.
+    let s95 = Settings {
+        quantile: umbra_shadow_manager::Quantile::Upper95,
+        ..Settings::default()
+    };
+    let d95 = demand(&f, &res(1_000, 1), &s95, T0).expect("a spike");
+    assert_eq!(d95.requirement.cpu_millicores, 1_450);
+}
+
+fn slot(cap: Resources, load: Resources, score: f64) -> HostSlot {
+    HostSlot {
+        capacity: cap,
+        limit: cap,
+        load,
+        score,
+    }
+}
+
+#[test]
+fn ranking_prefers_health_then_headroom_and_skips_what_does_not_fit() {
+    let cap = res(8_000, 32);
+    let slots: BTreeMap<String, HostSlot> = [
+        ("a", slot(cap, res(1_000, 1), 1.0)),
+        ("b", slot(cap, res(6_000, 1), 1.0)),
+        ("c", slot(cap, res(0, 0), 0.5)),
+        ("d", slot(cap, res(7_500, 1), 1.0)),
+        ("e", slot(cap, res(0, 0), 0.0)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let got = choose_hosts(&slots, &res(1_000, 2), 3, &HashSet::new());
+    let ids: Vec<&str> = got.iter().map(|(h, _)| h.as_str()).collect();
+    // d cannot hold 1000m; e is unhealthy; a has more headroom than b; c is less healthy.
+    assert_eq!(ids, ["a", "b", "c"]);
+    let got = choose_hosts(&slots, &res(1_000, 2), 3, &HashSet::from(["a".to_string()]));
+    assert_eq!(got[0].0, "b");
+}
+
+fn host_state(id: &str, cap: Resources, healthy: bool) -> HostState {
+    HostState {
+        host_id: id.into(),
+        updated_at: T0,
+        capacity: cap,
+        used: Resources::ZERO,
+        committed: Resources::ZERO,
+        health: if healthy {
+            HostHealth::Healthy
+        } else {
+            HostHealth::Unhealthy
+        },
+        health_score: if healthy { 1.0 } else { 0.0 },
+    }
+}
+
+fn counter_ids() -> impl FnMut(&str, &str) -> String {
+    let mut n = 0u64;
+    move |w: &str, h: &str| {
+        n += 1;
+        format!("{w}@{h}#{n}")
+    }
+}
+
+proptest! {
+    /// Placement invariants over random fleets and demands, in one pass that places every
+    /// workload: reservations planned on a host never exceed its spare capacity, each workload
+    /// gets at most K distinct hosts, and the same input gives the same plan.
+    #[test]
+    fn placement_invariants(
+        hosts in proptest::collection::vec((1_000i64..16_000, 1i64..64, 0i64..8_000, any::<bool>()), 1..12),
+        needs in proptest::collection::vec((100.0f64..6_000.0, 0.1f64..16.0), 1..40),
+        k in 1usize..4,
+    ) {
+        let ledger = Ledger::default();
+        let mut states = HashMap::new();
+        for (i, (cpu, mem, used, healthy)) in hosts.iter().enumerate() {
+            let id = format!("h{i:02}");
+            let mut hs = host_state(&id, res(*cpu, *mem), *healthy || i == 0);
+            hs.used = res((*used).min(*cpu), 0);
+            states.insert(id, hs);
+        }
+        let forecasts: HashMap<String, DemandForecast> = needs
+            .iter()
+            .enumerate()
+            .map(|(i, (c, m))| (format!("w{i:02}"), forecast(&format!("w{i:02}"), T0, &[*c; 12], *m)))
+            .collect();
+        let settings = Settings { candidates: k, ..Settings::default() };
+        let plan = |ledger: &Ledger| {
+            let mut m = Manager::new(settings.clone(), HashMap::new());
+            let actions = m.reconcile(
+                &Inputs { now: T0, forecasts: &forecasts, host_state: &states, ledger, claims: &HashMap::new(), reshadows: &[] },
+                &mut counter_ids(),
+            );
+            (m.table().clone(), actions)
+        };
+        let (table, actions) = plan(&ledger);
+        let (table2, actions2) = plan(&ledger);
+        prop_assert_eq!(&actions, &actions2, "same input, same plan");
+        prop_assert_eq!(&table, &table2);
+        let mut reserved: HashMap<String, Resources> = HashMap::new();
+        for e in table.values() {
+            let hosts: HashSet<&str> = e.candidates.iter().map(|c| c.host_id.as_str()).collect();
+            prop_assert_eq!(hosts.len(), e.candidates.len(), "distinct hosts");
+            prop_assert!(e.candidates.len() <= k);
+            for c in &e.candidates {
+                let r = reserved.entry(c.host_id.clone()).or_default();
+                *r = r.plus(&e.requirements);
+            }
+            let ranks: Vec<i32> = e.candidates.iter().map(|c| c.rank).collect();
+            prop_assert_eq!(ranks, (0..e.candidates.len() as i32).collect::<Vec<_>>());
+        }
+        for (h, r) in &reserved {
+            let st = &states[h];
+            prop_assert!(st.health != HostHealth::Unhealthy, "nothing on an unhealthy host");
+            prop_assert!(r.plus(&st.used).fits_within(&st.capacity), "host {} over capacity: {:?} + used {:?} > {:?}", h, r, st.used, st.capacity);
+        }
+        // The pending reservations are what the next pass sees as load.
+        let slots = host_slots(&ledger, &states, table.values(), &settings);
+        for (h, r) in &reserved {
+            prop_assert_eq!(slots[h].load, r.plus(&states[h].used));
+        }
+    }
+}
+
+/// The manager and the simulator's core talking without Kafka, with faults.
+struct World {
+    sim: Simulator,
+    ledger: Ledger,
+    manager: Manager,
+    forecasts: HashMap<String, DemandForecast>,
+    states: HashMap<String, HostState>,
+    claims: HashMap<String, Claim>,
+    now: i64,
+    ids: Box<dyn FnMut(&str, &str) -> String>,
+    lose_every: usize,
+    duplicate_every: usize,
+    commands_seen: usize,
+}
+
+impl World {
+    fn new(hosts: usize, workloads: usize) -> Self {
+        let settings = SimSettings {
+            hosts,
+            host_capacity: res(8_000, 32),
+            shadow_ready_delay_ms: 1_000,
+            ..SimSettings::default()
+        };
+        let mut sim = Simulator::new(settings, Ledger::default());
+        let mut ledger = Ledger::default();
+        for e in sim.boot(T0) {
+            ledger.apply(&e);
+        }
+        let forecasts = (0..workloads)
+            .map(|i| {
+                let w = format!("w{i}");
+                (w.clone(), forecast(&w, T0, &[1_500.0; 288], 2.0))
+            })
+            .collect();
+        Self {
+            sim,
+            ledger,
+            manager: Manager::new(
+                Settings {
+                    command_timeout_ms: 5_000,
+                    ..Settings::default()
+                },
+                HashMap::new(),
+            ),
+            forecasts,
+            states: HashMap::new(),
+            claims: HashMap::new(),
+            now: T0,
+            ids: Box::new(counter_ids()),
+            lose_every: 0,
+            duplicate_every: 0,
+            commands_seen: 0,
+        }
+    }
+
+    fn deliver(&mut self, events: Vec<FleetEvent>) {
+        for e in events {
+            self.ledger.apply(&e);
+        }
+    }
+
+    /// One second of the world: a reconcile pass, command delivery with faults, timers.
+    fn step(&mut self) -> Vec<Action> {
+        self.now += 1_000;
+        let actions = self.manager.reconcile(
+            &Inputs {
+                now: self.now,
+                forecasts: &self.forecasts,
+                host_state: &self.states,
+                ledger: &self.ledger,
+                claims: &self.claims,
+                reshadows: &[],
+            },
+            &mut self.ids,
+        );
+        for a in &actions {
+            if let Action::Command(c) = a {
+                self.commands_seen += 1;
+                if self.lose_every > 0 && self.commands_seen % self.lose_every == 0 {
+                    continue;
+                }
+                let ev = self.sim.execute(c, self.now);
+                self.deliver(ev);
+                if self.duplicate_every > 0 && self.commands_seen % self.duplicate_every == 0 {
+                    let ev = self.sim.execute(c, self.now);
+                    assert!(ev.is_empty(), "a duplicate changed the fleet");
+                }
+            }
+        }
+        let ev = self.sim.tick(self.now);
+        self.deliver(ev);
+        assert!(self.sim.ledger().overcommitted().is_empty());
+        actions
+    }
+
+    fn run(&mut self, seconds: usize) {
+        for _ in 0..seconds {
+            self.step();
+        }
+    }
+
+    fn restart_manager(&mut self) {
+        let table: HashMap<String, _> = self
+            .manager
+            .table()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        self.manager = Manager::new(self.manager.settings().clone(), table);
+    }
+
+    fn healthy(&self, w: &str) -> usize {
+        self.manager.table()[w]
+            .candidates
+            .iter()
+            .filter(|c| c.status == ShadowStatus::Healthy)
+            .count()
+    }
+
+    /// Live shadows in the fleet per workload: never more than K once settled.
+    fn live_per_workload(&self) -> HashMap<String, usize> {
+        let mut m = HashMap::new();
+        for r in self.sim.ledger().shadows().values() {
+            *m.entry(r.workload_id.clone()).or_default() += 1;
+        }
+        m
+    }
+}
+
+#[test]
+fn shadows_become_ready_on_k_hosts_and_failures_are_replaced() {
+    let mut w = World::new(6, 4);
+    w.run(5);
+    for i in 0..4 {
+        let e = &w.manager.table()[&format!("w{i}")];
+        assert_eq!(e.state, ShadowState::Active, "{e:?}");
+        assert_eq!(w.healthy(&format!("w{i}")), 3);
+        assert_eq!(e.requirements, res(1_500, 2));
+    }
+    // Fail one shadow: it is replaced on a host the workload does not use yet.
+    let victim = w.manager.table()["w0"].candidates[0].clone();
+    let ev = w.sim.fail_shadows(
+        &umbra_fleet::ShadowSelector::Shadow(victim.shadow_id.clone()),
+        w.now,
+    );
+    w.deliver(ev);
+    w.run(1);
+    let e = &w.manager.table()["w0"];
+    assert!(
+        e.reason.contains("failed: health check failed"),
+        "{}",
+        e.reason
+    );
+    assert!(e.candidates.iter().all(|c| c.shadow_id != victim.shadow_id));
+    assert!(
+        e.candidates.iter().all(|c| c.host_id != victim.host_id),
+        "replacement avoids the failed host"
+    );
+    w.run(2);
+    assert_eq!(w.healthy("w0"), 3, "{:?}", w.manager.table()["w0"]);
+    // An unhealthy host: its candidates drop to the last rank.
+    let top = w.manager.table()["w1"].candidates[0].host_id.clone();
+    w.states
+        .insert(top.clone(), host_state(&top, res(8_000, 32), false));
+    w.run(1);
+    let e = &w.manager.table()["w1"];
+    assert_eq!(e.host_ranking.last(), Some(&top), "{e:?}");
+    assert_eq!(e.candidates.last().map(|c| c.health_score), Some(0.0));
+    assert_eq!(w.live_per_workload().values().max(), Some(&3));
+}
+
+#[test]
+fn lost_and_duplicated_commands_and_restarts_are_survived() {
+    let mut w = World::new(8, 6);
+    w.lose_every = 3;
+    w.duplicate_every = 4;
+    for round in 0..4 {
+        w.run(7);
+        w.restart_manager();
+        if round == 1 {
+            w.lose_every = 0;
+        }
+    }
+    w.lose_every = 0;
+    w.run(30);
+    for i in 0..6 {
+        assert_eq!(
+            w.healthy(&format!("w{i}")),
+            3,
+            "{:?}",
+            w.manager.table()[&format!("w{i}")]
+        );
+    }
+    // Nothing duplicated: each workload holds exactly its K shadows in the fleet.
+    let live = w.live_per_workload();
+    assert!(live.values().all(|n| *n == 3), "{live:?}");
+    // Settled: another pass changes nothing.
+    assert!(w.step().is_empty());
+}
+
+#[test]
+fn forecast_drop_releases_and_claim_releases_the_others() {
+    let mut w = World::new(4, 2);
+    w.run(3);
+    // The interceptor claims w0's best shadow.
+    let best = w.manager.table()["w0"].candidates[0].clone();
+    w.claims.insert(
+        best.shadow_id.clone(),
+        Claim {
+            shadow_id: best.shadow_id.clone(),
+            workload_id: "w0".into(),
+            request_id: "r1".into(),
+            host_id: best.host_id.clone(),
+            entry_version: 1,
+            claimed_at: w.now,
+        },
+    );
+    w.run(2);
+    let e = &w.manager.table()["w0"];
+    assert_eq!(e.state, ShadowState::Claimed);
+    assert_eq!(e.candidates.len(), 1);
+    assert_eq!(
+        w.live_per_workload().get("w0"),
+        Some(&1),
+        "only the claimed shadow is left"
+    );
+    // w1's forecast drops to nothing: its row goes and its shadows are released.
+    w.forecasts
+        .insert("w1".into(), forecast("w1", T0, &[0.0; 288], 0.0));
+    let actions = w.step();
+    assert!(actions.contains(&Action::Delete("w1".into())));
+    w.run(1);
+    assert_eq!(w.live_per_workload().get("w1"), None);
+    assert!(!w.manager.table().contains_key("w1"));
+}
+
+#[test]
+fn capacity_is_never_exceeded_when_demand_outgrows_the_fleet() {
+    // 3 hosts of 8 cores, 10 workloads wanting 3 cores on 3 hosts each: most cannot fit.
+    let mut w = World::new(3, 10);
+    for f in w.forecasts.values_mut() {
+        *f = forecast(&f.workload_id.clone(), T0, &[3_000.0; 288], 1.0);
+    }
+    w.run(10);
+    assert!(w.sim.ledger().overcommitted().is_empty());
+    let placed: usize = w.live_per_workload().values().sum();
+    assert_eq!(placed, 6, "two 3-core shadows fit per 8-core host");
+    let short = w
+        .manager
+        .table()
+        .values()
+        .filter(|e| e.candidates.len() < 3)
+        .count();
+    assert!(
+        short >= 7,
+        "the rest say why: {:?}",
+        w.manager
+            .table()
+            .values()
+            .map(|e| &e.reason)
+            .collect::<Vec<_>>()
+    );
+    assert!(w
+        .manager
+        .table()
+        .values()
+        .any(|e| e.reason.contains("candidate hosts can hold")));
+}
