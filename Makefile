@@ -9,9 +9,11 @@ TEST_BROKER_PORT ?= 19092
 TEST_REGISTRY_PORT ?= 18081
 DEV_STATE := .state/dev
 SERVICES := ingest forecast shadow-manager interceptor rebalancer
+# Started by `make demo` next to the services: the embedded default fleet.
+DEMO_PROCESSES := $(SERVICES) fleet-sim
 TARGET_DIR := $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null | $(PYTHON) -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null || echo target)
 
-.PHONY: bench-forecast bench-venv
+.PHONY: bench-forecast bench-venv bench-shadow
 .PHONY: all build test unit-test integration-test test-stack-up test-stack-down bench lint demo demo-down status venv clean
 
 all: build
@@ -47,9 +49,24 @@ test-stack-down:
 	-$(TARGET_DIR)/debug/umbra dev down --state-dir $(TEST_STATE)
 
 # Benchmarks print their figures next to a baseline measured in the same run.
-bench: bench-forecast
+bench: bench-forecast bench-shadow
 	$(CARGO) build --release -p umbra-bench --bin umbra-bench
 	$(TARGET_DIR)/release/umbra-bench
+
+# Shadow placement (no broker) and shadow table restore (a broker and registry of its own,
+# started here and stopped afterwards): `make bench-shadow [ROWS=N]`.
+BENCH_STATE := .state/bench
+BENCH_BROKER_PORT ?= 29092
+BENCH_REGISTRY_PORT ?= 28081
+ROWS ?= 1000000
+bench-shadow:
+	$(CARGO) build --release -p umbra-bench --bin bench-shadow -p umbra-cli --bin umbra
+	rm -rf $(BENCH_STATE)
+	env -u KAFKA_BOOTSTRAP_SERVERS -u SCHEMA_REGISTRY_URL $(TARGET_DIR)/release/umbra dev up \
+	  --state-dir $(BENCH_STATE) --broker-port $(BENCH_BROKER_PORT) --registry-port $(BENCH_REGISTRY_PORT) > /dev/null
+	$(TARGET_DIR)/release/bench-shadow --rows $(ROWS) --bootstrap 127.0.0.1:$(BENCH_BROKER_PORT) \
+	  --registry http://127.0.0.1:$(BENCH_REGISTRY_PORT); status=$$?; \
+	$(TARGET_DIR)/release/umbra dev down --state-dir $(BENCH_STATE); exit $$status
 
 # Python statsforecast and prophet for the forecast comparison, in a virtualenv of the bench's own.
 BENCH_VENV := .venv-bench
@@ -76,13 +93,13 @@ lint:
 demo:
 	$(CARGO) build --release --workspace --bins
 	$(TARGET_DIR)/release/umbra dev up --state-dir $(DEV_STATE)
-	@for s in $(SERVICES); do \
+	@for s in $(DEMO_PROCESSES); do \
 	  if [ -f $(DEV_STATE)/$$s.pid ] && kill -0 $$(cat $(DEV_STATE)/$$s.pid) 2>/dev/null; then echo "$$s: already running"; continue; fi; \
 	  nohup $(TARGET_DIR)/release/umbra-$$s > $(DEV_STATE)/$$s.log 2>&1 & echo $$! > $(DEV_STATE)/$$s.pid; \
 	  echo "$$s: started (pid $$!, log $(DEV_STATE)/$$s.log)"; \
 	done
 	@echo
-	@echo "umbra is running: broker 127.0.0.1:9092, registry http://127.0.0.1:8081, five services."
+	@echo "umbra is running: broker 127.0.0.1:9092, registry http://127.0.0.1:8081, five services and the fleet simulator (8 hosts)."
 	@echo "Try:   $(TARGET_DIR)/release/umbra request --workload vm-001"
 	@echo "       $(TARGET_DIR)/release/umbra table"
 	@echo "Stop:  make demo-down"

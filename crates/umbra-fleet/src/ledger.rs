@@ -89,6 +89,8 @@ pub struct Ledger {
     shadows: HashMap<String, ShadowRecord>,
     ended: HashMap<String, ShadowEnd>,
     answered: HashSet<String>,
+    /// Placed resources per workload across hosts: an index of `hosts[*].workloads`.
+    held: HashMap<String, Resources>,
 }
 
 impl Ledger {
@@ -155,9 +157,23 @@ impl Ledger {
                 (None, Some(w)) => {
                     if let Some(h) = self.hosts.get_mut(&e.host_id) {
                         if let Some(held) = h.workloads.get_mut(w) {
-                            *held = held.minus(&e.resources);
+                            let freed = e.resources.max(&Resources::ZERO);
+                            let freed = Resources {
+                                cpu_millicores: freed.cpu_millicores.min(held.cpu_millicores),
+                                memory_bytes: freed.memory_bytes.min(held.memory_bytes),
+                                disk_io_bytes_per_s: freed
+                                    .disk_io_bytes_per_s
+                                    .min(held.disk_io_bytes_per_s),
+                            };
+                            *held = held.minus(&freed);
                             if held.is_zero() {
                                 h.workloads.remove(w);
+                            }
+                            if let Some(total) = self.held.get_mut(w) {
+                                *total = total.minus(&freed);
+                                if total.is_zero() {
+                                    self.held.remove(w);
+                                }
                             }
                         }
                     }
@@ -223,6 +239,8 @@ impl Ledger {
             .or_insert_with(|| HostRecord::new(Resources::ZERO));
         let held = h.workloads.entry(workload.to_string()).or_default();
         *held = held.plus(r);
+        let total = self.held.entry(workload.to_string()).or_default();
+        *total = total.plus(r);
     }
 
     /// Hosts by id.
@@ -257,10 +275,7 @@ impl Ledger {
 
     /// Resources placed for `workload` across the fleet: what it holds now.
     pub fn held(&self, workload: &str) -> Resources {
-        self.hosts
-            .values()
-            .filter_map(|h| h.workloads.get(workload))
-            .fold(Resources::ZERO, |a, r| a.plus(r))
+        self.held.get(workload).copied().unwrap_or_default()
     }
 
     /// Hosts whose commitments exceed their capacity, with the excess: must always be empty.
@@ -272,5 +287,46 @@ impl Ledger {
                 (!excess.is_empty()).then(|| (id.clone(), excess))
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn ev(kind: FleetEventKind, host: u8, w: u8, cpu: i64) -> FleetEvent {
+        FleetEvent {
+            event_id: String::new(),
+            command_id: None,
+            kind,
+            host_id: format!("h{host}"),
+            shadow_id: None,
+            workload_id: Some(format!("w{w}")),
+            resources: Resources {
+                cpu_millicores: cpu,
+                memory_bytes: 0,
+                disk_io_bytes_per_s: 0,
+            },
+            reason: String::new(),
+            occurred_at: 0,
+        }
+    }
+
+    proptest! {
+        /// The per-workload index always equals the sum over hosts.
+        #[test]
+        fn held_index_matches_the_hosts(ops in proptest::collection::vec((any::<bool>(), 0u8..3, 0u8..3, 0i64..1_000), 0..100)) {
+            let mut l = Ledger::default();
+            for (place, h, w, cpu) in ops {
+                let kind = if place { FleetEventKind::Placed } else { FleetEventKind::Released };
+                l.apply(&ev(kind, h, w, cpu));
+                for w in 0..3u8 {
+                    let id = format!("w{w}");
+                    let sum = l.hosts().values().filter_map(|h| h.workloads.get(&id)).fold(Resources::ZERO, |a, r| a.plus(r));
+                    prop_assert_eq!(l.held(&id), sum);
+                }
+            }
+        }
     }
 }

@@ -150,6 +150,27 @@ pub fn from_datum<T: serde::de::DeserializeOwned>(
     apache_avro::from_value(&value)
 }
 
+/// Decodes a bare Avro datum written with `schema` itself (no resolution needed) straight into
+/// `T`, without the intermediate `Value` tree: the fast path for records written with the
+/// reader's own schema, which is nearly all of them.
+pub fn from_datum_same<T: serde::de::DeserializeOwned>(
+    schema: &Schema,
+    mut bytes: &[u8],
+) -> Result<T, apache_avro::Error> {
+    let value = apache_avro::reader::datum::GenericDatumReader::builder(schema)
+        .build()?
+        .read_deser(&mut bytes)?;
+    if !bytes.is_empty() {
+        return Err(apache_avro::Error::new(
+            apache_avro::error::Details::ReadBytes(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{} bytes left over after the datum", bytes.len()),
+            )),
+        ));
+    }
+    Ok(value)
+}
+
 /// A record key that names one entity; tables are maps from this id to the latest value.
 pub trait EntityKey: Record {
     /// The entity id.

@@ -25,6 +25,12 @@ fn check_agrees<T: Record + AvroSchema + PartialEq + std::fmt::Debug>() {
     let bytes = to_datum(&from_file, &example).expect("encodes");
     let back: T = from_datum(&from_file, &from_file, &bytes).expect("decodes");
     assert_eq!(back, example, "{} does not round-trip", file.file);
+    let fast: T = umbra_schemas::from_datum_same(&from_file, &bytes).expect("fast path decodes");
+    assert_eq!(
+        fast, example,
+        "{} does not round-trip on the fast path",
+        file.file
+    );
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use apache_avro::Schema;
-use umbra_schemas::{from_datum, to_datum, Record};
+use umbra_schemas::{from_datum, from_datum_same, to_datum, Record};
 
 use crate::registry::{RegistryError, SchemaRegistry};
 use crate::StreamError;
@@ -136,6 +136,13 @@ impl<T: Record> Codec<T> {
     /// Decodes Confluent-framed bytes into `T`.
     pub async fn decode(&self, bytes: &[u8]) -> Result<T, DecodeError> {
         let (id, body) = unframe(bytes)?;
+        if id == self.id {
+            // Written with our own schema: deserialize directly. Anything it cannot read takes
+            // the resolving path below, which gives the authoritative answer.
+            if let Ok(v) = from_datum_same(&self.schema, body) {
+                return Ok(v);
+            }
+        }
         let writer = if id == self.id {
             None
         } else {

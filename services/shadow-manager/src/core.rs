@@ -153,16 +153,34 @@ fn round_up(v: i64, g: i64) -> i64 {
 /// Horizons are merged finest first: the hour and day horizons (5-minute steps) cover the
 /// near future, the week horizon (hourly) only what they do not.
 pub fn demand(f: &DemandForecast, held: &Resources, s: &Settings, now: i64) -> Option<Demand> {
-    let mut steps: Vec<(i64, i64, &umbra_schemas::ForecastPoint)> = f
-        .horizons
-        .iter()
-        .filter(|h| h.step_seconds > 0)
-        .flat_map(|h| {
-            let step = i64::from(h.step_seconds) * 1000;
-            h.points.iter().map(move |p| (p.time, step, p))
-        })
-        .filter(|(t, step, _)| t + step > now && *t < now + s.planning_horizon_ms)
-        .collect();
+    demand_until(f, held, s, now).0
+}
+
+/// [`demand`], and until when (ms) the answer stays the same for the same forecast and
+/// holdings: until the first step in range ends or the next step enters the horizon.
+pub fn demand_until(
+    f: &DemandForecast,
+    held: &Resources,
+    s: &Settings,
+    now: i64,
+) -> (Option<Demand>, i64) {
+    let mut valid_until = i64::MAX;
+    let mut steps: Vec<(i64, i64, &umbra_schemas::ForecastPoint)> = Vec::new();
+    for h in f.horizons.iter().filter(|h| h.step_seconds > 0) {
+        let step = i64::from(h.step_seconds) * 1000;
+        for p in &h.points {
+            if p.time + step <= now {
+                continue;
+            }
+            if p.time >= now + s.planning_horizon_ms {
+                valid_until = valid_until.min(p.time - s.planning_horizon_ms + 1);
+                continue;
+            }
+            valid_until = valid_until.min(p.time + step);
+            steps.push((p.time, step, p));
+        }
+    }
+    // Horizons are each in time order: the sort only merges them.
     steps.sort_by_key(|(t, step, _)| (*t, *step));
     let mut covered = i64::MIN;
     let mut run: Option<Demand> = None;
@@ -196,14 +214,15 @@ pub fn demand(f: &DemandForecast, held: &Resources, s: &Settings, now: i64) -> O
             (None, false) => {}
         }
     }
-    run.map(|mut d| {
+    let d = run.map(|mut d| {
         d.requirement = Resources {
             cpu_millicores: round_up(d.requirement.cpu_millicores, s.cpu_granularity_millicores),
             memory_bytes: round_up(d.requirement.memory_bytes, s.memory_granularity_bytes),
             disk_io_bytes_per_s: d.requirement.disk_io_bytes_per_s.max(0),
         };
         d
-    })
+    });
+    (d, valid_until)
 }
 
 /// One host as placement sees it.
@@ -336,26 +355,26 @@ pub fn choose_hosts(
     k: usize,
     exclude: &HashSet<String>,
 ) -> Vec<(String, f64)> {
-    let mut fit: Vec<(&String, f64, f64)> = slots
-        .iter()
-        .filter(|(id, slot)| !exclude.contains(*id) && slot.fits(need))
-        .map(|(id, slot)| (id, slot.score, slot.headroom(need)))
-        .collect();
     let order = |a: &(&String, f64, f64), b: &(&String, f64, f64)| {
         b.1.total_cmp(&a.1)
             .then(b.2.total_cmp(&a.2))
             .then_with(|| a.0.cmp(b.0))
     };
-    // Only the best k are needed: select them in linear time, then sort those.
-    if k > 0 && fit.len() > k {
-        fit.select_nth_unstable_by(k - 1, order);
-        fit.truncate(k);
+    // Keep only the best k while scanning: no per-decision allocation beyond k entries.
+    let mut best: Vec<(&String, f64, f64)> = Vec::with_capacity(k + 1);
+    for (id, slot) in slots {
+        if !slot.fits(need) || (!exclude.is_empty() && exclude.contains(id)) {
+            continue;
+        }
+        let c = (id, slot.score, slot.headroom(need));
+        if best.len() == k && best.last().is_none_or(|w| order(&c, w).is_ge()) {
+            continue;
+        }
+        let at = best.partition_point(|b| order(b, &c).is_lt());
+        best.insert(at, c);
+        best.truncate(k);
     }
-    fit.sort_by(order);
-    fit.into_iter()
-        .take(k)
-        .map(|(id, _, h)| (id.clone(), h))
-        .collect()
+    best.into_iter().map(|(id, _, h)| (id.clone(), h)).collect()
 }
 
 /// What a reconcile pass asks the service to do.
@@ -385,6 +404,9 @@ pub struct Inputs<'a> {
     pub reshadows: &'a [ReshadowRequest],
 }
 
+/// A row a pass may rewrite: as it was (none for a new row), as it should be, and why.
+type Touched = (Option<ShadowEntry>, ShadowEntry, Vec<String>);
+
 /// The single writer of the shadow table.
 pub struct Manager {
     settings: Settings,
@@ -392,6 +414,16 @@ pub struct Manager {
     /// Command id → (last sent, attempts). Lost on restart, which only means that
     /// unanswered commands are sent again at once.
     sent: HashMap<String, (i64, u32)>,
+    /// Demand per workload with the forecast time and holdings it was computed for, valid
+    /// until a time: a pass over unchanged forecasts does not rescan them.
+    demand_cache: HashMap<String, CachedDemand>,
+}
+
+struct CachedDemand {
+    generated_at: i64,
+    held: Resources,
+    valid_until: i64,
+    demand: Option<Demand>,
 }
 
 /// Command id of the creation of `shadow_id`.
@@ -430,6 +462,7 @@ impl Manager {
             settings,
             table: table.into_iter().collect(),
             sent: HashMap::new(),
+            demand_cache: HashMap::new(),
         }
     }
 
@@ -472,6 +505,25 @@ impl Manager {
         })
     }
 
+    fn cached_demand(&mut self, f: &DemandForecast, held: &Resources, now: i64) -> Option<Demand> {
+        if let Some(c) = self.demand_cache.get(&f.workload_id) {
+            if c.generated_at == f.generated_at && c.held == *held && now < c.valid_until {
+                return c.demand.clone();
+            }
+        }
+        let (d, valid_until) = demand_until(f, held, &self.settings, now);
+        self.demand_cache.insert(
+            f.workload_id.clone(),
+            CachedDemand {
+                generated_at: f.generated_at,
+                held: *held,
+                valid_until,
+                demand: d.clone(),
+            },
+        );
+        d
+    }
+
     fn due(&self, command_id: &str, now: i64) -> bool {
         self.sent
             .get(command_id)
@@ -494,6 +546,7 @@ impl Manager {
             &self.settings,
         );
         let mut out = Vec::new();
+        let mut touched: Vec<Touched> = Vec::new();
         let mut reshadows: HashMap<&str, Vec<&ReshadowRequest>> = HashMap::new();
         for r in inp.reshadows {
             reshadows.entry(r.workload_id.as_str()).or_default().push(r);
@@ -509,7 +562,7 @@ impl Manager {
             let d = inp
                 .forecasts
                 .get(&w)
-                .and_then(|f| demand(f, &held, &self.settings, now));
+                .and_then(|f| self.cached_demand(f, &held, now));
             let rs = reshadows.remove(w.as_str()).unwrap_or_default();
             match self.table.get(&w).cloned() {
                 None => {
@@ -536,19 +589,43 @@ impl Manager {
                             new_id,
                             now,
                         );
-                        self.rank(&mut e, &slots);
-                        e.reason = reasons.join("; ");
-                        self.table.insert(w.clone(), e.clone());
-                        out.push(Action::Upsert(e));
+                        touched.push((None, e, reasons));
                     }
                 }
                 Some(old) => {
-                    self.update(old, d, &rs, inp, &mut slots, &mut out, new_id);
+                    if let Some(t) = self.update(old, d, &rs, inp, &mut slots, &mut out, new_id) {
+                        touched.push(t);
+                    }
                 }
             }
         }
-        self.collect_orphans(inp, &mut out);
-        out
+        // Ranks and headroom are computed once every placement of the pass is known, so that
+        // a row is not rewritten next pass only because later rows filled its hosts.
+        let mut writes = Vec::new();
+        for (old, mut e, reasons) in touched {
+            self.rank(&mut e, &slots);
+            let changed = old.as_ref().is_none_or(|o| Self::materially_changed(o, &e));
+            if changed {
+                if let Some(o) = &old {
+                    e.version = (o.version + 1).max(now);
+                    e.updated_at = now;
+                }
+                e.reason = if reasons.is_empty() {
+                    "health".into()
+                } else {
+                    reasons.join("; ")
+                };
+                self.table.insert(e.workload_id.clone(), e.clone());
+                writes.push(Action::Upsert(e));
+            }
+        }
+        writes.append(&mut out);
+        if self.demand_cache.len() > 2 * inp.forecasts.len() + 16 {
+            self.demand_cache
+                .retain(|w, _| inp.forecasts.contains_key(w));
+        }
+        self.collect_orphans(inp, &mut writes);
+        writes
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -561,7 +638,7 @@ impl Manager {
         slots: &mut BTreeMap<String, HostSlot>,
         out: &mut Vec<Action>,
         new_id: &mut dyn FnMut(&str, &str) -> String,
-    ) {
+    ) -> Option<Touched> {
         let now = inp.now;
         let w = old.workload_id.clone();
         let mut e = old.clone();
@@ -675,7 +752,7 @@ impl Manager {
             if finished || gone {
                 self.table.remove(&w);
                 out.push(Action::Delete(w));
-                return;
+                return None;
             }
             reasons.push("other shadows released".into());
         }
@@ -741,7 +818,6 @@ impl Manager {
             }
             self.refill(&mut e, slots, &avoid, &mut reasons, out, new_id, now);
         }
-        self.rank(&mut e, slots);
         e.state = if claimed {
             ShadowState::Claimed
         } else if e
@@ -753,17 +829,7 @@ impl Manager {
         } else {
             ShadowState::Pending
         };
-        if Self::materially_changed(&old, &e) {
-            e.version = (old.version + 1).max(now);
-            e.updated_at = now;
-            e.reason = if reasons.is_empty() {
-                "health".into()
-            } else {
-                reasons.join("; ")
-            };
-            self.table.insert(w, e.clone());
-            out.push(Action::Upsert(e));
-        }
+        Some((Some(old), e, reasons))
     }
 
     fn materially_changed(a: &ShadowEntry, b: &ShadowEntry) -> bool {

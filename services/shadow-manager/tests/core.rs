@@ -198,6 +198,8 @@ proptest! {
     }
 }
 
+type IdGen = Box<dyn FnMut(&str, &str) -> String>;
+
 /// The manager and the simulator's core talking without Kafka, with faults.
 struct World {
     sim: Simulator,
@@ -207,7 +209,7 @@ struct World {
     states: HashMap<String, HostState>,
     claims: HashMap<String, Claim>,
     now: i64,
-    ids: Box<dyn FnMut(&str, &str) -> String>,
+    ids: IdGen,
     lose_every: usize,
     duplicate_every: usize,
     commands_seen: usize,
@@ -276,12 +278,14 @@ impl World {
         for a in &actions {
             if let Action::Command(c) = a {
                 self.commands_seen += 1;
-                if self.lose_every > 0 && self.commands_seen % self.lose_every == 0 {
+                if self.lose_every > 0 && self.commands_seen.is_multiple_of(self.lose_every) {
                     continue;
                 }
                 let ev = self.sim.execute(c, self.now);
                 self.deliver(ev);
-                if self.duplicate_every > 0 && self.commands_seen % self.duplicate_every == 0 {
+                if self.duplicate_every > 0
+                    && self.commands_seen.is_multiple_of(self.duplicate_every)
+                {
                     let ev = self.sim.execute(c, self.now);
                     assert!(ev.is_empty(), "a duplicate changed the fleet");
                 }
@@ -425,8 +429,9 @@ fn forecast_drop_releases_and_claim_releases_the_others() {
         "only the claimed shadow is left"
     );
     // w1's forecast drops to nothing: its row goes and its shadows are released.
-    w.forecasts
-        .insert("w1".into(), forecast("w1", T0, &[0.0; 288], 0.0));
+    let mut dropped = forecast("w1", T0, &[0.0; 288], 0.0);
+    dropped.generated_at = w.now; // a new forecast is a new generation
+    w.forecasts.insert("w1".into(), dropped);
     let actions = w.step();
     assert!(actions.contains(&Action::Delete("w1".into())));
     w.run(1);
@@ -465,4 +470,19 @@ fn capacity_is_never_exceeded_when_demand_outgrows_the_fleet() {
         .table()
         .values()
         .any(|e| e.reason.contains("candidate hosts can hold")));
+}
+
+proptest! {
+    /// The cached demand equals a fresh computation at any later time within its validity.
+    #[test]
+    fn demand_validity_is_honest(cpu in proptest::collection::vec(0.0f64..3_000.0, 1..60), held in 0i64..2_000, t0 in 0i64..3_600_000, dt in 0i64..3_600_000) {
+        let s = Settings { planning_horizon_ms: 2 * 3_600_000, ..Settings::default() };
+        let f = forecast("w", T0, &cpu, 0.0);
+        let held = res(held, 0);
+        let (d, until) = umbra_shadow_manager::core::demand_until(&f, &held, &s, T0 + t0);
+        let later = T0 + t0 + dt;
+        if later < until {
+            prop_assert_eq!(demand(&f, &held, &s, later), d);
+        }
+    }
 }
