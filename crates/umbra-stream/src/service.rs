@@ -163,7 +163,7 @@ where
                 None => return bad_config(name, "--config needs a path"),
             },
             "--help" | "-h" => {
-                println!("umbra-{name} [--config FILE]\n\nConfiguration: defaults < FILE (or UMBRA_CONFIG) < environment (UMBRA_<SECTION>__<KEY>, KAFKA_BOOTSTRAP_SERVERS, SCHEMA_REGISTRY_URL). See docs/configuration.md.");
+                println!("umbra-{name} [--config FILE]\n\nConfiguration: defaults < FILE (or UMBRA_CONFIG) < environment (UMBRA_<SECTION>__<KEY>, KAFKA_BOOTSTRAP_SERVERS, SCHEMA_REGISTRY_URL). See the Configuration section of README.md.");
                 return ExitCode::SUCCESS;
             }
             other => {

@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use umbra_fleet::{Ledger, SimSettings, Simulator};
 use umbra_schemas::{
     Claim, DemandForecast, FleetEvent, ForecastPoint, Horizon, HorizonForecast, HostHealth,
-    HostState, Interval, Resources, ShadowState, ShadowStatus,
+    HostState, Interval, ReshadowRequest, Resources, ShadowState, ShadowStatus,
 };
 use umbra_shadow_manager::core::{choose_hosts, demand, host_slots, HostSlot};
 use umbra_shadow_manager::{Action, Inputs, Manager, Settings};
@@ -213,6 +213,7 @@ struct World {
     lose_every: usize,
     duplicate_every: usize,
     commands_seen: usize,
+    reshadows: Vec<ReshadowRequest>,
 }
 
 impl World {
@@ -252,6 +253,7 @@ impl World {
             lose_every: 0,
             duplicate_every: 0,
             commands_seen: 0,
+            reshadows: Vec::new(),
         }
     }
 
@@ -264,6 +266,7 @@ impl World {
     /// One second of the world: a reconcile pass, command delivery with faults, timers.
     fn step(&mut self) -> Vec<Action> {
         self.now += 1_000;
+        let reshadows = std::mem::take(&mut self.reshadows);
         let actions = self.manager.reconcile(
             &Inputs {
                 now: self.now,
@@ -271,7 +274,7 @@ impl World {
                 host_state: &self.states,
                 ledger: &self.ledger,
                 claims: &self.claims,
-                reshadows: &[],
+                reshadows: &reshadows,
             },
             &mut self.ids,
         );
@@ -485,4 +488,48 @@ proptest! {
             prop_assert_eq!(demand(&f, &held, &s, later), d);
         }
     }
+}
+
+#[test]
+fn reshadow_requests_move_a_shadow_once() {
+    let mut w = World::new(6, 1);
+    w.run(3);
+    let before = w.manager.table()["w0"].clone();
+    let moved = before.candidates[0].clone();
+    let used: HashSet<String> = before
+        .candidates
+        .iter()
+        .map(|c| c.host_id.clone())
+        .collect();
+    let to = w
+        .sim
+        .settings()
+        .host_ids()
+        .into_iter()
+        .find(|h| !used.contains(h))
+        .expect("a free host");
+    let request = ReshadowRequest {
+        request_id: "rs-1".into(),
+        workload_id: "w0".into(),
+        shadow_id: moved.shadow_id.clone(),
+        from_host_id: moved.host_id.clone(),
+        to_host_id: Some(to.clone()),
+        reason: "cpu 93% > 85% for 10m".into(),
+        requested_at: w.now,
+    };
+    w.reshadows.push(request.clone());
+    w.run(1);
+    let e = w.manager.table()["w0"].clone();
+    assert!(e.reason.contains("reshadow rs-1: cpu 93%"), "{}", e.reason);
+    assert!(e.candidates.iter().any(|c| c.host_id == to));
+    assert!(e.candidates.iter().all(|c| c.host_id != moved.host_id));
+    w.run(3);
+    assert_eq!(w.healthy("w0"), 3);
+    assert!(
+        w.sim.ledger().shadow(&moved.shadow_id).is_none(),
+        "the old shadow is released"
+    );
+    // The same request again (a replay after a restart) changes nothing.
+    w.reshadows.push(request);
+    assert!(w.step().is_empty());
 }
