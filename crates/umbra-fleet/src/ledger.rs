@@ -4,7 +4,7 @@
 //! fleet. `apply` is pure and order-sensitive only per host, which is how fleet events are
 //! partitioned (keyed by host id).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use umbra_schemas::{FleetEvent, FleetEventKind, Resources};
 
@@ -43,6 +43,17 @@ pub enum ShadowEnd {
     Refused(String),
     /// Expanded into the real workload.
     Expanded,
+}
+
+/// The fleet's answer to a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// What happened (`CREATED`, `PLACED`, `REFUSED`, ...).
+    pub kind: FleetEventKind,
+    /// Host the answer came from.
+    pub host_id: String,
+    /// The fleet's reason.
+    pub reason: String,
 }
 
 /// One host.
@@ -88,7 +99,7 @@ pub struct Ledger {
     hosts: BTreeMap<String, HostRecord>,
     shadows: HashMap<String, ShadowRecord>,
     ended: HashMap<String, ShadowEnd>,
-    answered: HashSet<String>,
+    answers: HashMap<String, Answer>,
     /// Placed resources per workload across hosts: an index of `hosts[*].workloads`.
     held: HashMap<String, Resources>,
 }
@@ -97,7 +108,11 @@ impl Ledger {
     /// Applies one event.
     pub fn apply(&mut self, e: &FleetEvent) {
         if let Some(c) = &e.command_id {
-            self.answered.insert(c.clone());
+            self.answers.entry(c.clone()).or_insert_with(|| Answer {
+                kind: e.kind,
+                host_id: e.host_id.clone(),
+                reason: e.reason.clone(),
+            });
         }
         let shadow = e.shadow_id.as_deref();
         let workload = e.workload_id.as_deref();
@@ -270,7 +285,12 @@ impl Ledger {
 
     /// True when the fleet answered `command_id`: it was executed or refused.
     pub fn answered(&self, command_id: &str) -> bool {
-        self.answered.contains(command_id)
+        self.answers.contains_key(command_id)
+    }
+
+    /// The fleet's first answer to `command_id`.
+    pub fn answer(&self, command_id: &str) -> Option<&Answer> {
+        self.answers.get(command_id)
     }
 
     /// Resources placed for `workload` across the fleet: what it holds now.

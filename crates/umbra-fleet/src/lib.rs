@@ -47,7 +47,7 @@ use umbra_stream::service::Runtime;
 use umbra_stream::telemetry::{with_headers, TraceCtx};
 use umbra_stream::{kafka, now_millis, StreamError};
 
-pub use ledger::{HostRecord, Ledger, ShadowEnd, ShadowHealth, ShadowRecord};
+pub use ledger::{Answer, HostRecord, Ledger, ShadowEnd, ShadowHealth, ShadowRecord};
 pub use sim::{FaultSettings, ShadowSelector, SimSettings, Simulator};
 
 /// Name of the simulator: consumer group, metrics label, dead-letter header.

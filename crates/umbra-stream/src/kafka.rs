@@ -39,6 +39,19 @@ pub fn group_consumer(
     settings: &KafkaSettings,
     group_id: &str,
 ) -> Result<StreamConsumer, StreamError> {
+    group_consumer_with_context(
+        settings,
+        group_id,
+        rdkafka::consumer::DefaultConsumerContext,
+    )
+}
+
+/// [`group_consumer`] with a context of the caller's (to observe rebalances).
+pub fn group_consumer_with_context<C: rdkafka::consumer::ConsumerContext + 'static>(
+    settings: &KafkaSettings,
+    group_id: &str,
+    context: C,
+) -> Result<StreamConsumer<C>, StreamError> {
     let mut c = client_config(settings);
     c.set("group.id", group_id)
         .set("enable.auto.commit", "true")
@@ -47,7 +60,7 @@ pub fn group_consumer(
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
         .set("enable.partition.eof", "false");
-    c.create()
+    c.create_with_context(context)
         .map_err(|e| StreamError::kafka("creating consumer", e))
 }
 

@@ -1,40 +1,573 @@
-//! Interceptor: answers every workload request with one allocation decision.
+//! Interceptor: answers every workload request with exactly one allocation decision, on a
+//! ready shadow when one was predicted.
 //!
-//! This version connects, registers its schemas, restores the state it needs and reports
-//! ready; its decisions come with the service's own issue.
+//! Decisions are made by [`core::Core`], pure over local state. Around it:
+//!
+//! - **Ownership by co-partitioning.** Requests, claims, decisions and the shadow table are
+//!   keyed by workload id with the same partition count, so every request of a workload goes
+//!   to the one instance that owns its partition. A shadow is claimed only by its workload's
+//!   requests, so it can only be claimed by that owner.
+//! - **Claims and decisions are the memory.** Every instance follows the claims and decisions
+//!   topics from the beginning; a request already decided (by this instance before a crash, or
+//!   by the partition's previous owner) is not decided again, a shadow claimed by any hit is
+//!   not claimed again. When a partition is newly assigned, requests from it wait
+//!   `assignment_grace_ms` for the previous owner's last writes, then until the followers have
+//!   read the claims and decisions up to their end offsets.
+//! - **Pipelined at-least-once.** A request is decided at once (state updated synchronously),
+//!   its outputs are sent without waiting, and offsets are stored in order as outputs are
+//!   acknowledged; up to `max_in_flight` requests are in flight. A hit sends the claim, the
+//!   decision and the expand command together; a replayed request re-sends only its command
+//!   (same id: the fleet runs it at most once). A standard placement waits for the fleet's
+//!   answer (retrying refused placements on other hosts) before its decision, and its offset is
+//!   stored only after that decision is acknowledged.
 
-use serde::{Deserialize, Serialize};
+pub mod core;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::message::{Message, OwnedHeaders};
+use rdkafka::producer::FutureProducer;
+use rdkafka::ClientContext;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use umbra_schemas::{HostKey, HostState, ShadowEntry, WorkloadKey};
+use umbra_fleet::Ledger;
+use umbra_schemas::{
+    AllocationDecision, Claim, DemandForecast, FleetCommand, FleetEvent, HostKey, HostState,
+    Record, ShadowEntry, WorkloadKey, WorkloadRequest,
+};
 use umbra_stream::config::ServiceConfig;
+use umbra_stream::dlq::{dead_letter, BadDataPolicy};
+use umbra_stream::processor::{send, send_dead_letter, Emit, Input, Output};
+use umbra_stream::reader::{RawRecord, RestoringReader};
 use umbra_stream::service::Runtime;
-use umbra_stream::StreamError;
+use umbra_stream::table::end_offsets;
+use umbra_stream::telemetry::{with_headers, TraceCtx};
+use umbra_stream::{kafka, now_millis, StreamError};
+
+pub use crate::core::{Core, Settings, Step, World};
 
 /// Service name: consumer group, metrics label, dead-letter header.
 pub const NAME: &str = "interceptor";
 
-/// Settings of this service (`[service]`); none yet.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Settings {}
-
 /// Full configuration of the service.
 pub type Config = ServiceConfig<Settings>;
+
+/// Counts partition assignments, so that the loop notices a rebalance.
+struct Generation(Arc<AtomicU64>);
+impl ClientContext for Generation {}
+impl ConsumerContext for Generation {
+    fn post_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+        if let Rebalance::Assign(_) = r {
+            self.0.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+}
+
+enum Observed {
+    Claim(Claim),
+    Decision(AllocationDecision),
+    Fleet(FleetEvent),
+    Known(String, bool),
+}
+
+/// Positions reached by the followers, per (topic, partition).
+type Positions = Arc<Mutex<HashMap<(String, i32), i64>>>;
+
+/// Follows `topic` from the beginning into the main loop's channel.
+async fn follow<K: Record + umbra_schemas::EntityKey, V: Record>(
+    rt: &Runtime<Settings>,
+    default_topic: &str,
+    tx: mpsc::UnboundedSender<Observed>,
+    positions: Positions,
+    wrap: fn(V) -> Observed,
+) -> Result<String, StreamError> {
+    let topic = rt.config.topic(default_topic);
+    let input: Arc<Input<K, V>> = Arc::new(Input::new(rt.registry.clone(), topic.clone()).await?);
+    let reader = RestoringReader::open(&rt.config.kafka, &topic).await?;
+    let gate = rt.readiness.gate(format!("restore {topic}"));
+    let t = topic.clone();
+    tokio::spawn(reader.run(gate, rt.shutdown.clone(), rt.metrics.clone(), move |r: RawRecord| {
+        let (input, tx, positions, t) = (input.clone(), tx.clone(), positions.clone(), t.clone());
+        async move {
+            if let Some(bytes) = r.value {
+                match input.decode_value(&bytes).await {
+                    Ok(v) => {
+                        let _ = tx.send(wrap(v));
+                    }
+                    Err(e) => tracing::warn!(topic = %t, offset = r.offset, error = %e, "skipping undecodable record"),
+                }
+            }
+            positions.lock().unwrap_or_else(|p| p.into_inner()).insert((t, r.partition), r.offset + 1);
+        }
+    }));
+    Ok(topic)
+}
+
+/// Follows the keys of the forecasts table: which workloads umbra knows.
+async fn follow_known(
+    rt: &Runtime<Settings>,
+    tx: mpsc::UnboundedSender<Observed>,
+) -> Result<(), StreamError> {
+    let topic = rt.config.topic("umbra.forecasts");
+    let input: Arc<Input<WorkloadKey, DemandForecast>> =
+        Arc::new(Input::new(rt.registry.clone(), topic.clone()).await?);
+    let reader = RestoringReader::open(&rt.config.kafka, &topic).await?;
+    let gate = rt.readiness.gate(format!("restore {topic} keys"));
+    tokio::spawn(reader.run(
+        gate,
+        rt.shutdown.clone(),
+        rt.metrics.clone(),
+        move |r: RawRecord| {
+            let (input, tx) = (input.clone(), tx.clone());
+            async move {
+                let Some(k) = r.key else { return };
+                // Only the key matters here; the forecast itself is the shadow manager's input.
+                if let Ok(k) = input.decode_key(&k).await {
+                    let _ = tx.send(Observed::Known(k.workload_id, r.value.is_some()));
+                }
+            }
+        },
+    ));
+    Ok(())
+}
+
+type Completion =
+    Pin<Box<dyn Future<Output = (Result<(), StreamError>, Option<(i32, i64)>)> + Send>>;
+
+/// Offsets of requests in flight, per partition; an offset is stored once it and every
+/// earlier one are done.
+#[derive(Default)]
+struct InFlight {
+    parts: HashMap<i32, BTreeMap<i64, bool>>,
+}
+
+impl InFlight {
+    fn len(&self) -> usize {
+        self.parts.values().map(BTreeMap::len).sum()
+    }
+    fn begin(&mut self, p: i32, o: i64) {
+        self.parts.entry(p).or_default().insert(o, false);
+    }
+    /// Marks (p, o) done; returns the offset to store, if the front moved.
+    fn done(&mut self, p: i32, o: i64) -> Option<i64> {
+        let q = self.parts.get_mut(&p)?;
+        if let Some(d) = q.get_mut(&o) {
+            *d = true;
+        }
+        let mut last = None;
+        while let Some(e) = q.first_entry() {
+            if !*e.get() {
+                break;
+            }
+            last = Some(*e.key());
+            e.remove();
+        }
+        last
+    }
+}
+
+struct Outputs {
+    producer: FutureProducer,
+    decisions: Output<WorkloadKey, AllocationDecision>,
+    claims: Output<WorkloadKey, Claim>,
+    commands: Output<HostKey, FleetCommand>,
+}
+
+impl Outputs {
+    fn emits(&self, step: &Step) -> Result<Vec<Emit>, StreamError> {
+        let wk = |w: &str| WorkloadKey {
+            workload_id: w.to_string(),
+        };
+        let cmd = |c: &FleetCommand| {
+            self.commands.record(
+                &HostKey {
+                    host_id: c.host_id.clone(),
+                },
+                c,
+            )
+        };
+        let mut out = Vec::new();
+        match step {
+            Step::Decide {
+                claim,
+                decision,
+                command,
+            } => {
+                if let Some(c) = claim {
+                    out.push(self.claims.record(&wk(&c.workload_id), c)?);
+                }
+                out.push(
+                    self.decisions
+                        .record(&wk(&decision.workload_id), decision)?,
+                );
+                if let Some(c) = command {
+                    out.push(cmd(c)?);
+                }
+            }
+            Step::Replay { command: Some(c) } | Step::Place(c) => out.push(cmd(c)?),
+            Step::Replay { command: None } | Step::Waiting => {}
+        }
+        Ok(out)
+    }
+
+    fn send_all(&self, emits: Vec<Emit>, trace: &TraceCtx, pos: Option<(i32, i64)>) -> Completion {
+        let producer = self.producer.clone();
+        let headers = trace.headers();
+        Box::pin(async move {
+            let sends = emits
+                .iter()
+                .map(|e| send(&producer, e, with_headers(OwnedHeaders::new(), &headers)));
+            let result = futures::future::join_all(sends)
+                .await
+                .into_iter()
+                .collect::<Result<Vec<()>, _>>()
+                .map(|_| ());
+            (result, pos)
+        })
+    }
+}
 
 /// Runs the service until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StreamError> {
     let rt = Runtime::start(NAME, config, shutdown.clone()).await?;
-    let shadow_table = rt
+    let settings = rt.config.service.clone();
+    let table = rt
         .table::<WorkloadKey, ShadowEntry>("umbra.shadow.table")
         .await?;
     let host_state = rt.table::<HostKey, HostState>("umbra.host.state").await?;
-    shadow_table.wait_ready(&shutdown).await?;
-    tracing::info!(
-        rows = shadow_table.read().len(),
-        "umbra.shadow.table restored"
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let positions: Positions = Arc::default();
+    let claims_topic = follow::<WorkloadKey, Claim>(
+        &rt,
+        "umbra.claims",
+        tx.clone(),
+        positions.clone(),
+        Observed::Claim,
+    )
+    .await?;
+    let decisions_topic = follow::<WorkloadKey, AllocationDecision>(
+        &rt,
+        "umbra.allocation.decisions",
+        tx.clone(),
+        positions.clone(),
+        Observed::Decision,
+    )
+    .await?;
+    follow::<HostKey, FleetEvent>(
+        &rt,
+        "umbra.fleet.events",
+        tx.clone(),
+        positions.clone(),
+        Observed::Fleet,
+    )
+    .await?;
+    follow_known(&rt, tx.clone()).await?;
+    drop(tx);
+    let out = Outputs {
+        producer: rt.producer.clone(),
+        decisions: Output::new(rt.registry.clone(), decisions_topic.clone()).await?,
+        claims: Output::new(rt.registry.clone(), claims_topic.clone()).await?,
+        commands: Output::new(rt.registry.clone(), rt.config.topic("umbra.fleet.commands")).await?,
+    };
+    let requests_topic = rt.config.topic("umbra.workload.requests");
+    let requests: Input<WorkloadKey, WorkloadRequest> =
+        Input::new(rt.registry.clone(), requests_topic.clone()).await?;
+    kafka::partitions(&rt.config.kafka, &requests_topic).await?;
+    let generation = Arc::new(AtomicU64::new(0));
+    let consumer: StreamConsumer<Generation> = kafka::group_consumer_with_context(
+        &rt.config.kafka,
+        &rt.config.group_id(NAME),
+        Generation(generation.clone()),
+    )?;
+    let consumer_gate = rt.readiness.gate(format!("consumer {requests_topic}"));
+
+    let mut core = Core::new(settings.clone());
+    let mut ledger = Ledger::default();
+    let mut known: HashSet<String> = HashSet::new();
+    let mut apply =
+        |o: Observed, core: &mut Core, ledger: &mut Ledger, known: &mut HashSet<String>| match o {
+            Observed::Claim(c) => core.observe_claim(&c),
+            Observed::Decision(d) => core.observe_decision(&d),
+            Observed::Fleet(e) => ledger.apply(&e),
+            Observed::Known(w, present) => {
+                if present {
+                    known.insert(w);
+                } else {
+                    known.remove(&w);
+                }
+            }
+        };
+    // Nothing is decided before every input is restored.
+    while !rt
+        .readiness
+        .waiting_for()
+        .iter()
+        .all(|g| g.starts_with("consumer "))
+    {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            Some(o) = rx.recv() => apply(o, &mut core, &mut ledger, &mut known),
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+    while let Ok(o) = rx.try_recv() {
+        apply(o, &mut core, &mut ledger, &mut known);
+    }
+    consumer
+        .subscribe(&[&requests_topic])
+        .map_err(|e| StreamError::kafka(format!("subscribing to {requests_topic}"), e))?;
+    consumer_gate.store(true, Ordering::Release);
+    tracing::info!(known = known.len(), "inputs restored; deciding");
+
+    let decisions_counter = rt.metrics.counter(
+        "decisions_total",
+        "Allocation decisions, by outcome.",
+        &["outcome"],
     );
-    host_state.wait_ready(&shutdown).await?;
-    tracing::info!(rows = host_state.read().len(), "umbra.host.state restored");
-    shutdown.cancelled().await;
+    let latency = rt.metrics.counter(
+        "decision_latency_ms_sum",
+        "Sum of (decided_at - requested_at) over decisions, in ms; divide by decisions_total.",
+        &[],
+    );
+    let mut inflight = InFlight::default();
+    let mut completions: FuturesUnordered<Completion> = FuturesUnordered::new();
+    let mut waiting_pos: HashMap<String, (i32, i64)> = HashMap::new();
+    let mut ready_parts: HashSet<i32> = HashSet::new();
+    let mut seen_generation = 0;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut last_prune = now_millis();
+    let record_decision = |step: &Step| {
+        if let Step::Decide { decision, .. } = step {
+            decisions_counter
+                .with_label_values(&[&format!("{:?}", decision.outcome).to_lowercase()])
+                .inc();
+            latency
+                .with_label_values::<&str>(&[])
+                .inc_by((decision.decided_at - decision.requested_at).max(0) as u64);
+        }
+    };
+
+    let result: Result<(), StreamError> = loop {
+        let can_read = inflight.len() < settings.max_in_flight;
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break Ok(()),
+            Some(o) = rx.recv() => {
+                let fleet = matches!(o, Observed::Fleet(_));
+                apply(o, &mut core, &mut ledger, &mut known);
+                while let Ok(o) = rx.try_recv() {
+                    apply(o, &mut core, &mut ledger, &mut known);
+                }
+                if fleet && core.waiting() > 0 {
+                    let steps = {
+                        let t = table.read();
+                        let h = host_state.read();
+                        let w = World { now: now_millis(), table: t.rows(), hosts: h.rows(), ledger: &ledger, known: &known };
+                        core.follow_up(&w)
+                    };
+                    if let Err(e) = send_follow_ups(steps, &out, &mut waiting_pos, &mut completions, &record_decision) {
+                        break Err(e);
+                    }
+                }
+            }
+            Some((r, pos)) = completions.next() => {
+                if let Err(e) = r { break Err(e) }
+                if let Some((p, o)) = pos {
+                    if let Some(store) = inflight.done(p, o) {
+                        if let Err(e) = consumer.store_offset(&requests_topic, p, store) {
+                            tracing::debug!(partition = p, error = %e, "offset not stored (partition revoked?)");
+                        }
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                let now = now_millis();
+                if core.waiting() > 0 {
+                    let steps = {
+                        let t = table.read();
+                        let h = host_state.read();
+                        let w = World { now, table: t.rows(), hosts: h.rows(), ledger: &ledger, known: &known };
+                        core.follow_up(&w)
+                    };
+                    if let Err(e) = send_follow_ups(steps, &out, &mut waiting_pos, &mut completions, &record_decision) {
+                        break Err(e);
+                    }
+                }
+                if now - last_prune > 3_600_000 {
+                    core.prune(now);
+                    last_prune = now;
+                }
+            }
+            m = consumer.recv(), if can_read => {
+                let msg = match m {
+                    Ok(m) => m,
+                    Err(e) => { tracing::warn!(error = %e, "consumer error; continuing"); continue; }
+                };
+                let (p, o) = (msg.partition(), msg.offset());
+                let g = generation.load(Ordering::Acquire);
+                if g != seen_generation {
+                    seen_generation = g;
+                    ready_parts.clear();
+                }
+                if !ready_parts.contains(&p) {
+                    // A newly assigned partition: let its previous owner's last writes land,
+                    // then read the claims and decisions up to their end before deciding.
+                    if let Err(e) = catch_up(&rt, &settings, &[&claims_topic, &decisions_topic], &positions, &mut rx, &mut |o| apply(o, &mut core, &mut ledger, &mut known), &shutdown).await {
+                        break Err(e);
+                    }
+                    ready_parts.insert(p);
+                }
+                rt.metrics.consumed.with_label_values(&[&requests_topic]).inc();
+                inflight.begin(p, o);
+                let trace = TraceCtx::from_input(msg.headers(), "request");
+                let decoded = match (msg.key(), msg.payload()) {
+                    (_, None) => Err("record has no value".to_string()),
+                    (_, Some(v)) => requests.decode_value(v).await.map_err(|e| e.to_string()),
+                };
+                let req = match decoded {
+                    Ok(r) => r,
+                    Err(reason) => {
+                        match settings.bad_data {
+                            BadDataPolicy::Fail => break Err(StreamError::Internal(format!("undecodable request at partition {p} offset {o}: {reason}"))),
+                            BadDataPolicy::Drop => {
+                                tracing::warn!(partition = p, offset = o, reason = %reason, "dropping undecodable request");
+                                completions.push(Box::pin(async move { (Ok(()), Some((p, o))) }));
+                            }
+                            BadDataPolicy::DeadLetter => {
+                                tracing::warn!(partition = p, offset = o, reason = %reason, "dead-lettering undecodable request");
+                                rt.metrics.dead_lettered.with_label_values(&[&requests_topic, "decode"]).inc();
+                                let dl = dead_letter(&msg, NAME, "decode", &reason);
+                                let producer = rt.producer.clone();
+                                completions.push(Box::pin(async move { (send_dead_letter(&producer, dl).await, Some((p, o))) }));
+                            }
+                        }
+                        continue;
+                    }
+                };
+                let step = {
+                    let t = table.read();
+                    let h = host_state.read();
+                    let w = World { now: now_millis(), table: t.rows(), hosts: h.rows(), ledger: &ledger, known: &known };
+                    core.decide(&req, &w)
+                };
+                record_decision(&step);
+                let emits = match out.emits(&step) {
+                    Ok(e) => e,
+                    Err(e) => break Err(e),
+                };
+                let pos = match &step {
+                    Step::Place(_) => {
+                        waiting_pos.insert(req.request_id.clone(), (p, o));
+                        None
+                    }
+                    _ => Some((p, o)),
+                };
+                completions.push(out.send_all(emits, &trace, pos));
+            }
+        }
+    };
+    // Drain: what was decided is sent and acknowledged before the final commit.
+    let drain = async {
+        while let Some((r, pos)) = completions.next().await {
+            if r.is_err() {
+                continue;
+            }
+            if let Some((p, o)) = pos {
+                if let Some(store) = inflight.done(p, o) {
+                    let _ = consumer.store_offset(&requests_topic, p, store);
+                }
+            }
+        }
+    };
+    drain.await;
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(())
+        | Err(rdkafka::error::KafkaError::ConsumerCommit(
+            rdkafka::types::RDKafkaErrorCode::NoOffset,
+        )) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "final commit failed; uncommitted requests will be re-delivered and recognised as decided")
+        }
+    }
+    result
+}
+
+/// Sends the outputs of follow-up steps (fleet answers, re-sent placements); a decision
+/// completes the offset its request has been holding.
+fn send_follow_ups(
+    steps: Vec<(String, Step)>,
+    out: &Outputs,
+    waiting_pos: &mut HashMap<String, (i32, i64)>,
+    completions: &mut FuturesUnordered<Completion>,
+    record_decision: &dyn Fn(&Step),
+) -> Result<(), StreamError> {
+    for (rid, step) in steps {
+        record_decision(&step);
+        let pos = if matches!(step, Step::Decide { .. }) {
+            waiting_pos.remove(&rid)
+        } else {
+            None
+        };
+        completions.push(out.send_all(out.emits(&step)?, &TraceCtx::root("placement"), pos));
+    }
+    Ok(())
+}
+
+/// Waits `assignment_grace_ms`, captures the end offsets of `topics`, and applies what the
+/// followers read until they reach them.
+async fn catch_up(
+    rt: &Runtime<Settings>,
+    settings: &Settings,
+    topics: &[&String],
+    positions: &Positions,
+    rx: &mut mpsc::UnboundedReceiver<Observed>,
+    apply: &mut dyn FnMut(Observed),
+    shutdown: &CancellationToken,
+) -> Result<(), StreamError> {
+    let grace = tokio::time::sleep(Duration::from_millis(settings.assignment_grace_ms));
+    tokio::pin!(grace);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Err(StreamError::Cancelled("catching up after an assignment")),
+            _ = &mut grace => break,
+            Some(o) = rx.recv() => apply(o),
+        }
+    }
+    let mut targets = Vec::new();
+    for t in topics {
+        let parts = kafka::partitions(&rt.config.kafka, t).await?;
+        let c = kafka::reader(&rt.config.kafka)?;
+        for (p, end) in end_offsets(&c, t, &parts).await? {
+            targets.push(((t.to_string(), p), end));
+        }
+    }
+    loop {
+        let behind = {
+            let pos = positions.lock().unwrap_or_else(|p| p.into_inner());
+            targets
+                .iter()
+                .any(|(k, end)| *end > 0 && pos.get(k).copied().unwrap_or(0) < *end)
+        };
+        if !behind {
+            break;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Err(StreamError::Cancelled("catching up after an assignment")),
+            Some(o) = rx.recv() => apply(o),
+            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+        }
+    }
+    while let Ok(o) = rx.try_recv() {
+        apply(o);
+    }
     Ok(())
 }

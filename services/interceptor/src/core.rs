@@ -1,0 +1,573 @@
+//! The interceptor's decisions, pure over local state: match a request to its workload's
+//! shadow row, claim the best healthy shadow, or place it by best fit and follow the fleet's
+//! answer (retrying refused placements on other hosts), and answer every request exactly
+//! once. No I/O: the service feeds it requests, fleet events and the other instances' claims
+//! and decisions, and sends what it returns.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+use umbra_fleet::Ledger;
+use umbra_schemas::{
+    AllocationDecision, Claim, FleetCommand, FleetCommandKind, FleetEventKind, HostHealth,
+    HostState, Outcome, Resources, ShadowEntry, ShadowState, ShadowStatus, WorkloadRequest,
+};
+use umbra_stream::dlq::BadDataPolicy;
+
+/// Settings of the interceptor (`[service]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// A request matches a shadow row when it arrives this long before the predicted start
+    /// or after the predicted end, in milliseconds.
+    pub window_tolerance_ms: i64,
+    /// A request matches when each resource is at most the shadow's size × (1 + this).
+    /// Above 0 the fleet must admit the difference when the shadow expands.
+    pub size_tolerance: f64,
+    /// A placement the fleet has not answered after this long is sent again (same id), in ms.
+    pub placement_timeout_ms: i64,
+    /// Hosts tried for one request before it is rejected.
+    pub max_placement_attempts: u32,
+    /// Largest CPU one request may ask for, in millicores.
+    pub max_cpu_millicores: i64,
+    /// Largest memory one request may ask for, in bytes.
+    pub max_memory_bytes: i64,
+    /// Largest disk I/O one request may ask for, in bytes per second.
+    pub max_disk_io_bytes_per_s: i64,
+    /// Requests made longer ago than this are rejected as stale, in milliseconds.
+    pub max_request_age_ms: i64,
+    /// Requests dated further in the future than this are rejected, in milliseconds.
+    pub max_future_ms: i64,
+    /// Requests decoded but not yet answered, at most (back-pressure on the consumer).
+    pub max_in_flight: usize,
+    /// After a partition is assigned, wait this long for its previous owner's last writes
+    /// before reading the claims and decisions up to their end, in milliseconds.
+    pub assignment_grace_ms: u64,
+    /// What to do with requests that cannot be decoded.
+    pub bad_data: BadDataPolicy,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            window_tolerance_ms: 15 * 60_000,
+            size_tolerance: 0.0,
+            placement_timeout_ms: 5_000,
+            max_placement_attempts: 3,
+            max_cpu_millicores: 1_000_000,
+            max_memory_bytes: 16 << 40,
+            max_disk_io_bytes_per_s: 100 << 30,
+            max_request_age_ms: 24 * 3_600_000,
+            max_future_ms: 3_600_000,
+            max_in_flight: 1_000,
+            assignment_grace_ms: 1_000,
+            bad_data: BadDataPolicy::DeadLetter,
+        }
+    }
+}
+
+/// What the core reads besides its own state.
+pub struct World<'a> {
+    /// Wall-clock time (ms).
+    pub now: i64,
+    /// The shadow table.
+    pub table: &'a HashMap<String, ShadowEntry>,
+    /// Host state.
+    pub hosts: &'a HashMap<String, HostState>,
+    /// The fleet, folded from its events.
+    pub ledger: &'a Ledger,
+    /// Workloads umbra knows (they have a forecast or a shadow row or a placement).
+    pub known: &'a HashSet<String>,
+}
+
+/// What to do for one request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Answer it: the decision, with the claim and the fleet command that go with it.
+    Decide {
+        /// Claim of a shadow (shadow hits only).
+        claim: Option<Claim>,
+        /// The decision.
+        decision: AllocationDecision,
+        /// Expand (shadow hit); none otherwise.
+        command: Option<FleetCommand>,
+    },
+    /// Decided before (a replay): send its command again (same id, the fleet executes it at
+    /// most once) and nothing else.
+    Replay {
+        /// The command of the earlier decision, if it had one.
+        command: Option<FleetCommand>,
+    },
+    /// Placing by standard allocation: send this and wait for the fleet's answer.
+    Place(FleetCommand),
+    /// Already waiting for the fleet (the same request delivered again).
+    Waiting,
+}
+
+#[derive(Debug, Clone)]
+struct Pending {
+    request: WorkloadRequest,
+    attempt: u32,
+    host: String,
+    tried: Vec<String>,
+    refusals: Vec<String>,
+    miss: String,
+    sent_at: i64,
+}
+
+/// The interceptor's state.
+pub struct Core {
+    settings: Settings,
+    /// Shadow id → request that claimed it (own claims, and every claim or hit decision read).
+    claimed: HashMap<String, String>,
+    /// Request id → its decision and command, for idempotency.
+    decided: HashMap<String, (AllocationDecision, Option<FleetCommand>)>,
+    pending: BTreeMap<String, Pending>,
+    /// Resources of placements sent and not yet answered, per host.
+    reserved: HashMap<String, Resources>,
+}
+
+/// Command id of the expansion for `request_id`.
+pub fn expand_id(request_id: &str) -> String {
+    format!("expand-{request_id}")
+}
+
+/// Command id of placement attempt `attempt` (1-based) for `request_id`.
+pub fn place_id(request_id: &str, attempt: u32) -> String {
+    format!("place-{request_id}-{attempt}")
+}
+
+fn decision(
+    req: &WorkloadRequest,
+    outcome: Outcome,
+    now: i64,
+    reason: String,
+) -> AllocationDecision {
+    AllocationDecision {
+        request_id: req.request_id.clone(),
+        workload_id: req.workload_id.clone(),
+        outcome,
+        host_id: None,
+        shadow_id: None,
+        requested_at: req.requested_at,
+        decided_at: now,
+        reason,
+    }
+}
+
+fn scale(r: &Resources, f: f64) -> Resources {
+    Resources {
+        cpu_millicores: (r.cpu_millicores as f64 * f).floor() as i64,
+        memory_bytes: (r.memory_bytes as f64 * f).floor() as i64,
+        disk_io_bytes_per_s: (r.disk_io_bytes_per_s as f64 * f).floor() as i64,
+    }
+}
+
+impl Core {
+    /// An empty state.
+    pub fn new(settings: Settings) -> Self {
+        Self {
+            settings,
+            claimed: HashMap::new(),
+            decided: HashMap::new(),
+            pending: BTreeMap::new(),
+            reserved: HashMap::new(),
+        }
+    }
+
+    /// Settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Records a claim read from the claims topic (this instance's or another's).
+    pub fn observe_claim(&mut self, c: &Claim) {
+        self.claimed
+            .entry(c.shadow_id.clone())
+            .or_insert_with(|| c.request_id.clone());
+    }
+
+    /// Records a decision read from the decisions topic: a request decided elsewhere (or
+    /// before a restart) is not decided again, and a hit's shadow counts as claimed.
+    pub fn observe_decision(&mut self, d: &AllocationDecision) {
+        if d.request_id.is_empty() {
+            return;
+        }
+        if let Some(s) = &d.shadow_id {
+            self.claimed
+                .entry(s.clone())
+                .or_insert_with(|| d.request_id.clone());
+        }
+        self.decided
+            .entry(d.request_id.clone())
+            .or_insert_with(|| (d.clone(), None));
+    }
+
+    /// Requests waiting for the fleet.
+    pub fn waiting(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Why a request is bad, if it is.
+    fn invalid(&self, r: &WorkloadRequest, w: &World<'_>) -> Option<String> {
+        let s = &self.settings;
+        if r.request_id.trim().is_empty() {
+            return Some("request_id is empty; requests need an id to be answered once".into());
+        }
+        if r.workload_id.trim().is_empty() {
+            return Some("workload_id is empty".into());
+        }
+        let q = &r.resources;
+        for (what, v, max) in [
+            ("cpu_millicores", q.cpu_millicores, s.max_cpu_millicores),
+            ("memory_bytes", q.memory_bytes, s.max_memory_bytes),
+            (
+                "disk_io_bytes_per_s",
+                q.disk_io_bytes_per_s,
+                s.max_disk_io_bytes_per_s,
+            ),
+        ] {
+            if v < 0 {
+                return Some(format!("resources.{what} is negative ({v})"));
+            }
+            if v > max {
+                return Some(format!(
+                    "resources.{what} = {v} is above the largest allowed request ({max})"
+                ));
+            }
+        }
+        if q.cpu_millicores == 0 && q.memory_bytes == 0 {
+            return Some("the request asks for no CPU and no memory".into());
+        }
+        if r.requested_at < w.now - s.max_request_age_ms {
+            return Some(format!(
+                "requested_at {} is more than {} ms old",
+                r.requested_at, s.max_request_age_ms
+            ));
+        }
+        if r.requested_at > w.now + s.max_future_ms {
+            return Some(format!(
+                "requested_at {} is more than {} ms in the future",
+                r.requested_at, s.max_future_ms
+            ));
+        }
+        if !w.known.contains(&r.workload_id)
+            && !w.table.contains_key(&r.workload_id)
+            && w.ledger.held(&r.workload_id).is_zero()
+        {
+            return Some(format!(
+                "unknown workload '{}': umbra has no usage history, forecast, shadow or placement for it",
+                r.workload_id
+            ));
+        }
+        None
+    }
+
+    /// The best healthy, unclaimed shadow of the request's row, if the request matches it.
+    fn matching_shadow<'w>(
+        &self,
+        r: &WorkloadRequest,
+        w: &'w World<'_>,
+    ) -> Result<(&'w ShadowEntry, &'w umbra_schemas::ShadowCandidate), String> {
+        let e = w
+            .table
+            .get(&r.workload_id)
+            .ok_or_else(|| "no shadow was staged for this workload".to_string())?;
+        let tol = self.settings.window_tolerance_ms;
+        if r.requested_at < e.predicted_start - tol || r.requested_at >= e.predicted_end + tol {
+            return Err(format!(
+                "request at {} is outside the predicted window [{}, {})",
+                r.requested_at, e.predicted_start, e.predicted_end
+            ));
+        }
+        let limit = scale(&e.requirements, 1.0 + self.settings.size_tolerance);
+        let excess = r.resources.excess_over(&limit);
+        if !excess.is_empty() {
+            return Err(format!("request exceeds the shadow: {}", excess.join(", ")));
+        }
+        if e.state == ShadowState::Claimed
+            || e.candidates
+                .iter()
+                .any(|c| self.claimed.contains_key(&c.shadow_id))
+        {
+            return Err("the shadow for this workload was already claimed".into());
+        }
+        let mut ready: Vec<&umbra_schemas::ShadowCandidate> = e
+            .candidates
+            .iter()
+            .filter(|c| c.status == ShadowStatus::Healthy)
+            .collect();
+        ready.sort_by_key(|c| c.rank);
+        ready
+            .first()
+            .map(|c| (e, *c))
+            .ok_or_else(|| "no healthy shadow yet".to_string())
+    }
+
+    /// Best fit on live host state: the healthy host with the least room left after the
+    /// placement, among those where it fits (host id breaks ties).
+    fn best_fit(&self, need: &Resources, exclude: &[String], w: &World<'_>) -> Option<String> {
+        let ids: std::collections::BTreeSet<&String> =
+            w.ledger.hosts().keys().chain(w.hosts.keys()).collect();
+        let mut best: Option<(f64, &String)> = None;
+        for id in ids {
+            if exclude.contains(id) {
+                continue;
+            }
+            let hs = w.hosts.get(id);
+            if hs.is_some_and(|h| h.health == HostHealth::Unhealthy) {
+                continue;
+            }
+            let (capacity, committed) = match (w.ledger.host(id), hs) {
+                (Some(l), _) if !l.capacity.is_zero() => {
+                    if !l.healthy {
+                        continue;
+                    }
+                    (l.capacity, l.committed())
+                }
+                (_, Some(h)) => (h.capacity, h.committed),
+                _ => continue,
+            };
+            let load = committed
+                .plus(self.reserved.get(id).unwrap_or(&Resources::ZERO))
+                .plus(need);
+            if !load.fits_within(&capacity) {
+                continue;
+            }
+            let left = |c: i64, l: i64| {
+                if c > 0 {
+                    (c - l) as f64 / c as f64
+                } else {
+                    1.0
+                }
+            };
+            let room = left(capacity.cpu_millicores, load.cpu_millicores)
+                .min(left(capacity.memory_bytes, load.memory_bytes));
+            if best.is_none_or(|(b, _)| room < b) {
+                best = Some((room, id));
+            }
+        }
+        best.map(|(_, id)| id.clone())
+    }
+
+    fn place(&mut self, p: Pending, now: i64) -> Step {
+        let cmd = FleetCommand {
+            command_id: place_id(&p.request.request_id, p.attempt),
+            kind: FleetCommandKind::PlaceWorkload,
+            host_id: p.host.clone(),
+            target_host_id: None,
+            shadow_id: None,
+            workload_id: p.request.workload_id.clone(),
+            request_id: Some(p.request.request_id.clone()),
+            resources: p.request.resources,
+            issued_at: now,
+        };
+        let r = self.reserved.entry(p.host.clone()).or_default();
+        *r = r.plus(&p.request.resources);
+        self.pending
+            .insert(p.request.request_id.clone(), Pending { sent_at: now, ..p });
+        Step::Place(cmd)
+    }
+
+    fn unreserve(&mut self, host: &str, r: &Resources) {
+        if let Some(x) = self.reserved.get_mut(host) {
+            *x = x.minus(r);
+            if x.is_zero() {
+                self.reserved.remove(host);
+            }
+        }
+    }
+
+    fn finish(
+        &mut self,
+        d: AllocationDecision,
+        claim: Option<Claim>,
+        command: Option<FleetCommand>,
+    ) -> Step {
+        if let Some(c) = &claim {
+            self.claimed
+                .insert(c.shadow_id.clone(), c.request_id.clone());
+        }
+        if !d.request_id.is_empty() {
+            self.decided
+                .insert(d.request_id.clone(), (d.clone(), command.clone()));
+        }
+        Step::Decide {
+            claim,
+            decision: d,
+            command,
+        }
+    }
+
+    /// Decides one request.
+    pub fn decide(&mut self, r: &WorkloadRequest, w: &World<'_>) -> Step {
+        if let Some((_, cmd)) = self.decided.get(&r.request_id) {
+            return Step::Replay {
+                command: cmd.clone(),
+            };
+        }
+        if self.pending.contains_key(&r.request_id) {
+            return Step::Waiting;
+        }
+        if let Some(why) = self.invalid(r, w) {
+            return self.finish(decision(r, Outcome::Rejected, w.now, why), None, None);
+        }
+        let miss = match self.matching_shadow(r, w) {
+            Ok((e, c)) => {
+                let mut d = decision(
+                    r,
+                    Outcome::ShadowHit,
+                    w.now,
+                    format!(
+                        "placed on shadow ranked {} of {} (health {:.2})",
+                        c.rank,
+                        e.candidates.len(),
+                        c.health_score
+                    ),
+                );
+                d.host_id = Some(c.host_id.clone());
+                d.shadow_id = Some(c.shadow_id.clone());
+                let claim = Claim {
+                    shadow_id: c.shadow_id.clone(),
+                    workload_id: r.workload_id.clone(),
+                    request_id: r.request_id.clone(),
+                    host_id: c.host_id.clone(),
+                    entry_version: e.version,
+                    claimed_at: w.now,
+                };
+                let cmd = FleetCommand {
+                    command_id: expand_id(&r.request_id),
+                    kind: FleetCommandKind::ExpandShadow,
+                    host_id: c.host_id.clone(),
+                    target_host_id: None,
+                    shadow_id: Some(c.shadow_id.clone()),
+                    workload_id: r.workload_id.clone(),
+                    request_id: Some(r.request_id.clone()),
+                    resources: r.resources,
+                    issued_at: w.now,
+                };
+                return self.finish(d, Some(claim), Some(cmd));
+            }
+            Err(why) => why,
+        };
+        // Standard allocation. After a restart, earlier attempts may have been answered.
+        let mut tried = Vec::new();
+        let mut refusals = Vec::new();
+        let mut attempt = 1;
+        while let Some(a) = w.ledger.answer(&place_id(&r.request_id, attempt)) {
+            if a.kind == FleetEventKind::Placed {
+                let mut d = decision(
+                    r,
+                    Outcome::Standard,
+                    w.now,
+                    format!("{miss}; placed by standard allocation"),
+                );
+                d.host_id = Some(a.host_id.clone());
+                return self.finish(d, None, None);
+            }
+            tried.push(a.host_id.clone());
+            refusals.push(format!("{}: {}", a.host_id, a.reason));
+            attempt += 1;
+        }
+        self.next_attempt(r.clone(), attempt, tried, refusals, miss, w)
+    }
+
+    /// Forgets decisions made more than twice the maximum request age ago: a request that
+    /// old is rejected as stale before it could be decided again.
+    pub fn prune(&mut self, now: i64) {
+        let horizon = now - 2 * self.settings.max_request_age_ms;
+        self.decided.retain(|_, (d, _)| d.decided_at >= horizon);
+    }
+
+    fn next_attempt(
+        &mut self,
+        request: WorkloadRequest,
+        attempt: u32,
+        tried: Vec<String>,
+        refusals: Vec<String>,
+        miss: String,
+        w: &World<'_>,
+    ) -> Step {
+        let host = if attempt > self.settings.max_placement_attempts {
+            None
+        } else {
+            self.best_fit(&request.resources, &tried, w)
+        };
+        match host {
+            Some(host) => self.place(
+                Pending {
+                    request,
+                    attempt,
+                    host,
+                    tried,
+                    refusals,
+                    miss,
+                    sent_at: w.now,
+                },
+                w.now,
+            ),
+            None => {
+                let why = if refusals.is_empty() {
+                    format!(
+                        "{miss}; no healthy host has room for cpu {}m, memory {} B",
+                        request.resources.cpu_millicores, request.resources.memory_bytes
+                    )
+                } else {
+                    format!("{miss}; refused by the fleet: {}", refusals.join("; "))
+                };
+                let d = decision(&request, Outcome::Rejected, w.now, why);
+                self.finish(d, None, None)
+            }
+        }
+    }
+
+    /// Follows up waiting placements with the fleet's answers (call after the ledger has
+    /// applied new events) and re-sends those unanswered for too long. Returns the steps for
+    /// the requests concerned.
+    pub fn follow_up(&mut self, w: &World<'_>) -> Vec<(String, Step)> {
+        let ids: Vec<String> = self.pending.keys().cloned().collect();
+        let mut out = Vec::new();
+        for id in ids {
+            let Some(p) = self.pending.get(&id) else {
+                continue;
+            };
+            let cid = place_id(&id, p.attempt);
+            match w.ledger.answer(&cid).cloned() {
+                Some(a) => {
+                    let Some(p) = self.pending.remove(&id) else {
+                        continue;
+                    };
+                    self.unreserve(&p.host, &p.request.resources);
+                    if a.kind == FleetEventKind::Placed {
+                        let mut d = decision(
+                            &p.request,
+                            Outcome::Standard,
+                            w.now,
+                            format!("{}; placed by standard allocation", p.miss),
+                        );
+                        d.host_id = Some(a.host_id.clone());
+                        out.push((id, self.finish(d, None, None)));
+                    } else {
+                        let mut tried = p.tried;
+                        tried.push(p.host.clone());
+                        let mut refusals = p.refusals;
+                        refusals.push(format!("{}: {}", a.host_id, a.reason));
+                        let step =
+                            self.next_attempt(p.request, p.attempt + 1, tried, refusals, p.miss, w);
+                        out.push((id, step));
+                    }
+                }
+                None if w.now - p.sent_at >= self.settings.placement_timeout_ms => {
+                    let Some(p) = self.pending.remove(&id) else {
+                        continue;
+                    };
+                    self.unreserve(&p.host, &p.request.resources);
+                    // Same attempt, same id: the fleet executes it at most once.
+                    out.push((id, self.place(p, w.now)));
+                }
+                None => {}
+            }
+        }
+        out
+    }
+}

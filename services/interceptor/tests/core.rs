@@ -1,0 +1,419 @@
+//! The interceptor's pure core, without Kafka: hits, standard placement through the fleet
+//! simulator's core, replays, restarts and bad requests.
+
+use std::collections::{HashMap, HashSet};
+
+use proptest::prelude::*;
+use umbra_fleet::{Ledger, SimSettings, Simulator};
+use umbra_interceptor::core::{expand_id, place_id};
+use umbra_interceptor::{Core, Settings, Step, World};
+use umbra_schemas::*;
+
+const T0: i64 = 1_700_000_000_000;
+const GIB: i64 = 1 << 30;
+
+fn res(cpu: i64, mem_gib: i64) -> Resources {
+    Resources {
+        cpu_millicores: cpu,
+        memory_bytes: mem_gib * GIB,
+        disk_io_bytes_per_s: 0,
+    }
+}
+
+fn entry(w: &str, hosts: &[&str], size: Resources) -> ShadowEntry {
+    let candidates: Vec<ShadowCandidate> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| ShadowCandidate {
+            shadow_id: format!("{w}-s{i}"),
+            host_id: h.to_string(),
+            rank: i as i32,
+            health_score: 1.0,
+            headroom: 0.5,
+            status: ShadowStatus::Healthy,
+        })
+        .collect();
+    ShadowEntry {
+        workload_id: w.into(),
+        version: 7,
+        state: ShadowState::Active,
+        predicted_start: T0 - 60_000,
+        predicted_end: T0 + 3_600_000,
+        requirements: size,
+        host_ranking: hosts.iter().map(|h| h.to_string()).collect(),
+        candidates,
+        reason: "forecast".into(),
+        updated_at: T0,
+    }
+}
+
+fn request(id: &str, w: &str, r: Resources) -> WorkloadRequest {
+    WorkloadRequest {
+        request_id: id.into(),
+        workload_id: w.into(),
+        labels: Default::default(),
+        resources: r,
+        requested_at: T0,
+    }
+}
+
+struct Env {
+    sim: Simulator,
+    ledger: Ledger,
+    table: HashMap<String, ShadowEntry>,
+    hosts: HashMap<String, HostState>,
+    known: HashSet<String>,
+    now: i64,
+}
+
+impl Env {
+    fn new(n_hosts: usize, cap: Resources) -> Self {
+        let mut sim = Simulator::new(
+            SimSettings {
+                hosts: n_hosts,
+                host_capacity: cap,
+                ..SimSettings::default()
+            },
+            Ledger::default(),
+        );
+        let mut ledger = Ledger::default();
+        for e in sim.boot(T0) {
+            ledger.apply(&e);
+        }
+        Self {
+            sim,
+            ledger,
+            table: HashMap::new(),
+            hosts: HashMap::new(),
+            known: HashSet::new(),
+            now: T0,
+        }
+    }
+
+    fn world(&self) -> World<'_> {
+        World {
+            now: self.now,
+            table: &self.table,
+            hosts: &self.hosts,
+            ledger: &self.ledger,
+            known: &self.known,
+        }
+    }
+
+    /// Executes a step's command on the simulator (unless lost) and folds the answer.
+    fn fleet(&mut self, step: &Step, lose: bool) {
+        let cmd = match step {
+            Step::Decide {
+                command: Some(c), ..
+            }
+            | Step::Place(c)
+            | Step::Replay { command: Some(c) } => c,
+            _ => return,
+        };
+        if lose {
+            return;
+        }
+        for e in self.sim.execute(cmd, self.now) {
+            self.ledger.apply(&e);
+        }
+    }
+}
+
+fn decided(step: &Step) -> Option<&AllocationDecision> {
+    match step {
+        Step::Decide { decision, .. } => Some(decision),
+        _ => None,
+    }
+}
+
+#[test]
+fn a_matching_request_takes_the_best_healthy_shadow_once() {
+    let mut env = Env::new(3, res(8_000, 32));
+    let mut e = entry("w", &["host-000", "host-001", "host-002"], res(2_000, 4));
+    e.candidates[0].status = ShadowStatus::Unhealthy;
+    env.table.insert("w".into(), e);
+    // The shadows exist in the fleet.
+    for (i, h) in ["host-000", "host-001", "host-002"].iter().enumerate() {
+        let c = FleetCommand {
+            command_id: format!("create-{i}"),
+            kind: FleetCommandKind::CreateShadow,
+            host_id: h.to_string(),
+            target_host_id: None,
+            shadow_id: Some(format!("w-s{i}")),
+            workload_id: "w".into(),
+            request_id: None,
+            resources: res(2_000, 4),
+            issued_at: T0,
+        };
+        for ev in env.sim.execute(&c, T0) {
+            env.ledger.apply(&ev);
+        }
+    }
+    let mut core = Core::new(Settings::default());
+    let r1 = request("r1", "w", res(1_500, 4));
+    let step = core.decide(&r1, &env.world());
+    let Step::Decide {
+        claim: Some(claim),
+        decision,
+        command: Some(cmd),
+    } = &step
+    else {
+        panic!("expected a hit: {step:?}")
+    };
+    assert_eq!(decision.outcome, Outcome::ShadowHit);
+    assert_eq!(
+        decision.shadow_id.as_deref(),
+        Some("w-s1"),
+        "rank 0 is unhealthy: rank 1 wins"
+    );
+    assert_eq!(decision.host_id.as_deref(), Some("host-001"));
+    assert_eq!((claim.shadow_id.as_str(), claim.entry_version), ("w-s1", 7));
+    assert_eq!(cmd.kind, FleetCommandKind::ExpandShadow);
+    assert_eq!(cmd.command_id, expand_id("r1"));
+    env.fleet(&step, false);
+    assert_eq!(env.ledger.held("w"), res(1_500, 4));
+    // The same request again: its command again, no second decision.
+    let again = core.decide(&r1, &env.world());
+    assert!(matches!(&again, Step::Replay { command: Some(c) } if c.command_id == expand_id("r1")));
+    // Another request of the same workload: the row is spent, standard allocation.
+    let r2 = request("r2", "w", res(1_000, 1));
+    let step = core.decide(&r2, &env.world());
+    assert!(
+        matches!(&step, Step::Place(c) if c.command_id == place_id("r2", 1)),
+        "{step:?}"
+    );
+}
+
+#[test]
+fn standard_placement_follows_the_fleet_and_retries_refusals() {
+    let mut env = Env::new(3, res(4_000, 16));
+    env.known.insert("w".into());
+    let mut core = Core::new(Settings::default());
+    // Best fit: the fullest host that still fits. Fill host-001 from outside umbra's view.
+    let filler = FleetCommand {
+        command_id: "outside".into(),
+        kind: FleetCommandKind::PlaceWorkload,
+        host_id: "host-001".into(),
+        target_host_id: None,
+        shadow_id: None,
+        workload_id: "other".into(),
+        request_id: None,
+        resources: res(2_500, 1),
+        issued_at: T0,
+    };
+    for e in env.sim.execute(&filler, T0) {
+        env.ledger.apply(&e);
+    }
+    let r = request("r1", "w", res(1_000, 1));
+    let step = core.decide(&r, &env.world());
+    let Step::Place(cmd) = &step else {
+        panic!("{step:?}")
+    };
+    assert_eq!(
+        cmd.host_id, "host-001",
+        "best fit takes the host with the least room left"
+    );
+    assert_eq!(core.waiting(), 1);
+    // Meanwhile the host fills up: the fleet refuses, the next host is tried.
+    let more = FleetCommand {
+        command_id: "outside-2".into(),
+        resources: res(1_000, 1),
+        ..filler.clone()
+    };
+    for e in env.sim.execute(&more, T0) {
+        env.ledger.apply(&e);
+    }
+    env.fleet(&step, false);
+    let steps = core.follow_up(&env.world());
+    assert_eq!(steps.len(), 1);
+    let Step::Place(cmd2) = &steps[0].1 else {
+        panic!("{steps:?}")
+    };
+    assert_eq!(cmd2.command_id, place_id("r1", 2));
+    assert_ne!(cmd2.host_id, "host-001");
+    // The second placement is lost: after the timeout it is sent again with the same id.
+    env.fleet(&steps[0].1, true);
+    assert!(core.follow_up(&env.world()).is_empty());
+    env.now += Settings::default().placement_timeout_ms;
+    let steps = core.follow_up(&env.world());
+    let Step::Place(again) = &steps[0].1 else {
+        panic!("{steps:?}")
+    };
+    assert_eq!(again.command_id, cmd2.command_id);
+    env.fleet(&steps[0].1, false);
+    let steps = core.follow_up(&env.world());
+    let d = decided(&steps[0].1).expect("decided");
+    assert_eq!(d.outcome, Outcome::Standard);
+    assert_eq!(d.host_id.as_deref(), Some(cmd2.host_id.as_str()));
+    assert!(d.reason.contains("no shadow was staged"), "{}", d.reason);
+    assert_eq!(core.waiting(), 0);
+    assert!(env.sim.ledger().overcommitted().is_empty());
+}
+
+#[test]
+fn nothing_fits_is_rejected_with_the_fleets_reasons() {
+    let mut env = Env::new(2, res(2_000, 4));
+    env.known.insert("w".into());
+    let mut core = Core::new(Settings::default());
+    let step = core.decide(&request("big", "w", res(3_000, 1)), &env.world());
+    let d = decided(&step).expect("rejected at once");
+    assert_eq!(d.outcome, Outcome::Rejected);
+    assert!(
+        d.reason.contains("no healthy host has room for cpu 3000m"),
+        "{}",
+        d.reason
+    );
+}
+
+#[test]
+fn a_restart_remembers_decisions_claims_and_admitted_placements() {
+    let mut env = Env::new(2, res(8_000, 32));
+    env.known.insert("w".into());
+    env.table.insert(
+        "w".into(),
+        entry("w", &["host-000", "host-001"], res(2_000, 4)),
+    );
+    let mut before = Core::new(Settings::default());
+    let hit = before.decide(&request("r1", "w", res(1_000, 1)), &env.world());
+    let placing = before.decide(&request("r2", "w", res(1_000, 1)), &env.world());
+    env.fleet(&placing, false); // admitted, then the instance dies before deciding
+    let Step::Decide {
+        claim: Some(claim),
+        decision,
+        ..
+    } = hit
+    else {
+        panic!()
+    };
+    // The new instance reads the claims and decisions topics.
+    let mut after = Core::new(Settings::default());
+    after.observe_claim(&claim);
+    after.observe_decision(&decision);
+    assert!(matches!(
+        after.decide(&request("r1", "w", res(1_000, 1)), &env.world()),
+        Step::Replay { .. }
+    ));
+    let step = after.decide(&request("r2", "w", res(1_000, 1)), &env.world());
+    let d = decided(&step).expect("decided from the fleet's earlier answer, without placing again");
+    assert_eq!(d.outcome, Outcome::Standard);
+    // A third request cannot take the claimed row either.
+    let step = after.decide(&request("r3", "w", res(500, 1)), &env.world());
+    assert!(matches!(step, Step::Place(_)), "{step:?}");
+}
+
+#[test]
+fn every_kind_of_bad_request_gets_its_reason() {
+    let env = Env::new(1, res(8_000, 32));
+    let mut known = env.known.clone();
+    known.insert("w".into());
+    let w = World {
+        known: &known,
+        ..env.world()
+    };
+    let mut core = Core::new(Settings::default());
+    let cases: Vec<(WorkloadRequest, &str)> = vec![
+        (request("", "w", res(1, 1)), "request_id is empty"),
+        (request("a", " ", res(1, 1)), "workload_id is empty"),
+        (request("b", "w", res(-5, 1)), "cpu_millicores is negative"),
+        (
+            request(
+                "c",
+                "w",
+                Resources {
+                    memory_bytes: i64::MAX,
+                    ..res(1, 0)
+                },
+            ),
+            "memory_bytes = 9223372036854775807 is above the largest allowed request",
+        ),
+        (request("d", "w", res(0, 0)), "no CPU and no memory"),
+        (
+            WorkloadRequest {
+                requested_at: 5,
+                ..request("e", "w", res(1, 1))
+            },
+            "old",
+        ),
+        (
+            WorkloadRequest {
+                requested_at: T0 + 10 * 3_600_000,
+                ..request("f", "w", res(1, 1))
+            },
+            "in the future",
+        ),
+        (
+            request("g", "nobody", res(1, 1)),
+            "unknown workload 'nobody'",
+        ),
+    ];
+    for (r, why) in cases {
+        let step = core.decide(&r, &w);
+        let d = decided(&step).unwrap_or_else(|| panic!("{r:?} not decided: {step:?}"));
+        assert_eq!(d.outcome, Outcome::Rejected);
+        assert!(d.reason.contains(why), "{:?}: {}", r.request_id, d.reason);
+    }
+}
+
+proptest! {
+    /// Requests for workloads with and without shadows, through the simulator with lost
+    /// answers and replays: every request ends with exactly one decision, no shadow is claimed
+    /// twice, hits only take healthy shadows of a matching row, and no host is ever over
+    /// capacity.
+    #[test]
+    fn one_decision_per_request_no_double_claim_no_overcommit(
+        reqs in proptest::collection::vec((0u8..6, 100i64..3_000, 0i64..6, any::<bool>(), any::<bool>()), 1..60),
+    ) {
+        let mut env = Env::new(4, res(8_000, 16));
+        for w in 0..6u8 {
+            env.known.insert(format!("w{w}"));
+            if w < 3 {
+                env.table.insert(format!("w{w}"), entry(&format!("w{w}"), &["host-000", "host-001", "host-002"], res(2_000, 4)));
+            }
+        }
+        // Shadows reserved in the fleet for the rows.
+        for w in 0..3u8 {
+            for (i, h) in ["host-000", "host-001", "host-002"].iter().enumerate() {
+                let c = FleetCommand { command_id: format!("create-w{w}-{i}"), kind: FleetCommandKind::CreateShadow, host_id: h.to_string(), target_host_id: None, shadow_id: Some(format!("w{w}-s{i}")), workload_id: format!("w{w}"), request_id: None, resources: res(2_000, 4), issued_at: T0 };
+                for e in env.sim.execute(&c, T0) { env.ledger.apply(&e); }
+            }
+        }
+        let mut core = Core::new(Settings::default());
+        let mut decisions: HashMap<String, usize> = HashMap::new();
+        let mut claims: HashMap<String, String> = HashMap::new();
+        let mut count = |step: &Step, decisions: &mut HashMap<String, usize>, claims: &mut HashMap<String, String>| -> Result<(), TestCaseError> {
+            if let Step::Decide { claim, decision, .. } = step {
+                *decisions.entry(decision.request_id.clone()).or_default() += 1;
+                if let Some(c) = claim {
+                    prop_assert!(claims.insert(c.shadow_id.clone(), c.request_id.clone()).is_none(), "shadow {} claimed twice", c.shadow_id);
+                }
+            }
+            Ok(())
+        };
+        for (i, (w, cpu, mem, lose, replay)) in reqs.iter().enumerate() {
+            let r = request(&format!("r{i}"), &format!("w{w}"), res(*cpu, *mem));
+            let step = core.decide(&r, &env.world());
+            count(&step, &mut decisions, &mut claims)?;
+            env.fleet(&step, *lose);
+            if *replay {
+                let again = core.decide(&r, &env.world());
+                prop_assert!(matches!(again, Step::Replay { .. } | Step::Waiting), "{again:?}");
+            }
+            let steps = core.follow_up(&env.world());
+            for (_, s) in &steps { count(s, &mut decisions, &mut claims)?; env.fleet(s, false); }
+            prop_assert!(env.sim.ledger().overcommitted().is_empty());
+        }
+        // Let every waiting placement finish (lost ones are sent again after the timeout).
+        for _ in 0..10 {
+            env.now += Settings::default().placement_timeout_ms;
+            let steps = core.follow_up(&env.world());
+            for (_, s) in &steps { count(s, &mut decisions, &mut claims)?; env.fleet(s, false); }
+            let steps = core.follow_up(&env.world());
+            for (_, s) in &steps { count(s, &mut decisions, &mut claims)?; env.fleet(s, false); }
+        }
+        prop_assert_eq!(core.waiting(), 0);
+        prop_assert_eq!(decisions.len(), reqs.len(), "every request decided");
+        prop_assert!(decisions.values().all(|n| *n == 1), "exactly once: {:?}", decisions);
+        prop_assert!(claims.len() <= 3, "one claim per row at most");
+        prop_assert!(env.sim.ledger().overcommitted().is_empty());
+    }
+}
