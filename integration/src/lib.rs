@@ -2,6 +2,8 @@
 //! 127.0.0.1), unique topic prefixes so tests do not see each other's records, and the real
 //! service binaries run as child processes.
 
+pub mod pipeline;
+
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::PathBuf;

@@ -81,6 +81,9 @@ pub struct World<'a> {
 }
 
 /// What to do for one request.
+// Steps live for one decision and are moved, not stored in bulk: boxing the large variant
+// would cost an allocation per decision for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
     /// Answer it: the decision, with the claim and the fleet command that go with it.

@@ -293,7 +293,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
     let mut core = Core::new(settings.clone());
     let mut ledger = Ledger::default();
     let mut known: HashSet<String> = HashSet::new();
-    let mut apply =
+    let apply =
         |o: Observed, core: &mut Core, ledger: &mut Ledger, known: &mut HashSet<String>| match o {
             Observed::Claim(c) => core.observe_claim(&c),
             Observed::Decision(d) => core.observe_decision(&d),

@@ -380,7 +380,7 @@ proptest! {
         let mut core = Core::new(Settings::default());
         let mut decisions: HashMap<String, usize> = HashMap::new();
         let mut claims: HashMap<String, String> = HashMap::new();
-        let mut count = |step: &Step, decisions: &mut HashMap<String, usize>, claims: &mut HashMap<String, String>| -> Result<(), TestCaseError> {
+        let count = |step: &Step, decisions: &mut HashMap<String, usize>, claims: &mut HashMap<String, String>| -> Result<(), TestCaseError> {
             if let Step::Decide { claim, decision, .. } = step {
                 *decisions.entry(decision.request_id.clone()).or_default() += 1;
                 if let Some(c) = claim {
