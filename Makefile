@@ -13,7 +13,7 @@ SERVICES := ingest forecast shadow-manager interceptor rebalancer
 DEMO_PROCESSES := $(SERVICES) fleet-sim
 TARGET_DIR := $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null | $(PYTHON) -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null || echo target)
 
-.PHONY: bench-forecast bench-venv bench-shadow
+.PHONY: bench-forecast bench-venv bench-shadow bench-interceptor
 .PHONY: all build test unit-test integration-test test-stack-up test-stack-down bench lint demo demo-down status venv clean
 
 all: build
@@ -49,7 +49,7 @@ test-stack-down:
 	-$(TARGET_DIR)/debug/umbra dev down --state-dir $(TEST_STATE)
 
 # Benchmarks print their figures next to a baseline measured in the same run.
-bench: bench-forecast bench-shadow
+bench: bench-forecast bench-shadow bench-interceptor
 	$(CARGO) build --release -p umbra-bench --bin umbra-bench
 	$(TARGET_DIR)/release/umbra-bench
 
@@ -65,6 +65,19 @@ bench-shadow:
 	env -u KAFKA_BOOTSTRAP_SERVERS -u SCHEMA_REGISTRY_URL $(TARGET_DIR)/release/umbra dev up \
 	  --state-dir $(BENCH_STATE) --broker-port $(BENCH_BROKER_PORT) --registry-port $(BENCH_REGISTRY_PORT) > /dev/null
 	$(TARGET_DIR)/release/bench-shadow --rows $(ROWS) --bootstrap 127.0.0.1:$(BENCH_BROKER_PORT) \
+	  --registry http://127.0.0.1:$(BENCH_REGISTRY_PORT); status=$$?; \
+	$(TARGET_DIR)/release/umbra dev down --state-dir $(BENCH_STATE); exit $$status
+
+# Interceptor latency next to the broker's two-hop floor, and its decision core:
+# `make bench-interceptor [RATES=1000,5000] [SECONDS=5]`, on a fresh broker of its own.
+RATES ?= 1000,5000
+SECONDS ?= 5
+bench-interceptor:
+	$(CARGO) build --release -p umbra-bench --bin bench-interceptor -p umbra-interceptor --bin umbra-interceptor -p umbra-cli --bin umbra
+	rm -rf $(BENCH_STATE)
+	env -u KAFKA_BOOTSTRAP_SERVERS -u SCHEMA_REGISTRY_URL $(TARGET_DIR)/release/umbra dev up \
+	  --state-dir $(BENCH_STATE) --broker-port $(BENCH_BROKER_PORT) --registry-port $(BENCH_REGISTRY_PORT) > /dev/null
+	$(TARGET_DIR)/release/bench-interceptor --rates $(RATES) --seconds $(SECONDS) --bootstrap 127.0.0.1:$(BENCH_BROKER_PORT) \
 	  --registry http://127.0.0.1:$(BENCH_REGISTRY_PORT); status=$$?; \
 	$(TARGET_DIR)/release/umbra dev down --state-dir $(BENCH_STATE); exit $$status
 

@@ -60,6 +60,7 @@ pub fn group_consumer_with_context<C: rdkafka::consumer::ConsumerContext + 'stat
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
         .set("enable.partition.eof", "false");
+    default_fetch_wait(&mut c, settings, "10");
     c.create_with_context(context)
         .map_err(|e| StreamError::kafka("creating consumer", e))
 }
@@ -72,8 +73,19 @@ pub fn reader(settings: &KafkaSettings) -> Result<StreamConsumer, StreamError> {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false");
+    default_fetch_wait(&mut c, settings, "100");
     c.create()
         .map_err(|e| StreamError::kafka("creating reader", e))
+}
+
+/// How long the broker may hold a fetch that has no data yet, unless the configuration says
+/// otherwise. librdkafka's 500 ms default is a latency floor with brokers (Nisshi among them)
+/// that answer a waiting fetch only when it expires: group consumers decide on the request
+/// path and wait 10 ms; table and history readers 100 ms.
+fn default_fetch_wait(c: &mut ClientConfig, settings: &KafkaSettings, ms: &str) {
+    if !settings.properties.contains_key("fetch.wait.max.ms") {
+        c.set("fetch.wait.max.ms", ms);
+    }
 }
 
 /// Waits until the broker answers a metadata request, or fails with a clear message.

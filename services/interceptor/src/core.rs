@@ -122,13 +122,17 @@ struct Pending {
 pub struct Core {
     settings: Settings,
     /// Shadow id → request that claimed it (own claims, and every claim or hit decision read).
-    claimed: HashMap<String, String>,
+    claimed: FastMap<String, String>,
     /// Request id → its decision and command, for idempotency.
-    decided: HashMap<String, (AllocationDecision, Option<FleetCommand>)>,
+    decided: FastMap<String, (i64, Option<FleetCommand>)>,
     pending: BTreeMap<String, Pending>,
     /// Resources of placements sent and not yet answered, per host.
-    reserved: HashMap<String, Resources>,
+    reserved: FastMap<String, Resources>,
 }
+
+/// Maps on the decision path: foldhash is several times faster than SipHash on short string
+/// keys and still seeded per process (workload ids come from users).
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Command id of the expansion for `request_id`.
 pub fn expand_id(request_id: &str) -> String {
@@ -171,10 +175,10 @@ impl Core {
     pub fn new(settings: Settings) -> Self {
         Self {
             settings,
-            claimed: HashMap::new(),
-            decided: HashMap::new(),
+            claimed: FastMap::default(),
+            decided: FastMap::default(),
             pending: BTreeMap::new(),
-            reserved: HashMap::new(),
+            reserved: FastMap::default(),
         }
     }
 
@@ -203,7 +207,7 @@ impl Core {
         }
         self.decided
             .entry(d.request_id.clone())
-            .or_insert_with(|| (d.clone(), None));
+            .or_insert((d.decided_at, None));
     }
 
     /// Requests waiting for the fleet.
@@ -295,33 +299,35 @@ impl Core {
         {
             return Err("the shadow for this workload was already claimed".into());
         }
-        let mut ready: Vec<&umbra_schemas::ShadowCandidate> = e
-            .candidates
+        e.candidates
             .iter()
             .filter(|c| c.status == ShadowStatus::Healthy)
-            .collect();
-        ready.sort_by_key(|c| c.rank);
-        ready
-            .first()
-            .map(|c| (e, *c))
+            .min_by_key(|c| c.rank)
+            .map(|c| (e, c))
             .ok_or_else(|| "no healthy shadow yet".to_string())
     }
 
     /// Best fit on live host state: the healthy host with the least room left after the
     /// placement, among those where it fits (host id breaks ties).
     fn best_fit(&self, need: &Resources, exclude: &[String], w: &World<'_>) -> Option<String> {
-        let ids: std::collections::BTreeSet<&String> =
-            w.ledger.hosts().keys().chain(w.hosts.keys()).collect();
+        // Every host the ledger knows, then those only host state knows; the order does not
+        // matter because ties are broken by host id.
+        let from_ledger = w
+            .ledger
+            .hosts()
+            .iter()
+            .map(|(id, l)| (id, Some(l), w.hosts.get(id)));
+        let from_state = w
+            .hosts
+            .iter()
+            .filter(|(id, _)| w.ledger.host(id).is_none())
+            .map(|(id, h)| (id, None, Some(h)));
         let mut best: Option<(f64, &String)> = None;
-        for id in ids {
-            if exclude.contains(id) {
+        for (id, lh, hs) in from_ledger.chain(from_state) {
+            if hs.is_some_and(|h| h.health == HostHealth::Unhealthy) || exclude.contains(id) {
                 continue;
             }
-            let hs = w.hosts.get(id);
-            if hs.is_some_and(|h| h.health == HostHealth::Unhealthy) {
-                continue;
-            }
-            let (capacity, committed) = match (w.ledger.host(id), hs) {
+            let (capacity, committed) = match (lh, hs) {
                 (Some(l), _) if !l.capacity.is_zero() => {
                     if !l.healthy {
                         continue;
@@ -331,9 +337,10 @@ impl Core {
                 (_, Some(h)) => (h.capacity, h.committed),
                 _ => continue,
             };
-            let load = committed
-                .plus(self.reserved.get(id).unwrap_or(&Resources::ZERO))
-                .plus(need);
+            let mut load = committed.plus(need);
+            if let Some(r) = self.reserved.get(id) {
+                load = load.plus(r);
+            }
             if !load.fits_within(&capacity) {
                 continue;
             }
@@ -346,7 +353,11 @@ impl Core {
             };
             let room = left(capacity.cpu_millicores, load.cpu_millicores)
                 .min(left(capacity.memory_bytes, load.memory_bytes));
-            if best.is_none_or(|(b, _)| room < b) {
+            let better = match best {
+                None => true,
+                Some((b, bid)) => room < b || (room == b && id < bid),
+            };
+            if better {
                 best = Some((room, id));
             }
         }
@@ -393,7 +404,7 @@ impl Core {
         }
         if !d.request_id.is_empty() {
             self.decided
-                .insert(d.request_id.clone(), (d.clone(), command.clone()));
+                .insert(d.request_id.clone(), (d.decided_at, command.clone()));
         }
         Step::Decide {
             claim,
@@ -479,7 +490,7 @@ impl Core {
     /// old is rejected as stale before it could be decided again.
     pub fn prune(&mut self, now: i64) {
         let horizon = now - 2 * self.settings.max_request_age_ms;
-        self.decided.retain(|_, (d, _)| d.decided_at >= horizon);
+        self.decided.retain(|_, (at, _)| *at >= horizon);
     }
 
     fn next_attempt(

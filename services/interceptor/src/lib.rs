@@ -7,12 +7,13 @@
 //!   keyed by workload id with the same partition count, so every request of a workload goes
 //!   to the one instance that owns its partition. A shadow is claimed only by its workload's
 //!   requests, so it can only be claimed by that owner.
-//! - **Claims and decisions are the memory.** Every instance follows the claims and decisions
-//!   topics from the beginning; a request already decided (by this instance before a crash, or
-//!   by the partition's previous owner) is not decided again, a shadow claimed by any hit is
-//!   not claimed again. When a partition is newly assigned, requests from it wait
-//!   `assignment_grace_ms` for the previous owner's last writes, then until the followers have
-//!   read the claims and decisions up to their end offsets.
+//! - **Claims and decisions are the memory.** An instance reads the claims and decisions
+//!   topics from the beginning at start-up and again after every new partition assignment
+//!   (after waiting `assignment_grace_ms` for the previous owner's last writes); in between
+//!   only its own writes land on its partitions, and it knows those. A request already decided
+//!   (by this instance before a crash, or by the partition's previous owner) is not decided
+//!   again; a shadow claimed by any hit is not claimed again. Not following them continuously
+//!   keeps the broker's read load at one record per request.
 //! - **Pipelined at-least-once.** A request is decided at once (state updated synchronously),
 //!   its outputs are sent without waiting, and offsets are stored in order as outputs are
 //!   acknowledged; up to `max_in_flight` requests are in flight. A hit sends the claim, the
@@ -49,7 +50,6 @@ use umbra_stream::dlq::{dead_letter, BadDataPolicy};
 use umbra_stream::processor::{send, send_dead_letter, Emit, Input, Output};
 use umbra_stream::reader::{RawRecord, RestoringReader};
 use umbra_stream::service::Runtime;
-use umbra_stream::table::end_offsets;
 use umbra_stream::telemetry::{with_headers, TraceCtx};
 use umbra_stream::{kafka, now_millis, StreamError};
 
@@ -79,15 +79,11 @@ enum Observed {
     Known(String, bool),
 }
 
-/// Positions reached by the followers, per (topic, partition).
-type Positions = Arc<Mutex<HashMap<(String, i32), i64>>>;
-
 /// Follows `topic` from the beginning into the main loop's channel.
 async fn follow<K: Record + umbra_schemas::EntityKey, V: Record>(
     rt: &Runtime<Settings>,
     default_topic: &str,
     tx: mpsc::UnboundedSender<Observed>,
-    positions: Positions,
     wrap: fn(V) -> Observed,
 ) -> Result<String, StreamError> {
     let topic = rt.config.topic(default_topic);
@@ -96,7 +92,7 @@ async fn follow<K: Record + umbra_schemas::EntityKey, V: Record>(
     let gate = rt.readiness.gate(format!("restore {topic}"));
     let t = topic.clone();
     tokio::spawn(reader.run(gate, rt.shutdown.clone(), rt.metrics.clone(), move |r: RawRecord| {
-        let (input, tx, positions, t) = (input.clone(), tx.clone(), positions.clone(), t.clone());
+        let (input, tx, t) = (input.clone(), tx.clone(), t.clone());
         async move {
             if let Some(bytes) = r.value {
                 match input.decode_value(&bytes).await {
@@ -106,7 +102,6 @@ async fn follow<K: Record + umbra_schemas::EntityKey, V: Record>(
                     Err(e) => tracing::warn!(topic = %t, offset = r.offset, error = %e, "skipping undecodable record"),
                 }
             }
-            positions.lock().unwrap_or_else(|p| p.into_inner()).insert((t, r.partition), r.offset + 1);
         }
     }));
     Ok(topic)
@@ -245,31 +240,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
         .await?;
     let host_state = rt.table::<HostKey, HostState>("umbra.host.state").await?;
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let positions: Positions = Arc::default();
-    let claims_topic = follow::<WorkloadKey, Claim>(
-        &rt,
-        "umbra.claims",
-        tx.clone(),
-        positions.clone(),
-        Observed::Claim,
-    )
-    .await?;
-    let decisions_topic = follow::<WorkloadKey, AllocationDecision>(
-        &rt,
-        "umbra.allocation.decisions",
-        tx.clone(),
-        positions.clone(),
-        Observed::Decision,
-    )
-    .await?;
-    follow::<HostKey, FleetEvent>(
-        &rt,
-        "umbra.fleet.events",
-        tx.clone(),
-        positions.clone(),
-        Observed::Fleet,
-    )
-    .await?;
+    let claims_topic = rt.config.topic("umbra.claims");
+    let decisions_topic = rt.config.topic("umbra.allocation.decisions");
+    follow::<HostKey, FleetEvent>(&rt, "umbra.fleet.events", tx.clone(), Observed::Fleet).await?;
     follow_known(&rt, tx.clone()).await?;
     drop(tx);
     let out = Outputs {
@@ -306,7 +279,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
                 }
             }
         };
-    // Nothing is decided before every input is restored.
+    // Nothing is decided before every input is restored, the claims and decisions included.
+    for o in read_memory(&rt, &claims_topic, &decisions_topic).await? {
+        apply(o, &mut core, &mut ledger, &mut known);
+    }
     while !rt
         .readiness
         .waiting_for()
@@ -421,7 +397,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
                 if !ready_parts.contains(&p) {
                     // A newly assigned partition: let its previous owner's last writes land,
                     // then read the claims and decisions up to their end before deciding.
-                    if let Err(e) = catch_up(&rt, &settings, &[&claims_topic, &decisions_topic], &positions, &mut rx, &mut |o| apply(o, &mut core, &mut ledger, &mut known), &shutdown).await {
+                    if let Err(e) = catch_up(&rt, &settings, (&claims_topic, &decisions_topic), &mut rx, &mut |o| apply(o, &mut core, &mut ledger, &mut known), &shutdown).await {
                         break Err(e);
                     }
                     ready_parts.insert(p);
@@ -522,13 +498,76 @@ fn send_follow_ups(
     Ok(())
 }
 
-/// Waits `assignment_grace_ms`, captures the end offsets of `topics`, and applies what the
-/// followers read until they reach them.
+/// Reads the claims and decisions topics from the beginning to their current end: what
+/// every instance has decided and claimed. Read at start-up and after each new assignment,
+/// not followed in between (an instance only decides for the partitions it owns, so in
+/// between only its own writes land there, and it knows those).
+async fn read_memory(
+    rt: &Runtime<Settings>,
+    claims_topic: &str,
+    decisions_topic: &str,
+) -> Result<Vec<Observed>, StreamError> {
+    let seen: Arc<Mutex<Vec<Observed>>> = Arc::default();
+    let claims: Arc<Input<WorkloadKey, Claim>> =
+        Arc::new(Input::new(rt.registry.clone(), claims_topic.to_string()).await?);
+    let decisions: Arc<Input<WorkloadKey, AllocationDecision>> =
+        Arc::new(Input::new(rt.registry.clone(), decisions_topic.to_string()).await?);
+    let sink = seen.clone();
+    let done = RestoringReader::open(&rt.config.kafka, claims_topic)
+        .await?
+        .restore(
+            rt.shutdown.clone(),
+            rt.metrics.clone(),
+            move |r: RawRecord| {
+                let (claims, sink) = (claims.clone(), sink.clone());
+                async move {
+                    if let Some(Ok(c)) = match &r.value {
+                        Some(v) => Some(claims.decode_value(v).await),
+                        None => None,
+                    } {
+                        sink.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(Observed::Claim(c));
+                    }
+                }
+            },
+        )
+        .await;
+    let sink = seen.clone();
+    let done = done
+        && RestoringReader::open(&rt.config.kafka, decisions_topic)
+            .await?
+            .restore(
+                rt.shutdown.clone(),
+                rt.metrics.clone(),
+                move |r: RawRecord| {
+                    let (decisions, sink) = (decisions.clone(), sink.clone());
+                    async move {
+                        if let Some(Ok(d)) = match &r.value {
+                            Some(v) => Some(decisions.decode_value(v).await),
+                            None => None,
+                        } {
+                            sink.lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push(Observed::Decision(d));
+                        }
+                    }
+                },
+            )
+            .await;
+    if !done {
+        return Err(StreamError::Cancelled("reading claims and decisions"));
+    }
+    let seen = std::mem::take(&mut *seen.lock().unwrap_or_else(|p| p.into_inner()));
+    Ok(seen)
+}
+
+/// After a new assignment: waits `assignment_grace_ms` for the previous owner's last writes
+/// (still applying fleet events meanwhile), then reads every claim and decision up to the end.
 async fn catch_up(
     rt: &Runtime<Settings>,
     settings: &Settings,
-    topics: &[&String],
-    positions: &Positions,
+    (claims_topic, decisions_topic): (&str, &str),
     rx: &mut mpsc::UnboundedReceiver<Observed>,
     apply: &mut dyn FnMut(Observed),
     shutdown: &CancellationToken,
@@ -542,31 +581,7 @@ async fn catch_up(
             Some(o) = rx.recv() => apply(o),
         }
     }
-    let mut targets = Vec::new();
-    for t in topics {
-        let parts = kafka::partitions(&rt.config.kafka, t).await?;
-        let c = kafka::reader(&rt.config.kafka)?;
-        for (p, end) in end_offsets(&c, t, &parts).await? {
-            targets.push(((t.to_string(), p), end));
-        }
-    }
-    loop {
-        let behind = {
-            let pos = positions.lock().unwrap_or_else(|p| p.into_inner());
-            targets
-                .iter()
-                .any(|(k, end)| *end > 0 && pos.get(k).copied().unwrap_or(0) < *end)
-        };
-        if !behind {
-            break;
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return Err(StreamError::Cancelled("catching up after an assignment")),
-            Some(o) = rx.recv() => apply(o),
-            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
-        }
-    }
-    while let Ok(o) = rx.try_recv() {
+    for o in read_memory(rt, claims_topic, decisions_topic).await? {
         apply(o);
     }
     Ok(())
