@@ -92,7 +92,7 @@ impl Pipeline {
         let mut ingest = Service::start(&stack, "ingest", &prefix, &[])?;
         let mut manager = Service::start(&stack, "shadow-manager", &prefix, MANAGER_ENV)?;
         for s in [&mut sim, &mut ingest, &mut manager] {
-            s.wait_ready(Duration::from_secs(60)).await?;
+            s.wait_ready(Duration::from_secs(150)).await?;
         }
         let table = Input::new(
             stack.registry.clone(),
@@ -119,7 +119,7 @@ impl Pipeline {
     /// Starts one more interceptor and waits until it is ready.
     pub async fn add_interceptor(&mut self, env: &[(&str, &str)]) -> anyhow::Result<()> {
         let mut s = Service::start(&self.stack, "interceptor", &self.prefix, env)?;
-        s.wait_ready(Duration::from_secs(60)).await?;
+        s.wait_ready(Duration::from_secs(150)).await?;
         self.interceptors.push(s);
         Ok(())
     }

@@ -40,7 +40,7 @@ fn per_request(ds: &[AllocationDecision]) -> HashMap<&str, usize> {
 async fn staged(p: &Pipeline, workloads: &[String]) -> anyhow::Result<()> {
     let fcs: Vec<DemandForecast> = workloads.iter().map(|w| forecast(w, 500.0, 1.0)).collect();
     p.forecasts(&fcs).await?;
-    p.table_until("ready", Duration::from_secs(60), |t| {
+    p.table_until("ready", Duration::from_secs(150), |t| {
         workloads.iter().all(|w| {
             t.get(w).is_some_and(|e| {
                 e.state == ShadowState::Active
@@ -67,7 +67,7 @@ async fn two_instances_and_a_burst_for_one_workload_give_exactly_one_hit() -> an
         .collect();
     p.requests(&burst).await?;
     let ds = p
-        .decisions_until("all 20 decided", Duration::from_secs(60), |d| {
+        .decisions_until("all 20 decided", Duration::from_secs(150), |d| {
             per_request(d).len() == 20
         })
         .await?;
@@ -128,17 +128,17 @@ async fn sigkill_mid_burst_loses_and_duplicates_no_decision() -> anyhow::Result<
         .map(|i| request(&format!("req-{i:03}"), &workloads[i % 10], 50, 64 << 20))
         .collect();
     p.requests(&reqs).await?;
-    p.decisions_until("partly decided", Duration::from_secs(60), |d| d.len() >= 30)
+    p.decisions_until("partly decided", Duration::from_secs(150), |d| d.len() >= 30)
         .await?;
     p.interceptors[0].signal("KILL")?;
     p.interceptors[0].wait_exit(Duration::from_secs(10)).await?;
     let mut again = Service::start(&p.stack, "interceptor", &p.prefix, INTERCEPTOR_ENV)?;
-    again.wait_ready(Duration::from_secs(60)).await?;
+    again.wait_ready(Duration::from_secs(150)).await?;
     p.interceptors[0] = again;
     let ds = p
         .decisions_until(
             "all decided after the restart",
-            Duration::from_secs(120),
+            Duration::from_secs(200),
             |d| per_request(d).len() == n,
         )
         .await?;
@@ -216,7 +216,7 @@ async fn every_kind_of_bad_request_gets_its_reason() -> anyhow::Result<()> {
         )
         .await?;
     let ds = p
-        .decisions_until("all bad requests answered", Duration::from_secs(60), |d| {
+        .decisions_until("all bad requests answered", Duration::from_secs(150), |d| {
             d.len() >= bad.len()
         })
         .await?;
@@ -230,7 +230,7 @@ async fn every_kind_of_bad_request_gets_its_reason() -> anyhow::Result<()> {
     }
     let dlq = p
         .stack
-        .read_until(&format!("{topic}.dlq"), Duration::from_secs(20), |r| {
+        .read_until(&format!("{topic}.dlq"), Duration::from_secs(60), |r| {
             !r.is_empty()
         })
         .await?;
@@ -241,7 +241,7 @@ async fn every_kind_of_bad_request_gets_its_reason() -> anyhow::Result<()> {
         Some(&b"\x00\x00\x00\x00\x07garbage"[..])
     );
     // The poison record's offset is committed past.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let committed = p
             .stack

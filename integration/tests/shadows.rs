@@ -61,7 +61,7 @@ async fn forecasts_become_ranked_ready_shadows_failures_are_replaced_and_sick_ho
     let t = p
         .table_until(
             "ready with 3 healthy ranked hosts each",
-            Duration::from_secs(30),
+            Duration::from_secs(90),
             |t| all_ready(t, 3),
         )
         .await?;
@@ -79,7 +79,7 @@ async fn forecasts_become_ranked_ready_shadows_failures_are_replaced_and_sick_ho
     let t = p
         .table_until(
             "w-a replaced its failed shadow",
-            Duration::from_secs(30),
+            Duration::from_secs(90),
             |t| {
                 t.get("w-a").is_some_and(|e| {
                     ready_with_k(e, 3)
@@ -98,7 +98,7 @@ async fn forecasts_become_ranked_ready_shadows_failures_are_replaced_and_sick_ho
         .await?;
     p.table_until(
         "w-b ranked its sick host last",
-        Duration::from_secs(30),
+        Duration::from_secs(90),
         |t| {
             t.get("w-b").is_some_and(|e| {
                 e.host_ranking.last() == Some(&sick)
@@ -125,19 +125,19 @@ async fn sigkill_mid_stream_loses_nothing_duplicates_nothing_and_overcommits_not
         .collect();
     p.forecasts(&fcs).await?;
     // Kill as soon as the manager has written part of the table.
-    p.table_until("partly written", Duration::from_secs(30), |t| !t.is_empty())
+    p.table_until("partly written", Duration::from_secs(90), |t| !t.is_empty())
         .await?;
     p.manager.signal("KILL")?;
     p.manager.wait_exit(Duration::from_secs(10)).await?;
     p.manager = Service::start(&p.stack, "shadow-manager", &p.prefix, MANAGER_ENV)?;
-    p.manager.wait_ready(Duration::from_secs(60)).await?;
-    p.table_until("complete after the restart", Duration::from_secs(60), |t| {
+    p.manager.wait_ready(Duration::from_secs(150)).await?;
+    p.table_until("complete after the restart", Duration::from_secs(150), |t| {
         all_ready(t, n)
     })
     .await?;
     // Orphans of the crash (commands acknowledged before their row) are released; in the end
     // the fleet holds exactly K shadows per workload.
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let fleet = p.fleet().await?;
         assert_within_capacity(&fleet);
@@ -179,7 +179,7 @@ async fn lost_and_duplicated_fleet_commands_are_survived() -> anyhow::Result<()>
     p.forecasts(&fcs).await?;
     p.table_until(
         "ready despite lost commands",
-        Duration::from_secs(60),
+        Duration::from_secs(150),
         |t| all_ready(t, 4),
     )
     .await?;

@@ -433,10 +433,10 @@ impl Core {
                     Outcome::ShadowHit,
                     w.now,
                     format!(
-                        "placed on shadow ranked {} of {} (health {:.2})",
+                        "placed on shadow ranked {} of {} (health {}%)",
                         c.rank,
                         e.candidates.len(),
-                        c.health_score
+                        (c.health_score * 100.0).round() as i64
                     ),
                 );
                 d.host_id = Some(c.host_id.clone());
