@@ -124,6 +124,30 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Starts another service of the pipeline (e.g. `rebalancer`) and waits until it is ready.
+    pub async fn start_service(&self, name: &str, env: &[(&str, &str)]) -> anyhow::Result<Service> {
+        let mut s = Service::start(&self.stack, name, &self.prefix, env)?;
+        s.wait_ready(Duration::from_secs(150)).await?;
+        Ok(s)
+    }
+
+    /// Sends fleet commands straight to the fleet (load from outside umbra).
+    pub async fn fleet_commands(&self, cmds: &[FleetCommand]) -> anyhow::Result<()> {
+        let out: Output<HostKey, FleetCommand> = Output::new(
+            self.stack.registry.clone(),
+            format!("{}umbra.fleet.commands", self.prefix),
+        )
+        .await?;
+        let producer = self.stack.producer()?;
+        for c in cmds {
+            let key = HostKey {
+                host_id: c.host_id.clone(),
+            };
+            send(&producer, &out.record(&key, c)?, Default::default()).await?;
+        }
+        Ok(())
+    }
+
     /// Produces workload requests.
     pub async fn requests(&self, reqs: &[WorkloadRequest]) -> anyhow::Result<()> {
         let out: Output<WorkloadKey, WorkloadRequest> = Output::new(

@@ -128,8 +128,10 @@ async fn sigkill_mid_burst_loses_and_duplicates_no_decision() -> anyhow::Result<
         .map(|i| request(&format!("req-{i:03}"), &workloads[i % 10], 50, 64 << 20))
         .collect();
     p.requests(&reqs).await?;
-    p.decisions_until("partly decided", Duration::from_secs(150), |d| d.len() >= 30)
-        .await?;
+    p.decisions_until("partly decided", Duration::from_secs(150), |d| {
+        d.len() >= 30
+    })
+    .await?;
     p.interceptors[0].signal("KILL")?;
     p.interceptors[0].wait_exit(Duration::from_secs(10)).await?;
     let mut again = Service::start(&p.stack, "interceptor", &p.prefix, INTERCEPTOR_ENV)?;

@@ -131,9 +131,11 @@ async fn sigkill_mid_stream_loses_nothing_duplicates_nothing_and_overcommits_not
     p.manager.wait_exit(Duration::from_secs(10)).await?;
     p.manager = Service::start(&p.stack, "shadow-manager", &p.prefix, MANAGER_ENV)?;
     p.manager.wait_ready(Duration::from_secs(150)).await?;
-    p.table_until("complete after the restart", Duration::from_secs(150), |t| {
-        all_ready(t, n)
-    })
+    p.table_until(
+        "complete after the restart",
+        Duration::from_secs(150),
+        |t| all_ready(t, n),
+    )
     .await?;
     // Orphans of the crash (commands acknowledged before their row) are released; in the end
     // the fleet holds exactly K shadows per workload.

@@ -150,7 +150,11 @@ fn core_bench() {
                 std::hint::black_box(&s);
             }
             let rate = reqs.len() as f64 / start.elapsed().as_secs_f64();
-            assert_eq!(ok, reqs.len(), "{name}: every decision of the expected kind");
+            assert_eq!(
+                ok,
+                reqs.len(),
+                "{name}: every decision of the expected kind"
+            );
             if round > 0 {
                 rates.push(rate);
             }

@@ -1,29 +1,45 @@
 //! Rebalancer: moves shadows off overloaded hosts.
 //!
-//! This version connects, registers its schemas, restores the state it needs and reports
-//! ready; its decisions come with the service's own issue.
+//! It watches host state, the shadow table and forecasts (tables) and the fleet (fleet events
+//! folded into a ledger, to know which workloads run where). A host is overloaded when its
+//! utilization, measured now or predicted over the next window from the forecasts of the
+//! workloads on it, stays above a threshold for a dwell time; it is clear again only once it
+//! stays below the threshold minus a hysteresis for the same time. Every interval it plans
+//! moves of shadows (never running workloads) off overloaded hosts with [`core::Planner`], within
+//! a move budget, and emits re-shadow requests that the shadow manager carries out. Its state is
+//! soft (dwell timers, recent moves): a restart only delays the next move by one dwell time.
 
-use serde::{Deserialize, Serialize};
+pub mod core;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::message::OwnedHeaders;
 use tokio_util::sync::CancellationToken;
-use umbra_schemas::{DemandForecast, HostKey, HostState, ShadowEntry, WorkloadKey};
+use umbra_fleet::Ledger;
+use umbra_schemas::{
+    DemandForecast, FleetEvent, HostKey, HostState, ReshadowRequest, ShadowEntry, WorkloadKey,
+};
 use umbra_stream::config::ServiceConfig;
+use umbra_stream::processor::{send, Input, Output};
+use umbra_stream::reader::{RawRecord, RestoringReader};
 use umbra_stream::service::Runtime;
-use umbra_stream::StreamError;
+use umbra_stream::telemetry::{with_headers, TraceCtx};
+use umbra_stream::{now_millis, StreamError};
+
+pub use crate::core::{Planner, Settings};
 
 /// Service name: consumer group, metrics label, dead-letter header.
 pub const NAME: &str = "rebalancer";
-
-/// Settings of this service (`[service]`); none yet.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Settings {}
 
 /// Full configuration of the service.
 pub type Config = ServiceConfig<Settings>;
 
 /// Runs the service until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StreamError> {
+    config.service.validate().map_err(StreamError::Config)?;
     let rt = Runtime::start(NAME, config, shutdown.clone()).await?;
+    let s = rt.config.service.clone();
     let shadow_table = rt
         .table::<WorkloadKey, ShadowEntry>("umbra.shadow.table")
         .await?;
@@ -31,15 +47,96 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
     let forecasts = rt
         .table::<WorkloadKey, DemandForecast>("umbra.forecasts")
         .await?;
-    shadow_table.wait_ready(&shutdown).await?;
-    tracing::info!(
-        rows = shadow_table.read().len(),
-        "umbra.shadow.table restored"
+    let out: Output<WorkloadKey, ReshadowRequest> = Output::new(
+        rt.registry.clone(),
+        rt.config.topic("umbra.reshadow.requests"),
+    )
+    .await?;
+
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let events_topic = rt.config.topic("umbra.fleet.events");
+    let events: Arc<Input<HostKey, FleetEvent>> =
+        Arc::new(Input::new(rt.registry.clone(), events_topic.clone()).await?);
+    let reader = RestoringReader::open(&rt.config.kafka, &events_topic).await?;
+    let gate = rt.readiness.gate(format!("restore {events_topic}"));
+    let sink = ledger.clone();
+    tokio::spawn(reader.run(
+        gate,
+        shutdown.clone(),
+        rt.metrics.clone(),
+        move |r: RawRecord| {
+            let (events, sink) = (events.clone(), sink.clone());
+            async move {
+                let Some(v) = r.value else { return };
+                if let Ok(e) = events.decode_value(&v).await {
+                    sink.lock().unwrap_or_else(|p| p.into_inner()).apply(&e);
+                }
+            }
+        },
+    ));
+    while !rt.readiness.is_ready() {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+    tracing::info!("inputs restored; watching hosts");
+    let overloaded_gauge = rt.metrics.gauge(
+        "rebalancer_overloaded_hosts",
+        "Hosts counted as overloaded.",
+        &[],
     );
-    host_state.wait_ready(&shutdown).await?;
-    tracing::info!(rows = host_state.read().len(), "umbra.host.state restored");
-    forecasts.wait_ready(&shutdown).await?;
-    tracing::info!(rows = forecasts.read().len(), "umbra.forecasts restored");
-    shutdown.cancelled().await;
+    let moves_counter =
+        rt.metrics
+            .counter("rebalancer_moves_total", "Re-shadow requests emitted.", &[]);
+    let mut planner = Planner::default();
+    let observe_every = Duration::from_millis(s.interval_ms.min(1_000));
+    let mut last_plan = 0i64;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(observe_every) => {}
+        }
+        let now = now_millis();
+        let moves = {
+            let hosts = host_state.read();
+            let fc = forecasts.read();
+            let table = shadow_table.read();
+            let ledger = ledger.lock().unwrap_or_else(|p| p.into_inner());
+            let views = core::host_views(hosts.rows(), &ledger, fc.rows(), now, &s);
+            planner.observe(&views, now, &s);
+            if now - last_plan >= s.interval_ms as i64 {
+                last_plan = now;
+                planner.plan(&views, table.rows(), now, &s)
+            } else {
+                Vec::new()
+            }
+        };
+        overloaded_gauge
+            .with_label_values::<&str>(&[])
+            .set(planner.overloaded().len() as i64);
+        if moves.is_empty() {
+            continue;
+        }
+        let trace = TraceCtx::root("rebalance");
+        for m in &moves {
+            let req = core::request_of(m, now);
+            tracing::info!(workload = %m.workload_id, shadow = %m.shadow_id, from = %m.from, to = %m.to, reason = %m.reason, "re-shadow requested");
+            let emit = out.record(
+                &WorkloadKey {
+                    workload_id: m.workload_id.clone(),
+                },
+                &req,
+            )?;
+            send(
+                &rt.producer,
+                &emit,
+                with_headers(OwnedHeaders::new(), &trace.headers()),
+            )
+            .await?;
+            moves_counter.with_label_values::<&str>(&[]).inc();
+            rt.metrics.produced.with_label_values(&[out.topic()]).inc();
+        }
+    }
     Ok(())
 }
