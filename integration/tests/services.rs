@@ -117,6 +117,9 @@ async fn bad_configuration_is_one_clear_line_and_exit_code_two() -> anyhow::Resu
     Ok(())
 }
 
+/// Ingest closes the buckets of an idle partition after a second instead of five minutes.
+const FLUSH_SOON: &[(&str, &str)] = &[("UMBRA_SERVICE__IDLE_FLUSH_MS", "1000")];
+
 fn sample(workload: &str, i: i64) -> UsageSample {
     let mut s = UsageSample::example();
     s.workload_id = workload.into();
@@ -206,7 +209,7 @@ async fn poison_records_are_dead_lettered_and_later_records_still_processed() ->
         .send_raw(&producer, &raw_topic, Some(&key), Some(&good))
         .await?;
 
-    let mut svc = Service::start(&stack, "ingest", &p, &[])?;
+    let mut svc = Service::start(&stack, "ingest", &p, FLUSH_SOON)?;
     svc.wait_ready(Duration::from_secs(60)).await?;
     let dlq = stack
         .read_until(&format!("{raw_topic}.dlq"), Duration::from_secs(30), |r| {
@@ -324,7 +327,7 @@ async fn sigkill_mid_batch_then_restart_loses_nothing() -> anyhow::Result<()> {
         r?;
     }
 
-    let mut svc = Service::start(&stack, "ingest", &p, &[])?;
+    let mut svc = Service::start(&stack, "ingest", &p, FLUSH_SOON)?;
     svc.wait_ready(Duration::from_secs(60)).await?;
     let partial = stack
         .read_until(&series_topic, Duration::from_secs(60), |r| r.len() >= 200)
@@ -345,7 +348,7 @@ async fn sigkill_mid_batch_then_restart_loses_nothing() -> anyhow::Result<()> {
         "the kill landed mid-stream ({at_kill} of {N} outputs)"
     );
 
-    let mut svc = Service::start(&stack, "ingest", &p, &[])?;
+    let mut svc = Service::start(&stack, "ingest", &p, FLUSH_SOON)?;
     svc.wait_ready(Duration::from_secs(60)).await?;
     let input: Input<WorkloadKey, UsagePoint> =
         Input::new(stack.registry.clone(), series_topic.clone()).await?;

@@ -113,6 +113,19 @@ pub struct Rejection(pub String);
 pub trait Handler<K, V>: Send {
     /// Decides the outputs of one input, or rejects it.
     fn handle(&mut self, input: &Incoming<K, V>) -> Result<Vec<Emit>, Rejection>;
+
+    /// The highest offset of `partition` whose effects are all in acknowledged outputs, given
+    /// that everything up to `processed` has been handled. A handler that holds inputs in
+    /// state (open aggregation windows) returns less, so that a restart reads them again.
+    fn committable(&self, _partition: i32, processed: i64) -> Option<i64> {
+        Some(processed)
+    }
+
+    /// Called about once a second with the wall-clock time: outputs that time alone releases
+    /// (windows of idle inputs).
+    fn tick(&mut self, _now_ms: i64) -> Vec<Emit> {
+        Vec::new()
+    }
 }
 
 /// Sends `emit` and waits for the broker's acknowledgement.
@@ -224,10 +237,19 @@ impl<K: Record, V: Record> Processor<K, V> {
             shutdown.clone(),
         );
         let mut stats = ProcessorStats::default();
+        let mut processed: std::collections::HashMap<i32, i64> = std::collections::HashMap::new();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let result = loop {
             let msg = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break Ok(()),
+                _ = tick.tick() => {
+                    if let Err(e) = self.tick(handler, &processed).await {
+                        break Err(e);
+                    }
+                    continue;
+                }
                 m = self.consumer.recv() => m,
             };
             let msg = match msg {
@@ -237,6 +259,7 @@ impl<K: Record, V: Record> Processor<K, V> {
                     continue;
                 }
             };
+            processed.insert(msg.partition(), msg.offset());
             if let Err(e) = self.process_one(&msg, handler, &mut stats, &shutdown).await {
                 break Err(e);
             }
@@ -255,6 +278,38 @@ impl<K: Record, V: Record> Processor<K, V> {
         let _ = rdkafka::producer::Producer::flush(&self.producer, Duration::from_secs(10));
         tracing::info!(topic = %topic, processed = stats.processed, dead_lettered = stats.dead_lettered, "processor stopped");
         result.map(|()| stats)
+    }
+
+    /// Sends what time alone releases, then stores what became committable.
+    async fn tick<H: Handler<K, V>>(
+        &self,
+        handler: &mut H,
+        processed: &std::collections::HashMap<i32, i64>,
+    ) -> Result<(), StreamError> {
+        let outputs = handler.tick(crate::now_millis());
+        if outputs.is_empty() {
+            return Ok(());
+        }
+        let trace = TraceCtx::root("tick");
+        let sends = outputs.iter().map(|e| {
+            send(
+                &self.producer,
+                e,
+                with_headers(OwnedHeaders::new(), &trace.headers()),
+            )
+        });
+        for (r, e) in join_all(sends).await.into_iter().zip(&outputs) {
+            r?;
+            self.metrics.produced.with_label_values(&[&e.topic]).inc();
+        }
+        let topic = self.input.topic();
+        for (p, o) in processed {
+            if let Some(c) = handler.committable(*p, *o) {
+                // A partition revoked meanwhile cannot be stored; its new owner re-reads.
+                let _ = self.consumer.store_offset(topic, *p, c);
+            }
+        }
+        Ok(())
     }
 
     async fn process_one<H: Handler<K, V>>(
@@ -324,9 +379,11 @@ impl<K: Record, V: Record> Processor<K, V> {
                 }
             },
         }
-        self.consumer
-            .store_offset(topic, msg.partition(), msg.offset())
-            .map_err(|e| StreamError::kafka("storing offset", e))?;
+        if let Some(o) = handler.committable(msg.partition(), msg.offset()) {
+            self.consumer
+                .store_offset(topic, msg.partition(), o)
+                .map_err(|e| StreamError::kafka("storing offset", e))?;
+        }
         self.metrics
             .processing_seconds
             .with_label_values(&[topic])

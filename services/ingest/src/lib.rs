@@ -1,22 +1,30 @@
 //! Ingest: validates raw workload usage samples and publishes them as usage series, and keeps
 //! host state (compacted, keyed by host) from host metrics.
 //!
-//! In this first version each valid sample becomes a one-sample point of its 5-minute
-//! bucket; bucket aggregation with allowed lateness, host metrics and Prometheus import come
-//! with their own issue. Invalid samples go to `umbra.usage.raw.dlq` with the reason.
+//! Valid samples are aggregated into fixed buckets (default 5 minutes: mean, p95 and max per
+//! resource, see [`buckets`]); out-of-order and late samples are accepted while their bucket
+//! is open (`allowed_lateness_ms` behind the partition's newest sample), and a bucket closes
+//! when the stream passes its end plus the lateness, or when its partition has been idle for
+//! `idle_flush_ms`. Invalid, duplicate and too-late samples go to `umbra.usage.raw.dlq` with
+//! the reason. Offsets of samples in open buckets are not committed, so a restart re-reads them
+//! (a re-emitted bucket replaces the earlier one downstream: usage points are keyed by bucket).
 
 use serde::{Deserialize, Serialize};
+pub mod buckets;
+
 use std::collections::HashMap;
 use tokio_util::sync::CancellationToken;
 
 use umbra_schemas::{
-    HostHealth, HostKey, HostMetrics, HostState, Stats, UsagePoint, UsageSample, WorkloadKey,
+    HostHealth, HostKey, HostMetrics, HostState, UsagePoint, UsageSample, WorkloadKey,
 };
 use umbra_stream::config::ServiceConfig;
 use umbra_stream::dlq::BadDataPolicy;
 use umbra_stream::processor::{Emit, Handler, Incoming, Output, Rejection};
 use umbra_stream::service::Runtime;
 use umbra_stream::StreamError;
+
+use crate::buckets::Bucketer;
 
 /// Service name: consumer group, metrics label, dead-letter header.
 pub const NAME: &str = "ingest";
@@ -35,6 +43,11 @@ pub struct IngestSettings {
     pub max_memory_bytes: f64,
     /// Largest plausible disk or network throughput of one workload, in bytes/s.
     pub max_throughput_bytes_per_s: f64,
+    /// How far behind the newest sample of its partition a sample may arrive and still be
+    /// counted in its bucket, in milliseconds of sample time.
+    pub allowed_lateness_ms: i64,
+    /// Buckets of a partition that received nothing for this long (wall clock) are closed, ms.
+    pub idle_flush_ms: i64,
     /// What to do with samples that cannot be decoded or fail validation.
     pub bad_data: BadDataPolicy,
 }
@@ -47,6 +60,8 @@ impl Default for IngestSettings {
             max_cpu_millicores: 1.0e7,
             max_memory_bytes: 1.0e14,
             max_throughput_bytes_per_s: 1.0e12,
+            allowed_lateness_ms: 10 * 60_000,
+            idle_flush_ms: 5 * 60_000,
             bad_data: BadDataPolicy::DeadLetter,
         }
     }
@@ -129,31 +144,28 @@ pub fn validate(s: &UsageSample, settings: &IngestSettings, now_ms: i64) -> Resu
     Ok(())
 }
 
-/// The one-sample point of the bucket `s` falls in.
-pub fn point_of(s: &UsageSample, bucket_seconds: i32) -> UsagePoint {
-    let width = i64::from(bucket_seconds.max(1)) * 1000;
-    let one = |v: f64| Stats {
-        mean: v,
-        p95: v,
-        max: v,
-    };
-    UsagePoint {
-        workload_id: s.workload_id.clone(),
-        bucket_start: s.sample_time.div_euclid(width) * width,
-        bucket_seconds,
-        sample_count: 1,
-        cpu_millicores: one(s.cpu_millicores),
-        memory_bytes: one(s.memory_bytes),
-        disk_io_bytes_per_s: one(s.disk_read_bytes_per_s + s.disk_write_bytes_per_s),
-        labels: s.labels.clone(),
-        cpu_capacity_millicores: s.cpu_capacity_millicores,
-        memory_capacity_bytes: s.memory_capacity_bytes,
-    }
-}
-
 struct Ingest {
     settings: IngestSettings,
     series: Output<WorkloadKey, UsagePoint>,
+    buckets: Bucketer,
+}
+
+impl Ingest {
+    fn emits(&self, points: Vec<UsagePoint>) -> Result<Vec<Emit>, Rejection> {
+        points
+            .iter()
+            .map(|p| {
+                self.series
+                    .record(
+                        &WorkloadKey {
+                            workload_id: p.workload_id.clone(),
+                        },
+                        p,
+                    )
+                    .map_err(|e| Rejection(e.to_string()))
+            })
+            .collect()
+    }
 }
 
 impl Handler<WorkloadKey, UsageSample> for Ingest {
@@ -169,12 +181,26 @@ impl Handler<WorkloadKey, UsageSample> for Ingest {
                 input.key.workload_id, s.workload_id
             )));
         }
-        let point = point_of(s, self.settings.bucket_seconds);
-        let emit = self
-            .series
-            .record(&input.key, &point)
-            .map_err(|e| Rejection(e.to_string()))?;
-        Ok(vec![emit])
+        let closed = self
+            .buckets
+            .add(input.partition, input.offset, s, umbra_stream::now_millis())
+            .map_err(Rejection)?;
+        self.emits(closed)
+    }
+
+    fn committable(&self, partition: i32, processed: i64) -> Option<i64> {
+        self.buckets.committable(partition, processed)
+    }
+
+    fn tick(&mut self, now_ms: i64) -> Vec<Emit> {
+        let closed = self.buckets.flush_idle(now_ms, self.settings.idle_flush_ms);
+        match self.emits(closed) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, "encoding closed buckets");
+                Vec::new()
+            }
+        }
     }
 }
 
@@ -273,6 +299,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
     let mut handler = Ingest {
         settings: rt.config.service.clone(),
         series,
+        buckets: Bucketer::new(
+            rt.config.service.bucket_seconds,
+            rt.config.service.allowed_lateness_ms,
+        ),
     };
     let hosts_out = Output::new(rt.registry.clone(), rt.config.topic("umbra.host.state")).await?;
     let hosts_processor = rt
@@ -351,17 +381,5 @@ mod tests {
         assert!(validate_host(&m, &st, m.sample_time)
             .unwrap_err()
             .contains("negative"));
-    }
-
-    #[test]
-    fn points_fall_in_their_bucket() {
-        let mut s = UsageSample::example();
-        s.sample_time = 1_372_636_800_000 + 299_999;
-        let p = point_of(&s, 300);
-        assert_eq!(p.bucket_start, 1_372_636_800_000);
-        assert_eq!(
-            p.disk_io_bytes_per_s.mean,
-            s.disk_read_bytes_per_s + s.disk_write_bytes_per_s
-        );
     }
 }
