@@ -103,3 +103,91 @@ async fn out_of_order_samples_become_buckets_and_duplicates_and_late_ones_are_re
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_bitbrains_replay_becomes_clean_buckets_with_every_sample_accounted_for(
+) -> anyhow::Result<()> {
+    let stack = Stack::connect().await?;
+    let p = stack.fresh_prefix().await?;
+    let data =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/bitbrains-rnd");
+    let mut svc = Service::start(
+        &stack,
+        "ingest",
+        &p,
+        &[("UMBRA_SERVICE__IDLE_FLUSH_MS", "1000")],
+    )?;
+    svc.wait_ready(Duration::from_secs(150)).await?;
+    let replay = std::process::Command::new(umbra_integration::binary("umbra")?)
+        .args(["replay-raw", "--data"])
+        .arg(&data)
+        .args(["--vms", "3", "--days", "0.25", "--from-day", "1"])
+        .args([
+            "--bootstrap-servers",
+            &stack.bootstrap,
+            "--registry-url",
+            &stack.registry_url,
+            "--topic-prefix",
+            &p,
+        ])
+        .output()?;
+    let said = String::from_utf8_lossy(&replay.stdout).to_string();
+    assert!(
+        replay.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    let sent: i32 = said
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(sent > 150, "{said}");
+    let input: Input<WorkloadKey, UsagePoint> =
+        Input::new(stack.registry.clone(), format!("{p}umbra.usage.series")).await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let series = stack
+            .read_until(
+                &format!("{p}umbra.usage.series"),
+                Duration::from_secs(2),
+                |_| false,
+            )
+            .await?;
+        let dlq = stack
+            .read_until(
+                &format!("{p}umbra.usage.raw.dlq"),
+                Duration::from_secs(1),
+                |_| false,
+            )
+            .await?;
+        let mut counted = 0i32;
+        let mut per_vm: BTreeMap<String, usize> = BTreeMap::new();
+        for r in &series {
+            let pt = input
+                .decode_value(r.value.as_deref().unwrap_or_default())
+                .await?;
+            assert_eq!(pt.bucket_start % 300_000, 0);
+            assert!(
+                pt.cpu_millicores.max <= pt.cpu_capacity_millicores + 1e-6,
+                "{pt:?}"
+            );
+            counted += pt.sample_count;
+            *per_vm.entry(pt.workload_id).or_default() += 1;
+        }
+        if counted + dlq.len() as i32 == sent {
+            assert_eq!(per_vm.len(), 3, "{per_vm:?}");
+            // A quarter day is 72 five-minute buckets; the trace has gaps.
+            assert!(per_vm.values().all(|n| (55..=73).contains(n)), "{per_vm:?}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{counted} samples in buckets + {} dead letters != {sent} sent",
+            dlq.len()
+        );
+    }
+    svc.signal("TERM")?;
+    assert_eq!(svc.wait_exit(Duration::from_secs(30)).await?, Some(0));
+    Ok(())
+}

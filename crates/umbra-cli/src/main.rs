@@ -3,6 +3,7 @@
 
 mod dev;
 mod plot;
+mod replay;
 mod tools;
 
 use std::path::PathBuf;
@@ -68,6 +69,8 @@ enum Command {
     },
     /// Produce one workload request.
     Request(tools::RequestArgs),
+    /// Replay a Bitbrains-format folder into the raw usage topic, with time compression.
+    ReplayRaw(replay::ReplayArgs),
     /// Print allocation decisions as JSON lines.
     Decisions {
         #[command(flatten)]
@@ -124,6 +127,7 @@ fn main() -> ExitCode {
                     .map_err(anyhow::Error::from)
             }
             Command::Request(args) => tools::request(args).await,
+            Command::ReplayRaw(args) => replay::run(args).await,
             Command::Decisions { endpoints, follow } => tools::decisions(endpoints, follow).await,
             Command::Table { endpoints } => tools::table(endpoints).await,
             Command::Forecast(args) => tokio::task::spawn_blocking(move || plot::run(args)).await?,

@@ -62,6 +62,88 @@ fn open(path: &Path) -> Result<Box<dyn BufRead>, DataError> {
     Ok(Box::new(BufReader::new(reader)))
 }
 
+/// One row of a Bitbrains CSV, as recorded (no gridding).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BitbrainsRow {
+    /// Sample time, Unix seconds.
+    pub time_s: i64,
+    /// CPU cores provisioned.
+    pub cores: f64,
+    /// CPU provisioned, MHz.
+    pub cpu_capacity_mhz: f64,
+    /// CPU used, MHz.
+    pub cpu_mhz: f64,
+    /// Memory provisioned, KB.
+    pub memory_capacity_kb: f64,
+    /// Memory used, KB.
+    pub memory_kb: f64,
+    /// Disk read throughput, KB/s.
+    pub disk_read_kbps: f64,
+    /// Disk write throughput, KB/s.
+    pub disk_write_kbps: f64,
+    /// Network received, KB/s (0 when the column is missing).
+    pub net_rx_kbps: f64,
+    /// Network transmitted, KB/s (0 when the column is missing).
+    pub net_tx_kbps: f64,
+}
+
+/// The VM id of a trace file (`vm-001` for `vm-001.csv.gz`).
+pub fn vm_id(path: &Path) -> String {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .map(|n| n.split('.').next().unwrap_or(n).to_string())
+        .unwrap_or_default()
+}
+
+/// Every row of one Bitbrains CSV (optionally gzipped), sorted by time: `;`+tab separated,
+/// timestamps in Unix seconds despite the header's "[ms]"; irregular steps and gaps kept.
+pub fn bitbrains_rows(path: &Path) -> Result<Vec<BitbrainsRow>, DataError> {
+    let mut rows = Vec::new();
+    for line in data_lines(path)? {
+        let (line_no, line) = line?;
+        let cols: Vec<&str> = line.split(';').map(str::trim).collect();
+        let bad = |why: String| DataError::Format {
+            path: path.into(),
+            line: line_no,
+            why,
+        };
+        if cols.len() < 9 {
+            return Err(bad(format!("{} columns, expected 11", cols.len())));
+        }
+        let num = |k: usize| {
+            cols[k]
+                .parse::<f64>()
+                .map_err(|e| bad(format!("column {}: {e}", k + 1)))
+        };
+        let opt = |k: usize| {
+            cols.get(k)
+                .and_then(|c| c.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        rows.push(BitbrainsRow {
+            time_s: num(0)? as i64,
+            cores: num(1)?,
+            cpu_capacity_mhz: num(2)?,
+            cpu_mhz: num(3)?,
+            memory_capacity_kb: num(5)?,
+            memory_kb: num(6)?,
+            disk_read_kbps: num(7)?,
+            disk_write_kbps: num(8)?,
+            net_rx_kbps: opt(9),
+            net_tx_kbps: opt(10),
+        });
+    }
+    if rows.is_empty() {
+        return Err(DataError::Format {
+            path: path.into(),
+            line: 1,
+            why: "no samples".into(),
+        });
+    }
+    rows.sort_by_key(|r| r.time_s);
+    Ok(rows)
+}
+
 /// One VM of the Bitbrains trace on a regular 5-minute grid.
 #[derive(Debug, Clone)]
 pub struct VmTrace {
@@ -86,38 +168,23 @@ pub const STEP_S: i64 = 300;
 /// seconds despite the header's "[ms]", irregular steps around 300 s and gaps. Samples are
 /// averaged into 5-minute buckets; empty buckets are NaN (see [`crate::fill_gaps`]).
 pub fn read_bitbrains(path: &Path) -> Result<VmTrace, DataError> {
-    let id = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .map(|n| n.split('.').next().unwrap_or(n).to_string())
-        .unwrap_or_default();
-    let mut rows: Vec<(i64, [f64; 6])> = Vec::new();
-    for line in data_lines(path)? {
-        let (line_no, line) = line?;
-        let cols: Vec<&str> = line.split(';').map(str::trim).collect();
-        let bad = |why: String| DataError::Format {
-            path: path.into(),
-            line: line_no,
-            why,
-        };
-        if cols.len() < 9 {
-            return Err(bad(format!("{} columns, expected 11", cols.len())));
-        }
-        let num = |k: usize| {
-            cols[k]
-                .parse::<f64>()
-                .map_err(|e| bad(format!("column {}: {e}", k + 1)))
-        };
-        let ts = num(0)? as i64;
-        rows.push((ts, [num(2)?, num(3)?, num(5)?, num(6)?, num(7)?, num(8)?]));
-    }
-    if rows.is_empty() {
-        return Err(DataError::Format {
-            path: path.into(),
-            line: 1,
-            why: "no samples".into(),
-        });
-    }
+    let id = vm_id(path);
+    let mut rows: Vec<(i64, [f64; 6])> = bitbrains_rows(path)?
+        .into_iter()
+        .map(|r| {
+            (
+                r.time_s,
+                [
+                    r.cpu_capacity_mhz,
+                    r.cpu_mhz,
+                    r.memory_capacity_kb,
+                    r.memory_kb,
+                    r.disk_read_kbps,
+                    r.disk_write_kbps,
+                ],
+            )
+        })
+        .collect();
     rows.sort_by_key(|r| r.0);
     let start = rows[0].0.div_euclid(STEP_S) * STEP_S;
     let end = rows[rows.len() - 1].0.div_euclid(STEP_S) * STEP_S;
