@@ -13,7 +13,7 @@ SERVICES := ingest forecast shadow-manager interceptor rebalancer
 DEMO_PROCESSES := $(SERVICES) fleet-sim
 TARGET_DIR := $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null | $(PYTHON) -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null || echo target)
 
-.PHONY: bench-forecast bench-venv bench-shadow bench-interceptor
+.PHONY: bench-forecast bench-venv bench-shadow bench-interceptor bench-ingest
 .PHONY: all build test unit-test integration-test test-stack-up test-stack-down bench lint demo demo-down status venv clean
 
 all: build
@@ -49,7 +49,7 @@ test-stack-down:
 	-$(TARGET_DIR)/debug/umbra dev down --state-dir $(TEST_STATE)
 
 # Benchmarks print their figures next to a baseline measured in the same run.
-bench: bench-forecast bench-shadow bench-interceptor
+bench: bench-forecast bench-shadow bench-interceptor bench-ingest
 	$(CARGO) build --release -p umbra-bench --bin umbra-bench
 	$(TARGET_DIR)/release/umbra-bench
 
@@ -127,3 +127,14 @@ status:
 clean:
 	$(CARGO) clean
 	rm -rf .state $(VENV)
+
+# Ingest throughput next to a plain consume-and-produce relay: `make bench-ingest [SAMPLES=N]`.
+SAMPLES ?= 200000
+bench-ingest:
+	$(CARGO) build --release -p umbra-bench --bin bench-ingest -p umbra-ingest --bin umbra-ingest -p umbra-cli --bin umbra
+	rm -rf $(BENCH_STATE)
+	env -u KAFKA_BOOTSTRAP_SERVERS -u SCHEMA_REGISTRY_URL $(TARGET_DIR)/release/umbra dev up \
+	  --state-dir $(BENCH_STATE) --broker-port $(BENCH_BROKER_PORT) --registry-port $(BENCH_REGISTRY_PORT) > /dev/null
+	$(TARGET_DIR)/release/bench-ingest --samples $(SAMPLES) --bootstrap 127.0.0.1:$(BENCH_BROKER_PORT) \
+	  --registry http://127.0.0.1:$(BENCH_REGISTRY_PORT); status=$$?; \
+	$(TARGET_DIR)/release/umbra dev down --state-dir $(BENCH_STATE); exit $$status
