@@ -2,6 +2,7 @@
 //! decisions, prints the shadow table, and runs the dev schema registry.
 
 mod dev;
+mod import;
 mod plot;
 mod replay;
 mod tools;
@@ -45,6 +46,12 @@ pub struct Endpoints {
 }
 
 #[derive(Subcommand)]
+enum ImportSource {
+    /// Usage series from a Prometheus server's query_range API.
+    Prometheus(import::PrometheusArgs),
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// The local dev stack: broker (Nisshi) and schema registry.
     Dev {
@@ -71,6 +78,11 @@ enum Command {
     Request(tools::RequestArgs),
     /// Replay a Bitbrains-format folder into the raw usage topic, with time compression.
     ReplayRaw(replay::ReplayArgs),
+    /// Backfill history from a system that already keeps it.
+    Import {
+        #[command(subcommand)]
+        source: ImportSource,
+    },
     /// Print allocation decisions as JSON lines.
     Decisions {
         #[command(flatten)]
@@ -128,6 +140,9 @@ fn main() -> ExitCode {
             }
             Command::Request(args) => tools::request(args).await,
             Command::ReplayRaw(args) => replay::run(args).await,
+            Command::Import {
+                source: ImportSource::Prometheus(args),
+            } => import::run(args).await,
             Command::Decisions { endpoints, follow } => tools::decisions(endpoints, follow).await,
             Command::Table { endpoints } => tools::table(endpoints).await,
             Command::Forecast(args) => tokio::task::spawn_blocking(move || plot::run(args)).await?,
