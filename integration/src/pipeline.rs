@@ -26,7 +26,12 @@ fn iv(v: f64) -> Interval {
 
 /// A day-ahead forecast from now whose 80% upper bound is `cpu` millicores and `mem_gib` GiB.
 pub fn forecast(w: &str, cpu: f64, mem_gib: f64) -> DemandForecast {
-    let now = umbra_stream::now_millis() / 300_000 * 300_000;
+    forecast_at(w, cpu, mem_gib, umbra_stream::now_millis())
+}
+
+/// [`forecast`] from the time `from_ms` (a trace's time, for a trace clock).
+pub fn forecast_at(w: &str, cpu: f64, mem_gib: f64, from_ms: i64) -> DemandForecast {
+    let now = from_ms / 300_000 * 300_000;
     DemandForecast {
         workload_id: w.into(),
         generated_at: now,
@@ -83,14 +88,30 @@ pub const MANAGER_ENV: &[(&str, &str)] = &[
     ("UMBRA_SERVICE__COMMAND_TIMEOUT_MS", "1500"),
 ];
 
+fn env(v: &[(String, String)]) -> Vec<(&str, &str)> {
+    v.iter().map(|(k, x)| (k.as_str(), x.as_str())).collect()
+}
+
 impl Pipeline {
     /// Starts the simulator, ingest and the shadow manager on a fresh prefix.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(&[]).await
+    }
+
+    /// [`Pipeline::start`] with extra environment for every service (e.g. a trace clock).
+    pub async fn start_with(common: &[(&str, &str)]) -> anyhow::Result<Self> {
         let stack = Stack::connect().await?;
         let prefix = stack.fresh_prefix().await?;
-        let mut sim = Service::start(&stack, "fleet-sim", &prefix, SIM_ENV)?;
-        let mut ingest = Service::start(&stack, "ingest", &prefix, &[])?;
-        let mut manager = Service::start(&stack, "shadow-manager", &prefix, MANAGER_ENV)?;
+        let with = |own: &[(&'static str, &'static str)]| -> Vec<(String, String)> {
+            own.iter()
+                .chain(common.iter())
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let (sim_env, ingest_env, manager_env) = (with(SIM_ENV), with(&[]), with(MANAGER_ENV));
+        let mut sim = Service::start(&stack, "fleet-sim", &prefix, &env(&sim_env))?;
+        let mut ingest = Service::start(&stack, "ingest", &prefix, &env(&ingest_env))?;
+        let mut manager = Service::start(&stack, "shadow-manager", &prefix, &env(&manager_env))?;
         for s in [&mut sim, &mut ingest, &mut manager] {
             s.wait_ready(Duration::from_secs(150)).await?;
         }

@@ -200,3 +200,40 @@ async fn lost_and_duplicated_fleet_commands_are_survived() -> anyhow::Result<()>
     assert!(dup.is_some_and(|d| d >= 3.0), "duplicates seen: {dup:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn on_a_trace_clock_shadows_are_staged_in_trace_time() -> anyhow::Result<()> {
+    // The demo's compressed replay: 2013 trace time running 1,000 times faster than the wall.
+    let origin_trace = 1_372_636_800_000i64;
+    let origin_wall = umbra_stream::now_millis().to_string();
+    let clock = [
+        ("UMBRA_CLOCK__SPEED", "1000"),
+        ("UMBRA_CLOCK__ORIGIN_TRACE_MS", "1372636800000"),
+        ("UMBRA_CLOCK__ORIGIN_WALL_MS", origin_wall.as_str()),
+    ];
+    let p = Pipeline::start_with(&clock).await?;
+    // Forecasts made in trace time, an hour after the origin (seconds of wall time away).
+    p.forecasts(&[umbra_integration::pipeline::forecast_at(
+        "old",
+        800.0,
+        1.0,
+        origin_trace + 3_600_000,
+    )])
+    .await?;
+    let t = p
+        .table_until("staged in trace time", Duration::from_secs(90), |t| {
+            all_ready(t, 1)
+        })
+        .await?;
+    let e = &t["old"];
+    assert!(
+        e.predicted_start >= origin_trace && e.predicted_start < origin_trace + 2 * 86_400_000,
+        "{e:?}"
+    );
+    assert!(
+        e.updated_at >= origin_trace && e.updated_at < origin_trace + 86_400_000,
+        "row times are trace times: {}",
+        e.updated_at
+    );
+    Ok(())
+}

@@ -45,7 +45,7 @@ use umbra_stream::processor::{send, send_dead_letter, Input, Output};
 use umbra_stream::reader::{RawRecord, RestoringReader};
 use umbra_stream::service::Runtime;
 use umbra_stream::telemetry::{with_headers, TraceCtx};
-use umbra_stream::{kafka, now_millis, StreamError};
+use umbra_stream::{kafka, StreamError};
 
 pub use ledger::{Answer, HostRecord, Ledger, ShadowEnd, ShadowHealth, ShadowRecord};
 pub use sim::{FaultSettings, ShadowSelector, SimSettings, Simulator};
@@ -259,7 +259,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
     let started: Arc<AtomicBool> = rt.readiness.gate(format!("restore {events_topic}"));
     let ledger = restore_ledger(&rt, Input::new(rt.registry.clone(), events_topic).await?).await?;
     let mut sim = Simulator::new(settings.clone(), ledger);
-    out.events(&sim.boot(now_millis()), &TraceCtx::root("fleet boot"))
+    let clock = rt.config.clock.clone();
+    out.events(&sim.boot(clock.now_ms()), &TraceCtx::root("fleet boot"))
         .await?;
     tracing::info!(
         hosts = sim.ledger().hosts().len(),
@@ -295,7 +296,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
             Some(c) = control.recv() => match c {
                 Control::Fleet(reply) => { let _ = reply.send(fleet_view(sim.ledger())); }
                 Control::Fault(req, reply) => {
-                    let now = now_millis();
+                    let now = clock.now_ms();
                     let kind = match &req { FaultRequest::FailShadow{..} => "fail_shadow", FaultRequest::FailWorkloadShadows{..} => "fail_workload_shadows", FaultRequest::HostHealth{..} => "host_health", FaultRequest::LoseCommands{..} => "lose_commands", FaultRequest::DuplicateCommands{..} => "duplicate_commands" };
                     faults_counter.with_label_values(&[kind]).inc();
                     tracing::warn!(?req, "fault injected");
@@ -334,7 +335,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
                             commands_counter.with_label_values(&["lost"]).inc();
                         } else {
                             if settings.command_delay_ms > 0 {
-                                tokio::time::sleep(Duration::from_millis(settings.command_delay_ms)).await;
+                                tokio::time::sleep(clock.wall_duration(settings.command_delay_ms)).await;
                             }
                             let copies = if duplicate_next > 0 { duplicate_next -= 1; 2 } else if sim.roll_duplicate() { 2 } else { 1 };
                             for _ in 0..copies {
@@ -342,7 +343,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
                                     commands_counter.with_label_values(&["duplicate"]).inc();
                                     continue;
                                 }
-                                let events = sim.execute(&cmd, now_millis());
+                                let events = sim.execute(&cmd, clock.now_ms());
                                 if let Err(e) = out.events(&events, &trace).await { return finish(&consumer, Err(e)) }
                                 commands_counter.with_label_values(&["executed"]).inc();
                             }
@@ -354,11 +355,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
                 }
             }
             _ = tokio::time::sleep(Duration::from_millis(20)) => {
-                let events = sim.tick(now_millis());
+                let events = sim.tick(clock.now_ms());
                 if let Err(e) = out.events(&events, &TraceCtx::root("fleet health check")).await { break Err(e) }
             }
             _ = metrics_tick.tick() => {
-                if let Err(e) = out.host_metrics(&sim.host_metrics(now_millis())).await { break Err(e) }
+                if let Err(e) = out.host_metrics(&sim.host_metrics(clock.now_ms())).await { break Err(e) }
             }
         }
     };

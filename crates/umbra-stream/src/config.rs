@@ -86,8 +86,51 @@ pub struct ServiceConfig<S> {
     pub topic_prefix: String,
     /// On shutdown, how long in-flight work may take to finish before the process exits, in ms.
     pub shutdown_grace_ms: u64,
+    /// The clock decisions are made by (wall clock unless a compressed replay sets it).
+    pub clock: ClockSettings,
     /// Settings of this service.
     pub service: S,
+}
+
+/// The time services decide by: the wall clock, or a trace's time running `speed` times faster
+/// than the wall clock from an origin, so that a replay compressed in time (the demo's week in
+/// minutes) is seen consistently by every service. Timers (refits, reconcile passes, metrics)
+/// stay on the wall clock; what is compared with record timestamps uses this one.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClockSettings {
+    /// Trace milliseconds per wall-clock millisecond; 1 with zero origins is the wall clock.
+    pub speed: f64,
+    /// Wall-clock time (ms since the epoch) at which the trace time is `origin_trace_ms`.
+    pub origin_wall_ms: i64,
+    /// Trace time (ms since the epoch) at `origin_wall_ms`.
+    pub origin_trace_ms: i64,
+}
+
+impl Default for ClockSettings {
+    fn default() -> Self {
+        Self {
+            speed: 1.0,
+            origin_wall_ms: 0,
+            origin_trace_ms: 0,
+        }
+    }
+}
+
+impl ClockSettings {
+    /// The current time by this clock, ms since the epoch.
+    pub fn now_ms(&self) -> i64 {
+        let wall = crate::now_millis();
+        if self.speed == 1.0 && self.origin_wall_ms == 0 && self.origin_trace_ms == 0 {
+            return wall;
+        }
+        self.origin_trace_ms + ((wall - self.origin_wall_ms) as f64 * self.speed) as i64
+    }
+
+    /// The wall-clock duration of `trace_ms` of clock time.
+    pub fn wall_duration(&self, trace_ms: u64) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(trace_ms as f64 / 1000.0 / self.speed.max(1e-9))
+    }
 }
 
 impl<S: Default> Default for ServiceConfig<S> {
@@ -97,6 +140,7 @@ impl<S: Default> Default for ServiceConfig<S> {
             registry: RegistrySettings::default(),
             http: HttpSettings::default(),
             topic_prefix: String::new(),
+            clock: ClockSettings::default(),
             shutdown_grace_ms: 10_000,
             service: S::default(),
         }
@@ -181,6 +225,12 @@ pub fn validate<S>(config: &ServiceConfig<S>) -> Result<(), ConfigError> {
             )));
         }
     }
+    if !(config.clock.speed.is_finite() && config.clock.speed > 0.0) {
+        return Err(ConfigError(format!(
+            "clock.speed must be a positive number, not {}",
+            config.clock.speed
+        )));
+    }
     if !(config.registry.url.starts_with("http://") || config.registry.url.starts_with("https://"))
     {
         return Err(ConfigError(format!(
@@ -220,6 +270,27 @@ mod tests {
             assert!(!err.contains('\n'));
             Ok(())
         });
+    }
+
+    #[test]
+    fn a_trace_clock_runs_at_its_speed_from_its_origin() {
+        let wall = crate::now_millis();
+        let c = ClockSettings {
+            speed: 2_000.0,
+            origin_wall_ms: wall - 1_000,
+            origin_trace_ms: 1_372_636_800_000,
+        };
+        let t = c.now_ms();
+        // One wall second after the origin is 2,000 trace seconds after it.
+        assert!(
+            (t - (1_372_636_800_000 + 2_000_000)).abs() < 2_000 * 200,
+            "{t}"
+        );
+        assert_eq!(
+            c.wall_duration(30_000),
+            std::time::Duration::from_millis(15)
+        );
+        assert!((ClockSettings::default().now_ms() - crate::now_millis()).abs() < 1_000);
     }
 
     #[test]

@@ -158,7 +158,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
             continue;
         }
         let f = forecaster.clone();
-        let now = umbra_stream::now_millis();
+        let now = rt.config.clock.now_ms();
         let forecasts = tokio::task::spawn_blocking(move || {
             work.into_iter()
                 .map(|(id, h, ev)| forecast_workload(&f, &id, &h, &ev, now))

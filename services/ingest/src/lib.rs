@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use umbra_schemas::{
     HostHealth, HostKey, HostMetrics, HostState, UsagePoint, UsageSample, WorkloadKey,
 };
-use umbra_stream::config::ServiceConfig;
+use umbra_stream::config::{ClockSettings, ServiceConfig};
 use umbra_stream::dlq::BadDataPolicy;
 use umbra_stream::processor::{Emit, Handler, Incoming, Output, Rejection};
 use umbra_stream::service::Runtime;
@@ -146,6 +146,7 @@ pub fn validate(s: &UsageSample, settings: &IngestSettings, now_ms: i64) -> Resu
 
 struct Ingest {
     settings: IngestSettings,
+    clock: ClockSettings,
     series: Output<WorkloadKey, UsagePoint>,
     buckets: Bucketer,
 }
@@ -174,7 +175,7 @@ impl Handler<WorkloadKey, UsageSample> for Ingest {
         input: &Incoming<WorkloadKey, UsageSample>,
     ) -> Result<Vec<Emit>, Rejection> {
         let s = &input.value;
-        validate(s, &self.settings, umbra_stream::now_millis()).map_err(Rejection)?;
+        validate(s, &self.settings, self.clock.now_ms()).map_err(Rejection)?;
         if input.key.workload_id != s.workload_id {
             return Err(Rejection(format!(
                 "key workload_id '{}' differs from value workload_id '{}'",
@@ -264,6 +265,7 @@ pub fn host_state_of(m: &HostMetrics, previous_score: Option<f64>) -> HostState 
 
 struct HostStates {
     settings: IngestSettings,
+    clock: ClockSettings,
     out: Output<HostKey, HostState>,
     scores: HashMap<String, f64>,
 }
@@ -271,7 +273,7 @@ struct HostStates {
 impl Handler<HostKey, HostMetrics> for HostStates {
     fn handle(&mut self, input: &Incoming<HostKey, HostMetrics>) -> Result<Vec<Emit>, Rejection> {
         let m = &input.value;
-        validate_host(m, &self.settings, umbra_stream::now_millis()).map_err(Rejection)?;
+        validate_host(m, &self.settings, self.clock.now_ms()).map_err(Rejection)?;
         if input.key.host_id != m.host_id {
             return Err(Rejection(format!(
                 "key host_id '{}' differs from value host_id '{}'",
@@ -298,6 +300,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
     let gate = rt.readiness.gate("consumer umbra.usage.raw");
     let mut handler = Ingest {
         settings: rt.config.service.clone(),
+        clock: rt.config.clock.clone(),
         series,
         buckets: Bucketer::new(
             rt.config.service.bucket_seconds,
@@ -315,6 +318,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
     let hosts_gate = rt.readiness.gate("consumer umbra.host.metrics");
     let mut hosts_handler = HostStates {
         settings: rt.config.service.clone(),
+        clock: rt.config.clock.clone(),
         out: hosts_out,
         scores: HashMap::new(),
     };

@@ -51,7 +51,7 @@ use umbra_stream::processor::{send, send_dead_letter, Emit, Input, Output};
 use umbra_stream::reader::{RawRecord, RestoringReader};
 use umbra_stream::service::Runtime;
 use umbra_stream::telemetry::{with_headers, TraceCtx};
-use umbra_stream::{kafka, now_millis, StreamError};
+use umbra_stream::{kafka, StreamError};
 
 pub use crate::core::{Core, Settings, Step, World};
 
@@ -320,7 +320,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
     let mut ready_parts: HashSet<i32> = HashSet::new();
     let mut seen_generation = 0;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
-    let mut last_prune = now_millis();
+    let clock = rt.config.clock.clone();
+    let mut last_prune = clock.now_ms();
     let record_decision = |step: &Step| {
         if let Step::Decide { decision, .. } = step {
             decisions_counter
@@ -347,7 +348,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
                     let steps = {
                         let t = table.read();
                         let h = host_state.read();
-                        let w = World { now: now_millis(), table: t.rows(), hosts: h.rows(), ledger: &ledger, known: &known };
+                        let w = World { now: clock.now_ms(), table: t.rows(), hosts: h.rows(), ledger: &ledger, known: &known };
                         core.follow_up(&w)
                     };
                     if let Err(e) = send_follow_ups(steps, &out, &mut waiting_pos, &mut completions, &record_decision) {
@@ -366,7 +367,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
                 }
             }
             _ = tick.tick() => {
-                let now = now_millis();
+                let now = clock.now_ms();
                 if core.waiting() > 0 {
                     let steps = {
                         let t = table.read();
@@ -432,7 +433,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
                 let step = {
                     let t = table.read();
                     let h = host_state.read();
-                    let w = World { now: now_millis(), table: t.rows(), hosts: h.rows(), ledger: &ledger, known: &known };
+                    let w = World { now: clock.now_ms(), table: t.rows(), hosts: h.rows(), ledger: &ledger, known: &known };
                     core.decide(&req, &w)
                 };
                 record_decision(&step);

@@ -25,7 +25,7 @@ use umbra_stream::processor::{send, Input, Output};
 use umbra_stream::reader::{RawRecord, RestoringReader};
 use umbra_stream::service::Runtime;
 use umbra_stream::telemetry::{with_headers, TraceCtx};
-use umbra_stream::{now_millis, StreamError};
+use umbra_stream::StreamError;
 
 pub use crate::core::{Planner, Settings};
 
@@ -97,7 +97,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(observe_every) => {}
         }
-        let now = now_millis();
+        let now = rt.config.clock.now_ms();
         let moves = {
             let hosts = host_state.read();
             let fc = forecasts.read();

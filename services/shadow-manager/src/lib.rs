@@ -35,7 +35,7 @@ use umbra_stream::reader::{RawRecord, RestoringReader};
 use umbra_stream::service::Runtime;
 use umbra_stream::table::restore_rows;
 use umbra_stream::telemetry::{with_headers, TraceCtx};
-use umbra_stream::{now_millis, StreamError};
+use umbra_stream::StreamError;
 
 pub use crate::core::{Action, Inputs, Manager, Quantile, Settings};
 
@@ -170,7 +170,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
             let mut folded = folded.lock().unwrap_or_else(|p| p.into_inner());
             let reshadows = std::mem::take(&mut folded.reshadows);
             let inputs = Inputs {
-                now: now_millis(),
+                now: rt.config.clock.now_ms(),
                 forecasts: forecasts.rows(),
                 host_state: hosts.rows(),
                 ledger: &folded.ledger,
