@@ -12,6 +12,8 @@
 //!   request and reserves exactly when it is needed), and the two sizings of static headroom the
 //!   comparison calls for ([`static_equal_reserve`], [`static_equal_hits`]).
 
+pub mod report;
+
 use serde::{Deserialize, Serialize};
 use umbra_forecasting::data::{bitbrains_rows, vm_id, BitbrainsRow};
 
