@@ -10,10 +10,8 @@ use std::collections::{BTreeMap, HashMap};
 use anyhow::{bail, Context};
 use serde::Deserialize;
 use umbra_schemas::{Stats, UsagePoint, WorkloadKey};
-use umbra_stream::config::KafkaSettings;
 use umbra_stream::kafka;
 use umbra_stream::processor::{send, Output};
-use umbra_stream::registry::{HttpRegistry, SchemaRegistry};
 
 use crate::Endpoints;
 
@@ -239,14 +237,7 @@ pub async fn run(a: PrometheusArgs) -> anyhow::Result<()> {
             });
         }
     }
-    let settings = KafkaSettings {
-        bootstrap_servers: a.endpoints.bootstrap_servers.clone(),
-        connect_timeout_ms: 5_000,
-        ..KafkaSettings::default()
-    };
-    kafka::wait_for_broker(&settings).await?;
-    let registry: std::sync::Arc<dyn SchemaRegistry> =
-        std::sync::Arc::new(HttpRegistry::new(&a.endpoints.registry_url)?);
+    let (settings, registry) = crate::tools::connect(&a.endpoints).await?;
     let out: Output<WorkloadKey, UsagePoint> = Output::new(
         registry,
         format!("{}umbra.usage.series", a.endpoints.topic_prefix),

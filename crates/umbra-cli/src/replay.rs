@@ -11,10 +11,8 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::message::OwnedHeaders;
 use umbra_forecasting::data::{bitbrains_files, bitbrains_rows, vm_id, BitbrainsRow};
 use umbra_schemas::{UsageSample, WorkloadKey};
-use umbra_stream::config::KafkaSettings;
 use umbra_stream::kafka;
 use umbra_stream::processor::{send, Output};
-use umbra_stream::registry::{HttpRegistry, SchemaRegistry};
 
 use crate::Endpoints;
 
@@ -98,14 +96,7 @@ pub async fn run(a: ReplayArgs) -> anyhow::Result<()> {
             .cmp(&y.sample_time)
             .then_with(|| x.workload_id.cmp(&y.workload_id))
     });
-    let settings = KafkaSettings {
-        bootstrap_servers: a.endpoints.bootstrap_servers.clone(),
-        connect_timeout_ms: 5_000,
-        ..KafkaSettings::default()
-    };
-    kafka::wait_for_broker(&settings).await?;
-    let registry: std::sync::Arc<dyn SchemaRegistry> =
-        std::sync::Arc::new(HttpRegistry::new(&a.endpoints.registry_url)?);
+    let (settings, registry) = crate::tools::connect(&a.endpoints).await?;
     let out: Output<WorkloadKey, UsageSample> = Output::new(
         registry,
         format!("{}umbra.usage.raw", a.endpoints.topic_prefix),

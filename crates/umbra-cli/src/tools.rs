@@ -58,7 +58,10 @@ fn settings(e: &Endpoints) -> KafkaSettings {
     }
 }
 
-async fn connect(e: &Endpoints) -> anyhow::Result<(KafkaSettings, Arc<dyn SchemaRegistry>)> {
+/// Waits for the broker and returns its settings with a registry client.
+pub(crate) async fn connect(
+    e: &Endpoints,
+) -> anyhow::Result<(KafkaSettings, Arc<dyn SchemaRegistry>)> {
     let s = settings(e);
     kafka::wait_for_broker(&s).await?;
     let registry: Arc<dyn SchemaRegistry> = Arc::new(HttpRegistry::new(&e.registry_url)?);

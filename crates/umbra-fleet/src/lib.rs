@@ -25,13 +25,13 @@ pub mod sim;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::{Message, OwnedHeaders};
 use rdkafka::producer::FutureProducer;
 use serde::{Deserialize, Serialize};
@@ -42,7 +42,6 @@ use umbra_stream::config::ServiceConfig;
 use umbra_stream::dlq::dead_letter;
 use umbra_stream::metrics::Metrics;
 use umbra_stream::processor::{send, send_dead_letter, Input, Output};
-use umbra_stream::reader::{RawRecord, RestoringReader};
 use umbra_stream::service::Runtime;
 use umbra_stream::telemetry::{with_headers, TraceCtx};
 use umbra_stream::{kafka, StreamError};
@@ -212,34 +211,6 @@ impl Outputs {
     }
 }
 
-/// Restores the ledger from the simulator's own events.
-async fn restore_ledger(
-    rt: &Runtime<SimSettings>,
-    input: Input<HostKey, FleetEvent>,
-) -> Result<Ledger, StreamError> {
-    let reader = RestoringReader::open(&rt.config.kafka, input.topic()).await?;
-    let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let input = Arc::new(input);
-    let sink = ledger.clone();
-    let done = reader
-        .restore(rt.shutdown.clone(), rt.metrics.clone(), move |r: RawRecord| {
-            let (input, sink) = (input.clone(), sink.clone());
-            async move {
-                let Some(bytes) = r.value else { return };
-                match input.decode_value(&bytes).await {
-                    Ok(e) => sink.lock().unwrap_or_else(|p| p.into_inner()).apply(&e),
-                    Err(e) => tracing::error!(offset = r.offset, error = %e, "skipping undecodable fleet event"),
-                }
-            }
-        })
-        .await;
-    if !done {
-        return Err(StreamError::Cancelled("restoring the fleet"));
-    }
-    let ledger = std::mem::take(&mut *ledger.lock().unwrap_or_else(|p| p.into_inner()));
-    Ok(ledger)
-}
-
 /// Runs the simulator until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StreamError> {
     let (tx, mut control) = mpsc::channel(64);
@@ -257,7 +228,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
         metrics: rt.metrics.clone(),
     };
     let started: Arc<AtomicBool> = rt.readiness.gate(format!("restore {events_topic}"));
-    let ledger = restore_ledger(&rt, Input::new(rt.registry.clone(), events_topic).await?).await?;
+    // The simulator's state is the fold of its own events.
+    let mut ledger = Ledger::default();
+    for e in rt
+        .read_values::<HostKey, FleetEvent>("umbra.fleet.events")
+        .await?
+    {
+        ledger.apply(&e);
+    }
     let mut sim = Simulator::new(settings.clone(), ledger);
     let clock = rt.config.clock.clone();
     out.events(&sim.boot(clock.now_ms()), &TraceCtx::root("fleet boot"))
@@ -370,14 +348,6 @@ fn finish(
     consumer: &rdkafka::consumer::StreamConsumer,
     result: Result<(), StreamError>,
 ) -> Result<(), StreamError> {
-    match consumer.commit_consumer_state(CommitMode::Sync) {
-        Ok(())
-        | Err(rdkafka::error::KafkaError::ConsumerCommit(
-            rdkafka::types::RDKafkaErrorCode::NoOffset,
-        )) => {}
-        Err(e) => {
-            tracing::warn!(error = %e, "final commit failed; uncommitted commands will be re-delivered and recognised as duplicates")
-        }
-    }
+    kafka::commit_stored(consumer);
     result
 }

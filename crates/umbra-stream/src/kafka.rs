@@ -65,6 +65,23 @@ pub fn group_consumer_with_context<C: rdkafka::consumer::ConsumerContext + 'stat
         .map_err(|e| StreamError::kafka("creating consumer", e))
 }
 
+/// Commits the offsets stored so far, synchronously: the last step of a clean stop. Nothing
+/// stored is not an error; a failure is logged, because what was not committed is simply
+/// delivered again and recognised by the idempotent effects.
+pub fn commit_stored<C: rdkafka::consumer::ConsumerContext + 'static>(
+    consumer: &StreamConsumer<C>,
+) {
+    match consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+        Ok(())
+        | Err(rdkafka::error::KafkaError::ConsumerCommit(
+            rdkafka::types::RDKafkaErrorCode::NoOffset,
+        )) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "final commit failed; the uncommitted records will be re-delivered")
+        }
+    }
+}
+
 /// A consumer that reads assigned partitions and never commits (table restore, tools).
 pub fn reader(settings: &KafkaSettings) -> Result<StreamConsumer, StreamError> {
     let mut c = client_config(settings);

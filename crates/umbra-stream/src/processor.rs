@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
@@ -266,15 +266,7 @@ impl<K: Record, V: Record> Processor<K, V> {
         };
         lag_task.abort();
         // Commit what was stored: everything whose outputs were acknowledged.
-        match self.consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) => {}
-            Err(rdkafka::error::KafkaError::ConsumerCommit(
-                rdkafka::types::RDKafkaErrorCode::NoOffset,
-            )) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "final commit failed; the uncommitted records will be re-delivered")
-            }
-        }
+        crate::kafka::commit_stored(&self.consumer);
         let _ = rdkafka::producer::Producer::flush(&self.producer, Duration::from_secs(10));
         tracing::info!(topic = %topic, processed = stats.processed, dead_lettered = stats.dead_lettered, "processor stopped");
         result.map(|()| stats)

@@ -19,6 +19,7 @@ use crate::dlq::BadDataPolicy;
 use crate::http::{self, Readiness};
 use crate::metrics::Metrics;
 use crate::processor::{Input, Processor};
+use crate::reader::{RawRecord, RestoringReader};
 use crate::registry::{HttpRegistry, SchemaRegistry};
 use crate::table::Table;
 use crate::{kafka, StreamError};
@@ -110,6 +111,71 @@ impl<S> Runtime<S> {
         .await
     }
 
+    /// Follows `default_topic` from the beginning behind a readiness gate (open once the
+    /// end offsets read now are reached), handing every decoded value to `apply`, in order per
+    /// partition. Tombstones are skipped; undecodable records are logged and skipped: they were
+    /// dead-lettered by the service that consumed them first. Returns the topic's name.
+    pub async fn follow<K: Record, V: Record>(
+        &self,
+        default_topic: &str,
+        apply: impl Fn(V) + Send + Sync + 'static,
+    ) -> Result<String, StreamError> {
+        let topic = self.config.topic(default_topic);
+        let input: Arc<Input<K, V>> =
+            Arc::new(Input::new(self.registry.clone(), topic.clone()).await?);
+        let reader = RestoringReader::open(&self.config.kafka, &topic).await?;
+        let gate = self.readiness.gate(format!("restore {topic}"));
+        let apply = Arc::new(apply);
+        tokio::spawn(reader.run(
+            gate,
+            self.shutdown.clone(),
+            self.metrics.clone(),
+            move |r: RawRecord| {
+                let (input, apply) = (input.clone(), apply.clone());
+                async move {
+                    if let Some(v) = decode_value(&input, &r).await {
+                        apply(v);
+                    }
+                }
+            },
+        ));
+        Ok(topic)
+    }
+
+    /// Reads `default_topic` once, from the beginning to the end offsets read now, and returns
+    /// its decoded values in order per partition (skipping as [`Runtime::follow`] does): for
+    /// state only this service changes afterwards.
+    pub async fn read_values<K: Record, V: Record>(
+        &self,
+        default_topic: &str,
+    ) -> Result<Vec<V>, StreamError> {
+        let topic = self.config.topic(default_topic);
+        let input: Arc<Input<K, V>> =
+            Arc::new(Input::new(self.registry.clone(), topic.clone()).await?);
+        let seen: Arc<std::sync::Mutex<Vec<V>>> = Arc::default();
+        let sink = seen.clone();
+        let done = RestoringReader::open(&self.config.kafka, &topic)
+            .await?
+            .restore(
+                self.shutdown.clone(),
+                self.metrics.clone(),
+                move |r: RawRecord| {
+                    let (input, sink) = (input.clone(), sink.clone());
+                    async move {
+                        if let Some(v) = decode_value(&input, &r).await {
+                            sink.lock().unwrap_or_else(|p| p.into_inner()).push(v);
+                        }
+                    }
+                },
+            )
+            .await;
+        if !done {
+            return Err(StreamError::Cancelled("reading a topic to its end"));
+        }
+        let values = std::mem::take(&mut *seen.lock().unwrap_or_else(|p| p.into_inner()));
+        Ok(values)
+    }
+
     /// A processor of `default_topic` in this service's consumer group.
     pub async fn processor<K: Record, V: Record>(
         &self,
@@ -142,6 +208,18 @@ impl<S> Runtime<S> {
             policy,
             metrics: self.metrics.clone(),
         })
+    }
+}
+
+/// The value of a followed record, or `None` for a tombstone or an undecodable record (logged).
+async fn decode_value<K: Record, V: Record>(input: &Input<K, V>, r: &RawRecord) -> Option<V> {
+    let bytes = r.value.as_ref()?;
+    match input.decode_value(bytes).await {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::warn!(topic = %input.topic(), offset = r.offset, error = %e, "skipping undecodable record");
+            None
+        }
     }
 }
 

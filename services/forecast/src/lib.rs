@@ -23,8 +23,7 @@ use tokio_util::sync::CancellationToken;
 use umbra_forecasting::{Forecaster, ForecasterConfig, Model};
 use umbra_schemas::{DemandForecast, EventKey, ExternalEvent, UsagePoint, WorkloadKey};
 use umbra_stream::config::ServiceConfig;
-use umbra_stream::processor::{send, Input, Output};
-use umbra_stream::reader::{RawRecord, RestoringReader};
+use umbra_stream::processor::{send, Output};
 use umbra_stream::service::Runtime;
 use umbra_stream::telemetry::{with_headers, TraceCtx};
 use umbra_stream::StreamError;
@@ -85,51 +84,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
         max_history_s: i64::from(settings.history_days) * 86_400,
         ..ForecasterConfig::default()
     }));
-    let series_topic = rt.config.topic("umbra.usage.series");
-    let events_topic = rt.config.topic("umbra.events.external");
-    let series_in: Arc<Input<WorkloadKey, UsagePoint>> =
-        Arc::new(Input::new(rt.registry.clone(), series_topic.clone()).await?);
-    let events_in: Arc<Input<EventKey, ExternalEvent>> =
-        Arc::new(Input::new(rt.registry.clone(), events_topic.clone()).await?);
     let out: Output<WorkloadKey, DemandForecast> =
         Output::new(rt.registry.clone(), rt.config.topic("umbra.forecasts")).await?;
     let state = Arc::new(Mutex::new(State::new(settings.history_days)));
-
-    let series_reader = RestoringReader::open(&rt.config.kafka, &series_topic).await?;
-    let events_reader = RestoringReader::open(&rt.config.kafka, &events_topic).await?;
-    let series_ready = rt.readiness.gate(format!("restore {series_topic}"));
-    let events_ready = rt.readiness.gate(format!("restore {events_topic}"));
-    // Undecodable records are logged and skipped here: they were dead-lettered when first
-    // consumed upstream, and this reader replays them at every start.
     let s1 = state.clone();
-    let series_task = tokio::spawn(series_reader.run(series_ready, shutdown.clone(), rt.metrics.clone(), move |r: RawRecord| {
-        let (s1, input) = (s1.clone(), series_in.clone());
-        async move {
-            let Some(bytes) = r.value else { return };
-            match input.decode_value(&bytes).await {
-                Ok(p) => s1.lock().unwrap_or_else(|e| e.into_inner()).add_point(&p),
-                Err(e) => tracing::warn!(offset = r.offset, error = %e, "skipping undecodable usage point"),
-            }
-        }
-    }));
+    rt.follow::<WorkloadKey, UsagePoint>("umbra.usage.series", move |p| {
+        s1.lock().unwrap_or_else(|e| e.into_inner()).add_point(&p)
+    })
+    .await?;
     let s2 = state.clone();
-    let events_task = tokio::spawn(events_reader.run(
-        events_ready,
-        shutdown.clone(),
-        rt.metrics.clone(),
-        move |r: RawRecord| {
-            let (s2, input) = (s2.clone(), events_in.clone());
-            async move {
-                let Some(bytes) = r.value else { return };
-                match input.decode_value(&bytes).await {
-                    Ok(e) => s2.lock().unwrap_or_else(|p| p.into_inner()).add_event(e),
-                    Err(e) => {
-                        tracing::warn!(offset = r.offset, error = %e, "skipping undecodable event")
-                    }
-                }
-            }
-        },
-    ));
+    rt.follow::<EventKey, ExternalEvent>("umbra.events.external", move |e| {
+        s2.lock().unwrap_or_else(|p| p.into_inner()).add_event(e)
+    })
+    .await?;
 
     let mut tick =
         tokio::time::interval(Duration::from_millis(settings.refit_interval_ms.max(100)));
@@ -186,7 +153,5 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
         }
         tracing::info!(workloads = published.len(), "forecasts published");
     }
-    series_task.abort();
-    events_task.abort();
     Ok(())
 }

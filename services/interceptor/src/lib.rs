@@ -28,13 +28,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::{Message, OwnedHeaders};
 use rdkafka::producer::FutureProducer;
 use rdkafka::ClientContext;
@@ -43,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use umbra_fleet::Ledger;
 use umbra_schemas::{
     AllocationDecision, Claim, DemandForecast, FleetCommand, FleetEvent, HostKey, HostState,
-    Record, ShadowEntry, WorkloadKey, WorkloadRequest,
+    ShadowEntry, WorkloadKey, WorkloadRequest,
 };
 use umbra_stream::config::ServiceConfig;
 use umbra_stream::dlq::{dead_letter, BadDataPolicy};
@@ -77,34 +75,6 @@ enum Observed {
     Decision(AllocationDecision),
     Fleet(FleetEvent),
     Known(String, bool),
-}
-
-/// Follows `topic` from the beginning into the main loop's channel.
-async fn follow<K: Record + umbra_schemas::EntityKey, V: Record>(
-    rt: &Runtime<Settings>,
-    default_topic: &str,
-    tx: mpsc::UnboundedSender<Observed>,
-    wrap: fn(V) -> Observed,
-) -> Result<String, StreamError> {
-    let topic = rt.config.topic(default_topic);
-    let input: Arc<Input<K, V>> = Arc::new(Input::new(rt.registry.clone(), topic.clone()).await?);
-    let reader = RestoringReader::open(&rt.config.kafka, &topic).await?;
-    let gate = rt.readiness.gate(format!("restore {topic}"));
-    let t = topic.clone();
-    tokio::spawn(reader.run(gate, rt.shutdown.clone(), rt.metrics.clone(), move |r: RawRecord| {
-        let (input, tx, t) = (input.clone(), tx.clone(), t.clone());
-        async move {
-            if let Some(bytes) = r.value {
-                match input.decode_value(&bytes).await {
-                    Ok(v) => {
-                        let _ = tx.send(wrap(v));
-                    }
-                    Err(e) => tracing::warn!(topic = %t, offset = r.offset, error = %e, "skipping undecodable record"),
-                }
-            }
-        }
-    }));
-    Ok(topic)
 }
 
 /// Follows the keys of the forecasts table: which workloads umbra knows.
@@ -242,7 +212,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
     let (tx, mut rx) = mpsc::unbounded_channel();
     let claims_topic = rt.config.topic("umbra.claims");
     let decisions_topic = rt.config.topic("umbra.allocation.decisions");
-    follow::<HostKey, FleetEvent>(&rt, "umbra.fleet.events", tx.clone(), Observed::Fleet).await?;
+    let fleet_tx = tx.clone();
+    rt.follow::<HostKey, FleetEvent>("umbra.fleet.events", move |e| {
+        let _ = fleet_tx.send(Observed::Fleet(e));
+    })
+    .await?;
     follow_known(&rt, tx.clone()).await?;
     drop(tx);
     let out = Outputs {
@@ -280,7 +254,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
             }
         };
     // Nothing is decided before every input is restored, the claims and decisions included.
-    for o in read_memory(&rt, &claims_topic, &decisions_topic).await? {
+    for o in read_memory(&rt).await? {
         apply(o, &mut core, &mut ledger, &mut known);
     }
     while !rt
@@ -398,7 +372,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
                 if !ready_parts.contains(&p) {
                     // A newly assigned partition: let its previous owner's last writes land,
                     // then read the claims and decisions up to their end before deciding.
-                    if let Err(e) = catch_up(&rt, &settings, (&claims_topic, &decisions_topic), &mut rx, &mut |o| apply(o, &mut core, &mut ledger, &mut known), &shutdown).await {
+                    if let Err(e) = catch_up(&rt, &settings, &mut rx, &mut |o| apply(o, &mut core, &mut ledger, &mut known), &shutdown).await {
                         break Err(e);
                     }
                     ready_parts.insert(p);
@@ -466,15 +440,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
         }
     };
     drain.await;
-    match consumer.commit_consumer_state(CommitMode::Sync) {
-        Ok(())
-        | Err(rdkafka::error::KafkaError::ConsumerCommit(
-            rdkafka::types::RDKafkaErrorCode::NoOffset,
-        )) => {}
-        Err(e) => {
-            tracing::warn!(error = %e, "final commit failed; uncommitted requests will be re-delivered and recognised as decided")
-        }
-    }
+    kafka::commit_stored(&consumer);
     result
 }
 
@@ -503,64 +469,16 @@ fn send_follow_ups(
 /// every instance has decided and claimed. Read at start-up and after each new assignment,
 /// not followed in between (an instance only decides for the partitions it owns, so in
 /// between only its own writes land there, and it knows those).
-async fn read_memory(
-    rt: &Runtime<Settings>,
-    claims_topic: &str,
-    decisions_topic: &str,
-) -> Result<Vec<Observed>, StreamError> {
-    let seen: Arc<Mutex<Vec<Observed>>> = Arc::default();
-    let claims: Arc<Input<WorkloadKey, Claim>> =
-        Arc::new(Input::new(rt.registry.clone(), claims_topic.to_string()).await?);
-    let decisions: Arc<Input<WorkloadKey, AllocationDecision>> =
-        Arc::new(Input::new(rt.registry.clone(), decisions_topic.to_string()).await?);
-    let sink = seen.clone();
-    let done = RestoringReader::open(&rt.config.kafka, claims_topic)
-        .await?
-        .restore(
-            rt.shutdown.clone(),
-            rt.metrics.clone(),
-            move |r: RawRecord| {
-                let (claims, sink) = (claims.clone(), sink.clone());
-                async move {
-                    if let Some(Ok(c)) = match &r.value {
-                        Some(v) => Some(claims.decode_value(v).await),
-                        None => None,
-                    } {
-                        sink.lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push(Observed::Claim(c));
-                    }
-                }
-            },
-        )
-        .await;
-    let sink = seen.clone();
-    let done = done
-        && RestoringReader::open(&rt.config.kafka, decisions_topic)
-            .await?
-            .restore(
-                rt.shutdown.clone(),
-                rt.metrics.clone(),
-                move |r: RawRecord| {
-                    let (decisions, sink) = (decisions.clone(), sink.clone());
-                    async move {
-                        if let Some(Ok(d)) = match &r.value {
-                            Some(v) => Some(decisions.decode_value(v).await),
-                            None => None,
-                        } {
-                            sink.lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .push(Observed::Decision(d));
-                        }
-                    }
-                },
-            )
-            .await;
-    if !done {
-        return Err(StreamError::Cancelled("reading claims and decisions"));
-    }
-    let seen = std::mem::take(&mut *seen.lock().unwrap_or_else(|p| p.into_inner()));
-    Ok(seen)
+async fn read_memory(rt: &Runtime<Settings>) -> Result<Vec<Observed>, StreamError> {
+    let claims = rt.read_values::<WorkloadKey, Claim>("umbra.claims").await?;
+    let decisions = rt
+        .read_values::<WorkloadKey, AllocationDecision>("umbra.allocation.decisions")
+        .await?;
+    Ok(claims
+        .into_iter()
+        .map(Observed::Claim)
+        .chain(decisions.into_iter().map(Observed::Decision))
+        .collect())
 }
 
 /// After a new assignment: waits `assignment_grace_ms` for the previous owner's last writes
@@ -568,7 +486,6 @@ async fn read_memory(
 async fn catch_up(
     rt: &Runtime<Settings>,
     settings: &Settings,
-    (claims_topic, decisions_topic): (&str, &str),
     rx: &mut mpsc::UnboundedReceiver<Observed>,
     apply: &mut dyn FnMut(Observed),
     shutdown: &CancellationToken,
@@ -582,7 +499,7 @@ async fn catch_up(
             Some(o) = rx.recv() => apply(o),
         }
     }
-    for o in read_memory(rt, claims_topic, decisions_topic).await? {
+    for o in read_memory(rt).await? {
         apply(o);
     }
     Ok(())

@@ -21,8 +21,7 @@ use umbra_schemas::{
     DemandForecast, FleetEvent, HostKey, HostState, ReshadowRequest, ShadowEntry, WorkloadKey,
 };
 use umbra_stream::config::ServiceConfig;
-use umbra_stream::processor::{send, Input, Output};
-use umbra_stream::reader::{RawRecord, RestoringReader};
+use umbra_stream::processor::{send, Output};
 use umbra_stream::service::Runtime;
 use umbra_stream::telemetry::{with_headers, TraceCtx};
 use umbra_stream::StreamError;
@@ -54,26 +53,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
     .await?;
 
     let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let events_topic = rt.config.topic("umbra.fleet.events");
-    let events: Arc<Input<HostKey, FleetEvent>> =
-        Arc::new(Input::new(rt.registry.clone(), events_topic.clone()).await?);
-    let reader = RestoringReader::open(&rt.config.kafka, &events_topic).await?;
-    let gate = rt.readiness.gate(format!("restore {events_topic}"));
     let sink = ledger.clone();
-    tokio::spawn(reader.run(
-        gate,
-        shutdown.clone(),
-        rt.metrics.clone(),
-        move |r: RawRecord| {
-            let (events, sink) = (events.clone(), sink.clone());
-            async move {
-                let Some(v) = r.value else { return };
-                if let Ok(e) = events.decode_value(&v).await {
-                    sink.lock().unwrap_or_else(|p| p.into_inner()).apply(&e);
-                }
-            }
-        },
-    ));
+    rt.follow::<HostKey, FleetEvent>("umbra.fleet.events", move |e| {
+        sink.lock().unwrap_or_else(|p| p.into_inner()).apply(&e)
+    })
+    .await?;
     while !rt.readiness.is_ready() {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),

@@ -645,6 +645,7 @@ impl Manager {
         let mut reasons: Vec<String> = Vec::new();
         let mut avoid: HashSet<String> = HashSet::new();
         // What the fleet and the interceptor say about each shadow.
+        let size = e.requirements;
         for c in &mut e.candidates {
             let was = c.status;
             if let Some(claim) = inp.claims.get(&c.shadow_id) {
@@ -685,33 +686,19 @@ impl Manager {
                         continue;
                     }
                     let attempts = self.sent.get(&cid).map_or(0, |s| s.1);
-                    if attempts >= self.settings.max_command_attempts {
+                    let kind = if attempts >= self.settings.max_command_attempts {
                         c.status = ShadowStatus::Failed;
                         reasons.push(format!(
                             "no answer from {} after {attempts} attempts",
                             c.host_id
                         ));
                         avoid.insert(c.host_id.clone());
-                        let rel = self.command(
-                            FleetCommandKind::ReleaseShadow,
-                            &c.shadow_id.clone(),
-                            &c.host_id.clone(),
-                            &w,
-                            e.requirements,
-                            now,
-                        );
-                        out.push(rel);
+                        FleetCommandKind::ReleaseShadow
                     } else {
-                        let cmd = self.command(
-                            FleetCommandKind::CreateShadow,
-                            &c.shadow_id.clone(),
-                            &c.host_id.clone(),
-                            &w,
-                            e.requirements,
-                            now,
-                        );
-                        out.push(cmd);
-                    }
+                        FleetCommandKind::CreateShadow
+                    };
+                    let cmd = self.command(kind, &c.shadow_id, &c.host_id, &w, size, now);
+                    out.push(cmd);
                 }
             }
         }

@@ -24,14 +24,12 @@ use rdkafka::message::OwnedHeaders;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use umbra_fleet::Ledger;
-use umbra_schemas::Record;
 use umbra_schemas::{
     Claim, DemandForecast, FleetCommand, FleetEvent, HostKey, HostState, ReshadowRequest,
     ShadowEntry, WorkloadKey,
 };
 use umbra_stream::config::ServiceConfig;
-use umbra_stream::processor::{send, Input, Output};
-use umbra_stream::reader::{RawRecord, RestoringReader};
+use umbra_stream::processor::{send, Output};
 use umbra_stream::service::Runtime;
 use umbra_stream::table::restore_rows;
 use umbra_stream::telemetry::{with_headers, TraceCtx};
@@ -53,36 +51,6 @@ struct Folded {
     reshadows: Vec<ReshadowRequest>,
 }
 
-/// Follows `topic` from the beginning, decoding values and handing them to `apply`; opens a
-/// readiness gate once restored. Undecodable records are logged and skipped: they were
-/// dead-lettered by the service that consumed them first.
-async fn fold<K: Record, V: Record>(
-    rt: &Runtime<Settings>,
-    default_topic: &str,
-    notify: Arc<Notify>,
-    apply: impl Fn(V) + Send + Sync + 'static,
-) -> Result<(), StreamError> {
-    let topic = rt.config.topic(default_topic);
-    let input: Arc<Input<K, V>> = Arc::new(Input::new(rt.registry.clone(), topic.clone()).await?);
-    let reader = RestoringReader::open(&rt.config.kafka, &topic).await?;
-    let gate = rt.readiness.gate(format!("restore {topic}"));
-    let apply = Arc::new(apply);
-    tokio::spawn(reader.run(gate, rt.shutdown.clone(), rt.metrics.clone(), move |r: RawRecord| {
-        let (input, apply, notify) = (input.clone(), apply.clone(), notify.clone());
-        async move {
-            let Some(bytes) = r.value else { return };
-            match input.decode_value(&bytes).await {
-                Ok(v) => {
-                    apply(v);
-                    notify.notify_one();
-                }
-                Err(e) => tracing::warn!(topic = %input.topic(), offset = r.offset, error = %e, "skipping undecodable record"),
-            }
-        }
-    }));
-    Ok(())
-}
-
 /// Runs the service until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StreamError> {
     config.service.validate().map_err(StreamError::Config)?;
@@ -101,31 +69,29 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
         .table::<WorkloadKey, DemandForecast>("umbra.forecasts")
         .await?;
     let host_state = rt.table::<HostKey, HostState>("umbra.host.state").await?;
-    let f = folded.clone();
-    fold::<HostKey, FleetEvent>(&rt, "umbra.fleet.events", notify.clone(), move |e| {
-        f.lock().unwrap_or_else(|p| p.into_inner()).ledger.apply(&e)
+    let (f, n) = (folded.clone(), notify.clone());
+    rt.follow::<HostKey, FleetEvent>("umbra.fleet.events", move |e| {
+        f.lock().unwrap_or_else(|p| p.into_inner()).ledger.apply(&e);
+        n.notify_one();
     })
     .await?;
-    let f = folded.clone();
-    fold::<WorkloadKey, Claim>(&rt, "umbra.claims", notify.clone(), move |c| {
+    let (f, n) = (folded.clone(), notify.clone());
+    rt.follow::<WorkloadKey, Claim>("umbra.claims", move |c| {
         f.lock()
             .unwrap_or_else(|p| p.into_inner())
             .claims
             .insert(c.shadow_id.clone(), c);
+        n.notify_one();
     })
     .await?;
-    let f = folded.clone();
-    fold::<WorkloadKey, ReshadowRequest>(
-        &rt,
-        "umbra.reshadow.requests",
-        notify.clone(),
-        move |r| {
-            f.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .reshadows
-                .push(r)
-        },
-    )
+    let (f, n) = (folded.clone(), notify.clone());
+    rt.follow::<WorkloadKey, ReshadowRequest>("umbra.reshadow.requests", move |r| {
+        f.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reshadows
+            .push(r);
+        n.notify_one();
+    })
     .await?;
     let rows = restore_rows::<WorkloadKey, ShadowEntry>(
         &rt.config.kafka,
