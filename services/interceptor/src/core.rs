@@ -486,6 +486,14 @@ impl Core {
         self.next_attempt(r.clone(), attempt, tried, refusals, miss, w)
     }
 
+    /// Stops waiting for the placement of `request_id` (its partition moved to another
+    /// instance, which decides it).
+    pub fn abandon(&mut self, request_id: &str) {
+        if let Some(p) = self.pending.remove(request_id) {
+            self.unreserve(&p.host, &p.request.resources);
+        }
+    }
+
     /// Forgets decisions made more than twice the maximum request age ago: a request that
     /// old is rejected as stale before it could be decided again.
     pub fn prune(&mut self, now: i64) {

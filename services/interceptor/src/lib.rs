@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -60,12 +60,40 @@ pub const NAME: &str = "interceptor";
 pub type Config = ServiceConfig<Settings>;
 
 /// Counts partition assignments, so that the loop notices a rebalance.
-struct Generation(Arc<AtomicU64>);
-impl ClientContext for Generation {}
-impl ConsumerContext for Generation {
+/// The partitions this instance owns now, and a count of assignments.
+#[derive(Clone, Default)]
+struct Ownership {
+    generation: Arc<AtomicU64>,
+    owned: Arc<Mutex<HashSet<i32>>>,
+}
+
+impl Ownership {
+    fn owns(&self, partition: i32) -> bool {
+        self.owned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&partition)
+    }
+}
+
+impl ClientContext for Ownership {}
+impl ConsumerContext for Ownership {
+    fn pre_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = r {
+            let mut owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
+            for e in tpl.elements() {
+                owned.remove(&e.partition());
+            }
+        }
+    }
+
     fn post_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
-        if let Rebalance::Assign(_) = r {
-            self.0.fetch_add(1, Ordering::AcqRel);
+        if let Rebalance::Assign(tpl) = r {
+            self.owned
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(tpl.elements().iter().map(|e| e.partition()));
+            self.generation.fetch_add(1, Ordering::AcqRel);
         }
     }
 }
@@ -229,11 +257,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
     let requests: Input<WorkloadKey, WorkloadRequest> =
         Input::new(rt.registry.clone(), requests_topic.clone()).await?;
     kafka::partitions(&rt.config.kafka, &requests_topic).await?;
-    let generation = Arc::new(AtomicU64::new(0));
-    let consumer: StreamConsumer<Generation> = kafka::group_consumer_with_context(
+    let ownership = Ownership::default();
+    let consumer: StreamConsumer<Ownership> = kafka::group_consumer_with_context(
         &rt.config.kafka,
         &rt.config.group_id(NAME),
-        Generation(generation.clone()),
+        ownership.clone(),
     )?;
     let consumer_gate = rt.readiness.gate(format!("consumer {requests_topic}"));
 
@@ -319,6 +347,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
                     apply(o, &mut core, &mut ledger, &mut known);
                 }
                 if fleet && core.waiting() > 0 {
+                    abandon_unowned(&mut core, &mut waiting_pos, &ownership);
                     let steps = {
                         let t = table.read();
                         let h = host_state.read();
@@ -343,6 +372,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
             _ = tick.tick() => {
                 let now = clock.now_ms();
                 if core.waiting() > 0 {
+                    abandon_unowned(&mut core, &mut waiting_pos, &ownership);
                     let steps = {
                         let t = table.read();
                         let h = host_state.read();
@@ -364,7 +394,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
                     Err(e) => { tracing::warn!(error = %e, "consumer error; continuing"); continue; }
                 };
                 let (p, o) = (msg.partition(), msg.offset());
-                let g = generation.load(Ordering::Acquire);
+                if !ownership.owns(p) {
+                    // Fetched before its partition was revoked: its new owner decides it.
+                    continue;
+                }
+                let g = ownership.generation.load(Ordering::Acquire);
                 if g != seen_generation {
                     seen_generation = g;
                     ready_parts.clear();
@@ -442,6 +476,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
     drain.await;
     kafka::commit_stored(&consumer);
     result
+}
+
+/// Forgets the waiting placements of partitions this instance no longer owns: their new
+/// owner re-reads those requests and decides them, finding any answer the fleet already gave.
+fn abandon_unowned(
+    core: &mut Core,
+    waiting_pos: &mut HashMap<String, (i32, i64)>,
+    ownership: &Ownership,
+) {
+    waiting_pos.retain(|rid, (p, _)| {
+        let keep = ownership.owns(*p);
+        if !keep {
+            core.abandon(rid);
+        }
+        keep
+    });
 }
 
 /// Sends the outputs of follow-up steps (fleet answers, re-sent placements); a decision

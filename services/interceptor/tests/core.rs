@@ -417,3 +417,22 @@ proptest! {
         prop_assert!(env.sim.ledger().overcommitted().is_empty());
     }
 }
+
+#[test]
+fn an_abandoned_placement_is_decided_once_by_the_new_owner() {
+    let mut env = Env::new(2, res(8_000, 32));
+    env.known.insert("w".into());
+    let mut old_owner = Core::new(Settings::default());
+    let r = request("r1", "w", res(1_000, 1));
+    let placing = old_owner.decide(&r, &env.world());
+    env.fleet(&placing, false);
+    // The partition moves: the old owner stops waiting and says nothing more.
+    old_owner.abandon("r1");
+    assert_eq!(old_owner.waiting(), 0);
+    assert!(old_owner.follow_up(&env.world()).is_empty());
+    // The new owner re-reads the request and decides it from the fleet's answer.
+    let mut new_owner = Core::new(Settings::default());
+    let step = new_owner.decide(&r, &env.world());
+    assert_eq!(decided(&step).map(|d| d.outcome), Some(Outcome::Standard));
+    assert_eq!(env.sim.ledger().held("w"), res(1_000, 1), "placed once");
+}
