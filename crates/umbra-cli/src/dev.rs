@@ -74,7 +74,7 @@ impl UpArgs {
 pub async fn run(action: Action) -> anyhow::Result<()> {
     match action {
         Action::Up(args) => up(args).await,
-        Action::Down(args) => down(&args.state_dir),
+        Action::Down(args) => stop(&args.state_dir, true),
         Action::Status(args) => status(&args).await,
     }
 }
@@ -199,6 +199,42 @@ async fn registry_answers(url: &str) -> bool {
 }
 
 async fn up(args: UpArgs) -> anyhow::Result<()> {
+    start(&args).await?;
+    status(&args).await
+}
+
+/// A stack for `umbra replay`: external endpoints when given, else a broker and registry of
+/// its own in `state_dir` on the given ports. Returns the bootstrap servers and registry URL.
+pub async fn start_stack(
+    state_dir: &Path,
+    bootstrap_servers: Option<String>,
+    registry_url: Option<String>,
+    broker_port: u16,
+    registry_port: u16,
+    topic_prefix: &str,
+) -> anyhow::Result<(String, String)> {
+    let args = UpArgs {
+        state: StateArgs {
+            state_dir: state_dir.to_path_buf(),
+        },
+        bootstrap_servers,
+        registry_url,
+        broker_port,
+        registry_port,
+        topic_prefix: topic_prefix.to_string(),
+    };
+    start(&args).await?;
+    Ok((args.bootstrap(), args.registry()))
+}
+
+/// Stops whatever a stack folder's pid files name (services, registry, broker), quietly.
+pub fn stop_stack(dir: &Path) {
+    let _ = stop(dir, false);
+}
+
+/// Starts the broker and the registry unless running or external, creates the topics and
+/// registers the schemas.
+async fn start(args: &UpArgs) -> anyhow::Result<()> {
     let dir = &args.state.state_dir;
     std::fs::create_dir_all(dir)
         .with_context(|| format!("creating state folder {}", dir.display()))?;
@@ -301,11 +337,11 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         "schemas registered for {} topics",
         umbra_schemas::TOPICS.len()
     );
-    status(&args).await
+    Ok(())
 }
 
 /// Stops everything started in `dir` (services first, the broker last) by its pid file.
-fn down(dir: &Path) -> anyhow::Result<()> {
+fn stop(dir: &Path, verbose: bool) -> anyhow::Result<()> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(|e| e.ok())
@@ -324,7 +360,7 @@ fn down(dir: &Path) -> anyhow::Result<()> {
         "registry" => 1,
         _ => 0,
     });
-    if names.is_empty() {
+    if names.is_empty() && verbose {
         println!("nothing running from {}", dir.display());
     }
     for name in names {
@@ -342,9 +378,12 @@ fn down(dir: &Path) -> anyhow::Result<()> {
                 {
                     std::thread::sleep(Duration::from_millis(100));
                 }
-                println!("{name}: stopped (pid {pid})");
+                if verbose {
+                    println!("{name}: stopped (pid {pid})");
+                }
             }
-            None => println!("{name}: not running"),
+            None if verbose => println!("{name}: not running"),
+            None => {}
         }
         let _ = std::fs::remove_file(pid_file(dir, &name));
     }

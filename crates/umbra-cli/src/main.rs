@@ -1,6 +1,7 @@
 //! `umbra`: the command people use. Starts the dev stack, produces requests, follows
 //! decisions, prints the shadow table, and runs the dev schema registry.
 
+mod demo;
 mod dev;
 mod import;
 mod plot;
@@ -76,6 +77,10 @@ enum Command {
     },
     /// Produce one workload request.
     Request(tools::RequestArgs),
+    /// The demo's evaluation: replay a Bitbrains-format trace through the whole pipeline (a
+    /// stack, the five services and the fleet simulator it starts), against the baselines,
+    /// and write summary.json and report.html.
+    Replay(demo::ReplayArgs),
     /// Replay a Bitbrains-format folder into the raw usage topic, with time compression.
     ReplayRaw(replay::ReplayArgs),
     /// Backfill history from a system that already keeps it.
@@ -139,6 +144,7 @@ fn main() -> ExitCode {
                     .map_err(anyhow::Error::from)
             }
             Command::Request(args) => tools::request(args).await,
+            Command::Replay(args) => demo::run(args).await,
             Command::ReplayRaw(args) => replay::run(args).await,
             Command::Import {
                 source: ImportSource::Prometheus(args),

@@ -102,6 +102,8 @@ pub struct Ledger {
     answers: HashMap<String, Answer>,
     /// Placed resources per workload across hosts: an index of `hosts[*].workloads`.
     held: HashMap<String, Resources>,
+    /// Size of each workload's most recent placement (a replica): see [`Ledger::replica`].
+    replica: HashMap<String, Resources>,
 }
 
 impl Ledger {
@@ -256,6 +258,9 @@ impl Ledger {
         *held = held.plus(r);
         let total = self.held.entry(workload.to_string()).or_default();
         *total = total.plus(r);
+        if !r.is_zero() {
+            self.replica.insert(workload.to_string(), *r);
+        }
     }
 
     /// Hosts by id.
@@ -291,6 +296,13 @@ impl Ledger {
     /// The fleet's first answer to `command_id`.
     pub fn answer(&self, command_id: &str) -> Option<&Answer> {
         self.answers.get(command_id)
+    }
+
+    /// The size of the workload's most recent placement or expansion. Workloads scale out in
+    /// replicas of one size, so this is what its next request most likely asks for; it stays
+    /// known after the workload's replicas are released.
+    pub fn replica(&self, workload: &str) -> Option<Resources> {
+        self.replica.get(workload).copied()
     }
 
     /// Resources placed for `workload` across the fleet: what it holds now.

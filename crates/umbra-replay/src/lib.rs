@@ -390,6 +390,257 @@ pub fn static_equal_hits(
     static_headroom("static-equal-hits", events, size, lo, startup_s, duration_s)
 }
 
+/// `vms` of `files`, chosen by `seed` (seed 0: the first `vms` by name), in name order: the
+/// same seed gives the same set on any machine.
+pub fn select_files(
+    files: &[std::path::PathBuf],
+    vms: usize,
+    seed: u64,
+) -> Vec<std::path::PathBuf> {
+    let mut sorted: Vec<std::path::PathBuf> = files.to_vec();
+    sorted.sort();
+    if seed != 0 && vms < sorted.len() {
+        // A seeded shuffle (splitmix64 keys), so that the choice does not depend on a
+        // library's generator staying the same across versions.
+        let key = |i: usize| {
+            let mut z = seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        };
+        let mut idx: Vec<usize> = (0..sorted.len()).collect();
+        idx.sort_by_key(|i| key(*i));
+        let mut chosen: Vec<std::path::PathBuf> = idx
+            .into_iter()
+            .take(vms)
+            .map(|i| sorted[i].clone())
+            .collect();
+        chosen.sort();
+        return chosen;
+    }
+    sorted.truncate(vms);
+    sorted
+}
+
+/// CPU the workloads used, core-hours, on a grid of `step_s` seconds (missing steps count 0).
+pub fn used_core_hours(workloads: &[Workload], step_s: i64) -> f64 {
+    workloads
+        .iter()
+        .flat_map(|w| w.cpu_millicores.iter())
+        .filter(|c| c.is_finite())
+        .map(|c| c / 1000.0 * step_s as f64 / 3600.0)
+        .sum()
+}
+
+/// Hosts of one size for the replay.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct FleetShape {
+    /// Number of hosts.
+    pub hosts: usize,
+    /// CPU per host, millicores.
+    pub cpu_millicores: f64,
+    /// Memory per host, bytes.
+    pub memory_bytes: f64,
+}
+
+impl FleetShape {
+    /// Enough hosts of `cpu_millicores` × `memory_bytes` that the replicas the workloads need
+    /// at their busiest commit about `target_fraction` of the fleet (at least 3 hosts).
+    pub fn sized_for(
+        live: &[Workload],
+        models: &[ReplicaModel],
+        cpu_millicores: f64,
+        memory_bytes: f64,
+        target_fraction: f64,
+    ) -> Self {
+        let (mut cpu, mut mem) = (0.0, 0.0);
+        for (w, m) in live.iter().zip(models) {
+            let peak = w
+                .cpu_millicores
+                .iter()
+                .map(|c| m.needed(*c))
+                .max()
+                .unwrap_or(1);
+            cpu += f64::from(peak) * m.cpu_millicores;
+            mem += f64::from(peak) * m.memory_bytes;
+        }
+        let need = (cpu / (cpu_millicores * target_fraction))
+            .max(mem / (memory_bytes * target_fraction))
+            .ceil() as usize;
+        Self {
+            hosts: need.max(3),
+            cpu_millicores,
+            memory_bytes,
+        }
+    }
+}
+
+/// Where replicas run when every request waits for standard allocation (the host with the
+/// most free CPU that fits; releases from the host holding the most of the workload), and
+/// what that costs: minutes any host's CPU use exceeded its capacity (a replica uses its
+/// workload's CPU divided evenly over its replicas), and host CPU utilization per step.
+/// The baselines share it: placeholders and reservations use no CPU, so they move nothing.
+pub fn standard_placement_overload(
+    live: &[Workload],
+    models: &[ReplicaModel],
+    events: &[ScaleEvent],
+    fleet: &FleetShape,
+    step_s: i64,
+) -> (f64, Vec<Vec<f64>>) {
+    let n = fleet.hosts;
+    // replicas[w][h]: replicas of workload w on host h.
+    let mut replicas = vec![vec![0u32; n]; live.len()];
+    let mut committed = vec![(0.0f64, 0.0f64); n];
+    let place = |w: usize, replicas: &mut Vec<Vec<u32>>, committed: &mut Vec<(f64, f64)>| {
+        let m = &models[w];
+        let best = (0..n)
+            .filter(|h| {
+                committed[*h].0 + m.cpu_millicores <= fleet.cpu_millicores
+                    && committed[*h].1 + m.memory_bytes <= fleet.memory_bytes
+            })
+            .max_by(|a, b| {
+                (fleet.cpu_millicores - committed[*a].0)
+                    .total_cmp(&(fleet.cpu_millicores - committed[*b].0))
+                    .then(b.cmp(a))
+            });
+        if let Some(h) = best {
+            replicas[w][h] += 1;
+            committed[h].0 += m.cpu_millicores;
+            committed[h].1 += m.memory_bytes;
+        }
+    };
+    for (w, wl) in live.iter().enumerate() {
+        let first = wl.cpu_millicores.iter().find(|c| c.is_finite()).copied();
+        for _ in 0..models[w].needed(first.unwrap_or(0.0)) {
+            place(w, &mut replicas, &mut committed);
+        }
+    }
+    let steps = live
+        .iter()
+        .map(|w| w.cpu_millicores.len())
+        .max()
+        .unwrap_or(0);
+    let mut next = 0usize;
+    let mut overload_steps = 0usize;
+    let mut util = vec![Vec::with_capacity(steps); n];
+    for i in 0..steps {
+        let t = i as i64 * step_s;
+        while next < events.len() && events[next].t_s <= t {
+            let e = events[next];
+            next += 1;
+            match e.change {
+                Change::Up => place(e.workload, &mut replicas, &mut committed),
+                Change::Down => {
+                    if let Some(h) = (0..n)
+                        .filter(|h| replicas[e.workload][*h] > 0)
+                        .max_by_key(|h| replicas[e.workload][*h])
+                    {
+                        replicas[e.workload][h] -= 1;
+                        committed[h].0 -= models[e.workload].cpu_millicores;
+                        committed[h].1 -= models[e.workload].memory_bytes;
+                    }
+                }
+            }
+        }
+        let mut used = vec![0.0f64; n];
+        for (w, wl) in live.iter().enumerate() {
+            let total: u32 = replicas[w].iter().sum();
+            let cpu = wl.cpu_millicores.get(i).copied().unwrap_or(f64::NAN);
+            if total == 0 || !cpu.is_finite() {
+                continue;
+            }
+            for h in 0..n {
+                used[h] += cpu * f64::from(replicas[w][h]) / f64::from(total);
+            }
+        }
+        if used.iter().any(|u| *u > fleet.cpu_millicores) {
+            overload_steps += 1;
+        }
+        for h in 0..n {
+            util[h].push(used[h] / fleet.cpu_millicores);
+        }
+    }
+    (overload_steps as f64 * step_s as f64 / 60.0, util)
+}
+
+/// Forecast accuracy as the pipeline lived it: for each workload and step, the forecast
+/// published most recently before that step (the one the shadow manager was acting on).
+#[derive(Debug, Clone, Default)]
+pub struct ForecastLog {
+    /// Per workload: step time (ms) → (mean, lower 80%, upper 80%) CPU, millicores.
+    points: std::collections::HashMap<String, std::collections::BTreeMap<i64, (f64, f64, f64)>>,
+}
+
+impl ForecastLog {
+    /// Records one forecast's CPU points at or after its generation time, finest horizon
+    /// first; a later forecast replaces what an earlier one said about the same steps.
+    pub fn record(
+        &mut self,
+        workload: &str,
+        generated_at: i64,
+        points: impl Iterator<Item = (i64, f64, f64, f64)>,
+    ) {
+        let m = self.points.entry(workload.to_string()).or_default();
+        for (t, mean, lo, hi) in points {
+            if t >= generated_at {
+                m.insert(t, (mean, lo, hi));
+            }
+        }
+    }
+
+    /// What was forecast for `workload` at step time `t_ms`.
+    pub fn at(&self, workload: &str, t_ms: i64) -> Option<(f64, f64, f64)> {
+        self.points.get(workload)?.get(&t_ms).copied()
+    }
+
+    /// MASE (mean over workloads of the mean absolute error scaled by the in-sample
+    /// seasonal-naive error of `history` with a season of `season` steps) and the share of
+    /// actuals inside the 80% interval, over the `live` steps starting at `live_start_ms`.
+    pub fn score(
+        &self,
+        history: &[Workload],
+        live: &[Workload],
+        live_start_ms: i64,
+        step_s: i64,
+        season: usize,
+    ) -> (f64, f64) {
+        let (mut mases, mut inside, mut total) = (Vec::new(), 0usize, 0usize);
+        for (h, l) in history.iter().zip(live) {
+            let hv = &h.cpu_millicores;
+            let naive: Vec<f64> = (season..hv.len())
+                .map(|i| (hv[i] - hv[i - season]).abs())
+                .filter(|e| e.is_finite())
+                .collect();
+            let scale = naive.iter().sum::<f64>() / naive.len().max(1) as f64;
+            let mut errs = Vec::new();
+            for (i, actual) in l.cpu_millicores.iter().enumerate() {
+                let t = live_start_ms + i as i64 * step_s * 1000;
+                if let (true, Some((mean, lo, hi))) = (actual.is_finite(), self.at(&l.id, t)) {
+                    errs.push((actual - mean).abs());
+                    total += 1;
+                    if *actual >= lo && *actual <= hi {
+                        inside += 1;
+                    }
+                }
+            }
+            if !errs.is_empty() && scale > 0.0 {
+                mases.push(errs.iter().sum::<f64>() / errs.len() as f64 / scale);
+            }
+        }
+        let mase = if mases.is_empty() {
+            f64::NAN
+        } else {
+            mases.iter().sum::<f64>() / mases.len() as f64
+        };
+        let coverage = if total == 0 {
+            f64::NAN
+        } else {
+            inside as f64 / total as f64
+        };
+        (mase, coverage)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -505,6 +756,66 @@ mod tests {
         );
         let s = static_equal_hits(&ev, largest, 0.9, 30.0, 7 * 86_400, 1_024);
         assert!(s.hit_rate >= 0.9 && s.unclaimed_core_hours > 0.0, "{s:?}");
+    }
+
+    #[test]
+    fn file_choice_is_fixed_by_the_seed() {
+        let files: Vec<std::path::PathBuf> =
+            (0..20).map(|i| format!("vm-{i:03}.csv").into()).collect();
+        assert_eq!(select_files(&files, 3, 0), files[..3].to_vec());
+        let a = select_files(&files, 5, 7);
+        assert_eq!(a, select_files(&files, 5, 7));
+        assert_ne!(a, select_files(&files, 5, 8));
+        assert_eq!(a.len(), 5);
+        assert!(a.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn standard_placement_counts_overload_from_use_not_reservations() {
+        let m = ReplicaModel {
+            cpu_millicores: 1_000.0,
+            memory_bytes: 1.0,
+            stabilization_s: 300,
+        };
+        // One host of 2 cores; one workload runs 1 replica, then uses 3 cores for two steps.
+        let fleet = FleetShape {
+            hosts: 1,
+            cpu_millicores: 2_000.0,
+            memory_bytes: 1e12,
+        };
+        let w = wl(&[900.0, 900.0, 3_000.0, 3_000.0, 900.0]);
+        let ev = scale_events(std::slice::from_ref(&w), 300, &[m]);
+        let (minutes, util) = standard_placement_overload(&[w], &[m], &ev, &fleet, 300);
+        // The second replica fits, the third does not: 3 cores on a 2-core host twice.
+        assert_eq!(minutes, 10.0);
+        assert_eq!(util[0].len(), 5);
+        assert!((util[0][2] - 1.5).abs() < 1e-9, "{util:?}");
+        let sized = FleetShape::sized_for(&[wl(&[900.0, 3_000.0])], &[m], 2_000.0, 1e12, 0.5);
+        assert_eq!(sized.hosts, 3);
+    }
+
+    #[test]
+    fn forecast_scores_use_the_latest_forecast_before_each_step() {
+        let step = 300i64;
+        let history = wl(&[100.0, 200.0, 100.0, 200.0, 100.0, 200.0]);
+        let live = wl(&[150.0, 150.0]);
+        let mut log = ForecastLog::default();
+        // An early forecast misses by 100; a later one for the second step by 0.
+        log.record(
+            "w",
+            0,
+            [(0, 250.0, 200.0, 300.0), (300_000, 250.0, 200.0, 300.0)].into_iter(),
+        );
+        log.record(
+            "w",
+            300_000,
+            [(0, 0.0, 0.0, 0.0), (300_000, 150.0, 100.0, 200.0)].into_iter(),
+        );
+        assert_eq!(log.at("w", 0), Some((250.0, 200.0, 300.0)));
+        let (mase, cover) = log.score(&[history], &[live], 0, step, 1);
+        // Naive in-sample error 100; errors 100 and 0.
+        assert!((mase - 0.5).abs() < 1e-9, "{mase}");
+        assert!((cover - 0.5).abs() < 1e-9, "{cover}");
     }
 
     proptest! {

@@ -101,7 +101,8 @@ pub struct ServiceConfig<S> {
 pub struct ClockSettings {
     /// Trace milliseconds per wall-clock millisecond; 1 with zero origins is the wall clock.
     pub speed: f64,
-    /// Wall-clock time (ms since the epoch) at which the trace time is `origin_trace_ms`.
+    /// Wall-clock time (ms since the epoch) at which the trace time is `origin_trace_ms`; before
+    /// it the clock stands at `origin_trace_ms`.
     pub origin_wall_ms: i64,
     /// Trace time (ms since the epoch) at `origin_wall_ms`.
     pub origin_trace_ms: i64,
@@ -124,7 +125,9 @@ impl ClockSettings {
         if self.speed == 1.0 && self.origin_wall_ms == 0 && self.origin_trace_ms == 0 {
             return wall;
         }
-        self.origin_trace_ms + ((wall - self.origin_wall_ms) as f64 * self.speed) as i64
+        // A replay starts at its origin: until then its time stands still, so that services
+        // started ahead of it see the trace's start, not a time before it.
+        self.origin_trace_ms + ((wall - self.origin_wall_ms).max(0) as f64 * self.speed) as i64
     }
 
     /// The wall-clock duration of `trace_ms` of clock time.
@@ -291,6 +294,12 @@ mod tests {
             std::time::Duration::from_millis(15)
         );
         assert!((ClockSettings::default().now_ms() - crate::now_millis()).abs() < 1_000);
+        // Before its origin a replay's clock stands at the trace's start.
+        let ahead = ClockSettings {
+            origin_wall_ms: wall + 60_000,
+            ..c
+        };
+        assert_eq!(ahead.now_ms(), 1_372_636_800_000);
     }
 
     #[test]

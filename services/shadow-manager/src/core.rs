@@ -81,6 +81,12 @@ pub struct Settings {
     /// How often the manager compares desired and actual state, in milliseconds (it also
     /// runs whenever an input changes).
     pub reconcile_interval_ms: u64,
+    /// Once the fleet has placed the workload, a shadow is one replica of its last placement's
+    /// size, staged while the predicted CPU exceeds what it holds (workloads scale out on CPU,
+    /// like an HPA with a CPU target): the next request asks for one replica, a claim takes a
+    /// whole shadow, and after it the row goes on for the next replica if more is predicted.
+    /// Off, or before the first placement, a shadow is the predicted excess itself.
+    pub replica_shadows: bool,
 }
 
 impl Default for Settings {
@@ -101,6 +107,7 @@ impl Default for Settings {
             max_command_attempts: 5,
             max_host_commit_fraction: 1.0,
             reconcile_interval_ms: 500,
+            replica_shadows: true,
         }
     }
 }
@@ -153,14 +160,17 @@ fn round_up(v: i64, g: i64) -> i64 {
 /// Horizons are merged finest first: the hour and day horizons (5-minute steps) cover the
 /// near future, the week horizon (hourly) only what they do not.
 pub fn demand(f: &DemandForecast, held: &Resources, s: &Settings, now: i64) -> Option<Demand> {
-    demand_until(f, held, s, now).0
+    demand_until(f, held, None, s, now).0
 }
 
 /// [`demand`], and until when (ms) the answer stays the same for the same forecast and
-/// holdings: until the first step in range ends or the next step enters the horizon.
+/// holdings: until the first step in range ends or the next step enters the horizon. With a
+/// `replica` size (and `replica_shadows` on), only CPU above what is held opens a window and
+/// the requirement is one replica (see [`Settings::replica_shadows`]).
 pub fn demand_until(
     f: &DemandForecast,
     held: &Resources,
+    replica: Option<&Resources>,
     s: &Settings,
     now: i64,
 ) -> (Option<Demand>, i64) {
@@ -195,9 +205,14 @@ pub fn demand_until(
             disk_io_bytes_per_s: s.quantile.of(&p.disk_io_bytes_per_s).ceil() as i64
                 - held.disk_io_bytes_per_s,
         };
-        let significant = excess.cpu_millicores >= s.min_cpu_millicores
-            || excess.memory_bytes >= s.min_memory_bytes
-            || excess.disk_io_bytes_per_s >= s.min_disk_io_bytes_per_s;
+        let significant = match replica {
+            Some(_) => excess.cpu_millicores >= s.min_cpu_millicores,
+            None => {
+                excess.cpu_millicores >= s.min_cpu_millicores
+                    || excess.memory_bytes >= s.min_memory_bytes
+                    || excess.disk_io_bytes_per_s >= s.min_disk_io_bytes_per_s
+            }
+        };
         match (&mut run, significant) {
             (None, true) => {
                 run = Some(Demand {
@@ -215,6 +230,10 @@ pub fn demand_until(
         }
     }
     let d = run.map(|mut d| {
+        if let Some(r) = replica {
+            d.requirement = *r;
+            return d;
+        }
         d.requirement = Resources {
             cpu_millicores: round_up(d.requirement.cpu_millicores, s.cpu_granularity_millicores),
             memory_bytes: round_up(d.requirement.memory_bytes, s.memory_granularity_bytes),
@@ -422,6 +441,7 @@ pub struct Manager {
 struct CachedDemand {
     generated_at: i64,
     held: Resources,
+    replica: Option<Resources>,
     valid_until: i64,
     demand: Option<Demand>,
 }
@@ -505,18 +525,30 @@ impl Manager {
         })
     }
 
-    fn cached_demand(&mut self, f: &DemandForecast, held: &Resources, now: i64) -> Option<Demand> {
+    fn cached_demand(
+        &mut self,
+        f: &DemandForecast,
+        held: &Resources,
+        replica: Option<Resources>,
+        now: i64,
+    ) -> Option<Demand> {
+        let replica = replica.filter(|r| self.settings.replica_shadows && r.cpu_millicores > 0);
         if let Some(c) = self.demand_cache.get(&f.workload_id) {
-            if c.generated_at == f.generated_at && c.held == *held && now < c.valid_until {
+            if c.generated_at == f.generated_at
+                && c.held == *held
+                && c.replica == replica
+                && now < c.valid_until
+            {
                 return c.demand.clone();
             }
         }
-        let (d, valid_until) = demand_until(f, held, &self.settings, now);
+        let (d, valid_until) = demand_until(f, held, replica.as_ref(), &self.settings, now);
         self.demand_cache.insert(
             f.workload_id.clone(),
             CachedDemand {
                 generated_at: f.generated_at,
                 held: *held,
+                replica,
                 valid_until,
                 demand: d.clone(),
             },
@@ -559,10 +591,11 @@ impl Manager {
             .collect();
         for w in workloads {
             let held = inp.ledger.held(&w);
+            let replica = inp.ledger.replica(&w);
             let d = inp
                 .forecasts
                 .get(&w)
-                .and_then(|f| self.cached_demand(f, &held, now));
+                .and_then(|f| self.cached_demand(f, &held, replica, now));
             let rs = reshadows.remove(w.as_str()).unwrap_or_default();
             match self.table.get(&w).cloned() {
                 None => {
@@ -702,6 +735,18 @@ impl Manager {
                 }
             }
         }
+        // Once the claimed shadow has become the workload, what the workload holds includes
+        // it (the demand above was computed from that): the claimed candidate leaves the row,
+        // and the others stay staged if the forecast still asks for more (a workload scaling
+        // out replica by replica finds its next shadow ready), or are released with the row.
+        let expanded = e.candidates.iter().any(|c| {
+            c.status == ShadowStatus::Claimed
+                && matches!(inp.ledger.ended(&c.shadow_id), Some(ShadowEnd::Expanded))
+        });
+        if expanded {
+            e.candidates.retain(|c| c.status != ShadowStatus::Claimed);
+            reasons.push("claimed shadow became the workload".into());
+        }
         let claimed = e
             .candidates
             .iter()
@@ -712,7 +757,7 @@ impl Manager {
                 None => true,
                 Some(d) => d.start - self.settings.lead_time_ms > now,
             };
-        if claimed || finished || gone {
+        if finished || gone {
             // Release whatever is still reserved and unclaimed.
             let live: Vec<ShadowCandidate> = e
                 .candidates
@@ -731,17 +776,9 @@ impl Manager {
                 );
                 out.push(a);
             }
-            for c in &mut e.candidates {
-                if is_live(c.status) {
-                    c.status = ShadowStatus::Released;
-                }
-            }
-            if finished || gone {
-                self.table.remove(&w);
-                out.push(Action::Delete(w));
-                return None;
-            }
-            reasons.push("other shadows released".into());
+            self.table.remove(&w);
+            out.push(Action::Delete(w));
+            return None;
         }
         e.candidates
             .retain(|c| is_live(c.status) || c.status == ShadowStatus::Claimed);

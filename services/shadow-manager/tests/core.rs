@@ -83,6 +83,29 @@ fn demand_is_the_first_run_above_what_the_workload_holds() {
     assert_eq!(d95.requirement.cpu_millicores, 1_450);
 }
 
+#[test]
+fn replica_shadows_are_whole_replicas_and_only_cpu_opens_a_window() {
+    let s = Settings::default();
+    let mut cpu = vec![500.0; 24];
+    for c in &mut cpu[6..9] {
+        *c = 2_030.0;
+    }
+    // Memory well above what is held must not open a window on its own.
+    let f = forecast("w", T0, &cpu, 8.0);
+    let replica = res(600, 2);
+    let until = |held: &Resources| {
+        umbra_shadow_manager::core::demand_until(&f, held, Some(&replica), &s, T0).0
+    };
+    // Holding two replicas (1200m): 830m more at the spike; a shadow is one replica.
+    let d = until(&res(1_200, 4)).expect("a spike");
+    assert_eq!((d.start, d.end), (T0 + 6 * 300_000, T0 + 9 * 300_000));
+    assert_eq!(d.requirement, replica);
+    // Holding four replicas: nothing, although memory stays above what is held.
+    assert_eq!(until(&res(2_400, 8)), None);
+    // Without a replica size the memory excess alone stages a shadow.
+    assert!(demand(&f, &res(2_400, 1), &s, T0).is_some());
+}
+
 fn slot(cap: Resources, load: Resources, score: f64) -> HostSlot {
     HostSlot {
         capacity: cap,
@@ -425,12 +448,80 @@ fn forecast_drop_releases_and_claim_releases_the_others() {
     w.run(2);
     let e = &w.manager.table()["w0"];
     assert_eq!(e.state, ShadowState::Claimed);
-    assert_eq!(e.candidates.len(), 1);
+    // The others stay staged until the claimed one has become the workload.
+    assert_eq!(e.candidates.len(), 3);
+    assert_eq!(w.live_per_workload().get("w0"), Some(&3));
+    // The claimed shadow becomes the workload (the interceptor's expand): w0 now holds 1.5
+    // cores, so the row makes way and, the forecast asking for 1.5 cores more than before
+    // being unchanged at 1.5 cores, nothing more is staged; a higher forecast stages anew.
+    let expand = umbra_schemas::FleetCommand {
+        command_id: "expand-r1".into(),
+        kind: umbra_schemas::FleetCommandKind::ExpandShadow,
+        host_id: best.host_id.clone(),
+        target_host_id: None,
+        shadow_id: Some(best.shadow_id.clone()),
+        workload_id: "w0".into(),
+        request_id: Some("r1".into()),
+        resources: res(1_500, 2),
+        issued_at: w.now,
+    };
+    let ev = w.sim.execute(&expand, w.now);
+    w.deliver(ev);
+    let actions = w.step();
+    assert!(actions.contains(&Action::Delete("w0".into())));
+    assert!(!w.manager.table().contains_key("w0"));
+    w.run(1);
     assert_eq!(
         w.live_per_workload().get("w0"),
-        Some(&1),
-        "only the claimed shadow is left"
+        None,
+        "nothing more predicted: the other shadows are released"
     );
+    let mut more = forecast("w0", T0, &[3_500.0; 288], 2.0);
+    more.generated_at = w.now;
+    w.forecasts.insert("w0".into(), more);
+    w.run(3);
+    let e = &w.manager.table()["w0"];
+    assert_eq!(e.state, ShadowState::Active, "{e:?}");
+    // One replica of the size it was placed at.
+    assert_eq!(e.requirements, res(1_500, 2));
+    assert_eq!(e.candidates.len(), 3);
+    // A request takes one of them; once it is the workload (3000m held, 3500m forecast),
+    // the two others stay staged for the next replica.
+    let best = e.candidates[0].clone();
+    let before: Vec<String> = e.candidates.iter().map(|c| c.shadow_id.clone()).collect();
+    w.claims.insert(
+        best.shadow_id.clone(),
+        Claim {
+            shadow_id: best.shadow_id.clone(),
+            workload_id: "w0".into(),
+            request_id: "r2".into(),
+            host_id: best.host_id.clone(),
+            entry_version: e.version,
+            claimed_at: w.now,
+        },
+    );
+    let ev = w.sim.execute(
+        &umbra_schemas::FleetCommand {
+            command_id: "expand-r2".into(),
+            shadow_id: Some(best.shadow_id.clone()),
+            host_id: best.host_id.clone(),
+            request_id: Some("r2".into()),
+            ..expand.clone()
+        },
+        w.now,
+    );
+    w.deliver(ev);
+    w.run(3);
+    let e = &w.manager.table()["w0"];
+    assert!(e.candidates.iter().all(|c| c.shadow_id != best.shadow_id));
+    assert_eq!(e.requirements, res(1_500, 2), "{e:?}");
+    let kept = e
+        .candidates
+        .iter()
+        .filter(|c| before.contains(&c.shadow_id))
+        .count();
+    assert_eq!(kept, 2, "the unclaimed shadows were kept: {e:?}");
+    assert_eq!(e.state, ShadowState::Active);
     // w1's forecast drops to nothing: its row goes and its shadows are released.
     let mut dropped = forecast("w1", T0, &[0.0; 288], 0.0);
     dropped.generated_at = w.now; // a new forecast is a new generation
@@ -482,7 +573,7 @@ proptest! {
         let s = Settings { planning_horizon_ms: 2 * 3_600_000, ..Settings::default() };
         let f = forecast("w", T0, &cpu, 0.0);
         let held = res(held, 0);
-        let (d, until) = umbra_shadow_manager::core::demand_until(&f, &held, &s, T0 + t0);
+        let (d, until) = umbra_shadow_manager::core::demand_until(&f, &held, None, &s, T0 + t0);
         let later = T0 + t0 + dt;
         if later < until {
             prop_assert_eq!(demand(&f, &held, &s, later), d);

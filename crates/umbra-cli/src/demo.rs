@@ -1,0 +1,1415 @@
+//! `umbra replay` (and `make demo`): the evaluation of DESIGN.md §4 through the real pipeline.
+//!
+//! 1. Plan, without Kafka: a seeded choice of VMs from a Bitbrains-format folder, two weeks of
+//!    history and a live week on 5-minute steps, a replica size per VM from its history, the
+//!    requests and releases the live week makes ([`umbra_replay::scale_events`]), and a fleet
+//!    sized for the busiest hour.
+//! 2. History: ingest and forecast run with the trace's clock standing at the live week's
+//!    start; the history's raw samples go in as fast as the broker takes them, until every VM
+//!    has usage series up to the live week.
+//! 3. Live week: the five services and the fleet simulator run on a trace clock that covers
+//!    the week in `--live-minutes`; the existing replicas are placed first; then, step by step
+//!    on that clock, the week's raw samples go to ingest and its requests to the interceptor,
+//!    releases to the fleet. The driver watches the fleet events, decisions and forecasts and
+//!    measures as it goes.
+//! 4. Report: umbra's row from what the pipeline did; the baselines on the same requests
+//!    without Kafka; `summary.json`, `report.html` and the plots in `--out`.
+//!
+//! The plan, the requests and the baselines are deterministic for a seed; umbra's row comes
+//! from real processes and can vary a little with timing.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write as _;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use futures::stream::{FuturesUnordered, StreamExt};
+use rdkafka::message::OwnedHeaders;
+use tokio_util::sync::CancellationToken;
+use umbra_fleet::Ledger;
+use umbra_forecasting::data::{bitbrains_files, bitbrains_rows, vm_id};
+use umbra_replay::report::{
+    write_report, DecisionCounts, ForecastPlot, ForecastScore, PolicyRow, ReportData, Summary,
+};
+use umbra_replay::{
+    scale_events, select_files, standard_placement_overload, used_core_hours, workload_from_rows,
+    Change, FleetShape, ForecastLog, Placeholder, PolicyResult, ReplicaModel, ScaleEvent, Workload,
+};
+use umbra_schemas::*;
+use umbra_stream::config::{ClockSettings, KafkaSettings};
+use umbra_stream::metrics::Metrics;
+use umbra_stream::processor::{send, Emit, Input, Output};
+use umbra_stream::reader::{RawRecord, RestoringReader};
+use umbra_stream::registry::{HttpRegistry, SchemaRegistry};
+
+const STEP_S: i64 = 300;
+const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+/// Replica CPU: this quantile of a VM's history (see [`ReplicaModel::sized_from`]).
+const REPLICA_QUANTILE: f64 = 0.7;
+/// Smallest replica, millicores: tiny VMs would otherwise flap on noise.
+const MIN_REPLICA_MILLICORES: f64 = 200.0;
+/// Services run in this order; stopped in the reverse.
+const SERVICES: [&str; 6] = [
+    "fleet-sim",
+    "ingest",
+    "forecast",
+    "shadow-manager",
+    "interceptor",
+    "rebalancer",
+];
+
+/// Arguments of `umbra replay`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ReplayArgs {
+    /// A folder in the Bitbrains format (`vm-*.csv[.gz]`).
+    #[arg(long, default_value = "../shared/data/bitbrains-rnd")]
+    pub data: PathBuf,
+    /// How many VMs (each a workload).
+    #[arg(long, default_value_t = 50)]
+    pub vms: usize,
+    /// Chooses the VMs (0: the first by name) and seeds the fleet simulator.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Folder for summary.json, report.html and the plots.
+    #[arg(long, default_value = "replay-report")]
+    pub out: PathBuf,
+    /// Days from the start of the traces to skip.
+    #[arg(long, default_value_t = 0.0)]
+    pub from_day: f64,
+    /// Days of history before the live part.
+    #[arg(long, default_value_t = 14.0)]
+    pub history_days: f64,
+    /// Days replayed live.
+    #[arg(long, default_value_t = 7.0)]
+    pub live_days: f64,
+    /// Wall-clock minutes the live days take.
+    #[arg(long, default_value_t = 4.0)]
+    pub live_minutes: f64,
+    /// Hosts in the simulated fleet (0: enough for the busiest hour at 60%).
+    #[arg(long, default_value_t = 0)]
+    pub hosts: usize,
+    /// CPU per host, cores.
+    #[arg(long, default_value_t = 16.0)]
+    pub host_cores: f64,
+    /// Memory per host, GiB.
+    #[arg(long, default_value_t = 64.0)]
+    pub host_memory_gib: f64,
+    /// Start-up delay of a replica placed by standard allocation, seconds of trace.
+    #[arg(long, default_value_t = 30.0)]
+    pub startup_s: f64,
+    /// Candidate hosts per prediction (K).
+    #[arg(long, default_value_t = 3)]
+    pub candidates: usize,
+    /// Forecast models the forecast service chooses from (comma-separated).
+    #[arg(
+        long,
+        default_value = "seasonal-naive,seasonal-naive-weekly",
+        value_delimiter = ','
+    )]
+    pub models: Vec<String>,
+    /// Forecast value that sizes shadows: `upper80`, `upper95` or `mean`.
+    #[arg(long, default_value = "upper80")]
+    pub quantile: String,
+    /// Folder for the stack's and the services' state and logs (cleared at start).
+    #[arg(long, default_value = ".state/replay")]
+    pub state_dir: PathBuf,
+    /// Port of the broker this command starts on 127.0.0.1.
+    #[arg(long, default_value_t = 39092)]
+    pub broker_port: u16,
+    /// Port of the registry this command starts on 127.0.0.1.
+    #[arg(long, default_value_t = 38081)]
+    pub registry_port: u16,
+    /// Use this Kafka instead of starting a broker.
+    #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS")]
+    pub bootstrap_servers: Option<String>,
+    /// Use this registry instead of starting one.
+    #[arg(long, env = "SCHEMA_REGISTRY_URL")]
+    pub registry_url: Option<String>,
+    /// Folder of the service binaries (default: this program's folder).
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+    /// No live progress line.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Leave the broker and registry running afterwards, to inspect the topics (the services
+    /// are stopped either way); `umbra dev down --state-dir <state-dir>` stops them.
+    #[arg(long)]
+    pub keep_stack: bool,
+}
+
+/// Everything decided before anything runs.
+struct Plan {
+    ids: Vec<String>,
+    history: Vec<Workload>,
+    live: Vec<Workload>,
+    history_samples: Vec<UsageSample>,
+    live_samples: Vec<UsageSample>,
+    models: Vec<ReplicaModel>,
+    events: Vec<ScaleEvent>,
+    fleet: FleetShape,
+    live_start_ms: i64,
+    steps: usize,
+    speed: f64,
+}
+
+fn plan(a: &ReplayArgs) -> anyhow::Result<Plan> {
+    if a.vms == 0 || a.history_days < 1.0 || a.live_days <= 0.0 || a.live_minutes <= 0.0 {
+        bail!("--vms must be positive, --history-days at least 1, --live-days and --live-minutes positive");
+    }
+    let files =
+        bitbrains_files(&a.data).with_context(|| format!("reading {}", a.data.display()))?;
+    if files.is_empty() {
+        bail!("no vm-*.csv[.gz] files in {}", a.data.display());
+    }
+    let chosen = select_files(&files, a.vms, a.seed);
+    let mut rows = Vec::new();
+    for f in &chosen {
+        let r = bitbrains_rows(f).with_context(|| format!("reading {}", f.display()))?;
+        if r.is_empty() {
+            bail!("{} has no rows", f.display());
+        }
+        rows.push((vm_id(f), r));
+    }
+    let first = rows.iter().map(|(_, r)| r[0].time_s).min().unwrap_or(0);
+    let t0 = first.div_euclid(STEP_S) * STEP_S + (a.from_day * 86_400.0) as i64;
+    let hist_steps = (a.history_days * 288.0).round() as usize;
+    let steps = (a.live_days * 288.0).round() as usize;
+    let live_start = t0 + hist_steps as i64 * STEP_S;
+    let live_end = live_start + steps as i64 * STEP_S;
+    let (mut history, mut live, mut hs, mut ls) = (vec![], vec![], vec![], vec![]);
+    for (id, r) in &rows {
+        history.push(workload_from_rows(id, r, t0, STEP_S, hist_steps));
+        live.push(workload_from_rows(id, r, live_start, STEP_S, steps));
+        for row in r {
+            if row.time_s >= t0 && row.time_s < live_start {
+                hs.push(crate::replay::sample_of(id, row));
+            } else if row.time_s >= live_start && row.time_s < live_end {
+                ls.push(crate::replay::sample_of(id, row));
+            }
+        }
+    }
+    let by_time = |x: &UsageSample, y: &UsageSample| {
+        (x.sample_time, &x.workload_id).cmp(&(y.sample_time, &y.workload_id))
+    };
+    hs.sort_by(by_time);
+    ls.sort_by(by_time);
+    let models: Vec<ReplicaModel> = history
+        .iter()
+        .map(|h| ReplicaModel::sized_from(h, REPLICA_QUANTILE, MIN_REPLICA_MILLICORES, 300))
+        .collect();
+    let events = scale_events(&live, STEP_S, &models);
+    let mut fleet = FleetShape::sized_for(
+        &live,
+        &models,
+        a.host_cores * 1000.0,
+        a.host_memory_gib * GIB,
+        0.6,
+    );
+    if a.hosts > 0 {
+        fleet.hosts = a.hosts;
+    }
+    Ok(Plan {
+        ids: rows.into_iter().map(|(id, _)| id).collect(),
+        history,
+        live,
+        history_samples: hs,
+        live_samples: ls,
+        models,
+        events,
+        fleet,
+        live_start_ms: live_start * 1000,
+        steps,
+        speed: a.live_days * 86_400.0 / (a.live_minutes * 60.0),
+    })
+}
+
+/// What the driver sees of the pipeline, updated by its readers.
+#[derive(Default)]
+struct Observed {
+    ledger: Ledger,
+    decisions: HashMap<String, Vec<AllocationDecision>>,
+    forecasts: ForecastLog,
+    forecasted: HashSet<String>,
+    /// Newest usage-series bucket per workload, ms.
+    series_until: HashMap<String, i64>,
+    reshadows: usize,
+}
+
+type Shared = Arc<Mutex<Observed>>;
+
+fn lock(o: &Shared) -> std::sync::MutexGuard<'_, Observed> {
+    o.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Follows `topic` from the beginning, handing each decoded value to `apply`.
+async fn follow<K: umbra_schemas::Record, V: umbra_schemas::Record>(
+    kafka: &KafkaSettings,
+    registry: Arc<dyn SchemaRegistry>,
+    topic: String,
+    shutdown: CancellationToken,
+    apply: impl Fn(V) + Send + Sync + 'static,
+) -> anyhow::Result<()> {
+    let input: Arc<Input<K, V>> = Arc::new(Input::new(registry, topic.clone()).await?);
+    let reader = RestoringReader::open(kafka, &topic).await?;
+    let apply = Arc::new(apply);
+    tokio::spawn(reader.run(
+        Arc::default(),
+        shutdown,
+        Metrics::new("umbra-replay"),
+        move |r: RawRecord| {
+            let (input, apply) = (input.clone(), apply.clone());
+            async move {
+                if let Some(v) = r.value.as_deref() {
+                    if let Ok(v) = input.decode_value(v).await {
+                        apply(v);
+                    }
+                }
+            }
+        },
+    ));
+    Ok(())
+}
+
+/// One service process of the replay.
+struct Proc {
+    name: String,
+    child: Child,
+    http: String,
+    log: PathBuf,
+}
+
+/// The replay's processes; stopped in reverse order, also when dropped.
+struct Procs {
+    dir: PathBuf,
+    procs: Vec<Proc>,
+}
+
+impl Procs {
+    fn spawn(&mut self, bin_dir: &Path, name: &str, config: &str) -> anyhow::Result<()> {
+        let bin = bin_dir.join(format!("umbra-{name}"));
+        if !bin.is_file() {
+            bail!(
+                "{} is missing: build the services first (`cargo build --release --workspace --bins`)",
+                bin.display()
+            );
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let cfg = self.dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &cfg,
+            format!("{config}\n[http]\nlisten = \"127.0.0.1:{port}\"\n"),
+        )?;
+        let log = self.dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log)?;
+        let child = Command::new(&bin)
+            .env("UMBRA_CONFIG", &cfg)
+            .env("RUST_LOG", "info,rdkafka=warn")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            // Its own process group: ^C reaches the driver, which stops the services in order.
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        std::fs::write(self.dir.join(format!("{name}.pid")), child.id().to_string())?;
+        self.procs.push(Proc {
+            name: name.to_string(),
+            child,
+            http: format!("http://127.0.0.1:{port}"),
+            log,
+        });
+        Ok(())
+    }
+
+    async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        for p in &mut self.procs {
+            loop {
+                if let Some(status) = p.child.try_wait()? {
+                    let text = std::fs::read_to_string(&p.log).unwrap_or_default();
+                    let tail: Vec<&str> = text.lines().rev().take(8).collect();
+                    bail!(
+                        "{} exited ({status}) during start-up; last lines of {}:\n{}",
+                        p.name,
+                        p.log.display(),
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    );
+                }
+                if let Ok(r) = reqwest::get(format!("{}/readyz", p.http)).await {
+                    if r.status().is_success() {
+                        break;
+                    }
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "{} not ready after {:?}; see {}",
+                        p.name,
+                        timeout,
+                        p.log.display()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// SIGTERM to each, newest first, waiting for it to drain and exit (SIGKILL after 15 s).
+    fn stop(&mut self) {
+        while let Some(mut p) = self.procs.pop() {
+            let _ = Command::new("kill").arg(p.child.id().to_string()).status();
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(15) {
+                if matches!(p.child.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+            let _ = std::fs::remove_file(self.dir.join(format!("{}.pid", p.name)));
+        }
+    }
+
+    /// Services that exited on their own, with the end of their logs.
+    fn exited(&mut self) -> Option<String> {
+        for p in &mut self.procs {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                return Some(format!(
+                    "{} exited ({status}); see {}",
+                    p.name,
+                    p.log.display()
+                ));
+            }
+        }
+        None
+    }
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The configuration file of one service (everything but `[http]`).
+fn service_config(
+    name: &str,
+    a: &ReplayArgs,
+    p: &Plan,
+    bootstrap: &str,
+    registry: &str,
+    prefix: &str,
+    clock: &ClockSettings,
+) -> String {
+    let trace_ms = |wall_ms: f64| (wall_ms * p.speed).round() as i64;
+    let wall_ms = |trace_ms: f64| ((trace_ms / p.speed).round() as i64).max(20);
+    let common = format!(
+        "topic_prefix = \"{prefix}\"\nshutdown_grace_ms = 10000\n[kafka]\nbootstrap_servers = \"{bootstrap}\"\n[kafka.properties]\n\"fetch.wait.max.ms\" = \"10\"\n[registry]\nurl = \"{registry}\"\n[clock]\nspeed = {}\norigin_wall_ms = {}\norigin_trace_ms = {}\n",
+        clock.speed, clock.origin_wall_ms, clock.origin_trace_ms
+    );
+    // Durations a service compares with record times are trace time; timers are wall time.
+    let service = match name {
+        "fleet-sim" => format!(
+            "[service]\nhosts = {}\nworkload_start_delay_ms = {}\nshadow_ready_delay_ms = {}\nmetrics_interval_ms = {}\n[service.host_capacity]\ncpu_millicores = {}\nmemory_bytes = {}\ndisk_io_bytes_per_s = {}\n[service.faults]\nseed = {}\n",
+            p.fleet.hosts,
+            (a.startup_s * 1000.0) as i64,
+            trace_ms(200.0).min(60_000),
+            500,
+            p.fleet.cpu_millicores as i64,
+            p.fleet.memory_bytes as i64,
+            1_000_000_000_000i64,
+            a.seed
+        ),
+        "ingest" => "[service]\nmax_future_ms = 86400000\n".to_string(),
+        "forecast" => format!(
+            "[service]\nrefit_interval_ms = {}\nbacktest_origins = 3\nmodels = [{}]\n",
+            wall_ms(3_600_000.0).max(500),
+            a.models
+                .iter()
+                .map(|m| format!("\"{m}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        "shadow-manager" => format!(
+            "[service]\ncandidates = {}\nquantile = \"{}\"\nlead_time_ms = 1800000\nrelease_grace_ms = 600000\ncommand_timeout_ms = {}\nreconcile_interval_ms = 100\n",
+            a.candidates,
+            match a.quantile.as_str() {
+                "upper95" => "upper95",
+                "mean" => "mean",
+                _ => "upper80",
+            },
+            trace_ms(2_000.0).max(10_000),
+        ),
+        "interceptor" => format!(
+            "[service]\nplacement_timeout_ms = {}\nmax_request_age_ms = {}\nwindow_tolerance_ms = 7200000\n",
+            trace_ms(2_000.0).max(5_000),
+            trace_ms(60_000.0).max(86_400_000)
+        ),
+        "rebalancer" => "[service]\ninterval_ms = 300000\n".to_string(),
+        _ => String::new(),
+    };
+    format!("{common}{service}")
+}
+
+/// Sends every emit, a bounded number in flight.
+async fn send_all(
+    producer: &rdkafka::producer::FutureProducer,
+    emits: Vec<Emit>,
+) -> anyhow::Result<()> {
+    let mut acks = FuturesUnordered::new();
+    for e in emits {
+        let producer = producer.clone();
+        acks.push(async move { send(&producer, &e, OwnedHeaders::new()).await });
+        while acks.len() >= 1_000 {
+            if let Some(r) = acks.next().await {
+                r?;
+            }
+        }
+    }
+    while let Some(r) = acks.next().await {
+        r?;
+    }
+    Ok(())
+}
+
+fn quantile_of(v: &mut [f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
+
+/// What the live part measured, step by step.
+#[derive(Default)]
+struct Measured {
+    /// (hours since the live start, cores, GiB) reserved by live shadows.
+    reserved: Vec<(f64, f64, f64)>,
+    /// (hours, hit rate so far).
+    hit_rate: Vec<(f64, f64)>,
+    /// Per host, CPU used / capacity per step.
+    utilization: BTreeMap<String, Vec<f64>>,
+    overload_steps: usize,
+    overcommitted: HashSet<String>,
+    requests: Vec<(String, ScaleEvent)>,
+}
+
+/// Runs the replay; prints the summary table and where the report is.
+pub async fn run(a: ReplayArgs) -> anyhow::Result<()> {
+    let shutdown = umbra_stream::shutdown::install();
+    let begun = Instant::now();
+    eprintln!("planning: {} VMs of {}", a.vms, a.data.display());
+    let p = plan(&a)?;
+    let ups = p.events.iter().filter(|e| e.change == Change::Up).count();
+    eprintln!(
+        "plan: {} VMs, {} history samples, {} live samples, {} requests and {} releases in the live {} days, {} hosts of {} cores / {} GiB, live speed {:.0}x",
+        p.ids.len(),
+        p.history_samples.len(),
+        p.live_samples.len(),
+        ups,
+        p.events.len() - ups,
+        a.live_days,
+        p.fleet.hosts,
+        p.fleet.cpu_millicores / 1000.0,
+        p.fleet.memory_bytes / GIB,
+        p.speed
+    );
+    let bin_dir = match &a.bin_dir {
+        Some(d) => d.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
+    };
+    // Leftovers of an interrupted run: stop them and start clean.
+    crate::dev::stop_stack(&a.state_dir);
+    let _ = std::fs::remove_dir_all(&a.state_dir);
+    std::fs::create_dir_all(&a.state_dir)
+        .with_context(|| format!("creating {}", a.state_dir.display()))?;
+    let prefix = format!("replay-{}-{}.", a.seed, umbra_stream::now_millis() / 1000);
+    let own_stack = a.bootstrap_servers.is_none();
+    let (bootstrap, registry_url) = crate::dev::start_stack(
+        &a.state_dir,
+        a.bootstrap_servers.clone(),
+        a.registry_url.clone(),
+        a.broker_port,
+        a.registry_port,
+        &prefix,
+    )
+    .await?;
+    let result = tokio::select! {
+        r = evaluate(&a, &p, &bin_dir, &bootstrap, &registry_url, &prefix, shutdown.clone()) => r,
+        _ = shutdown.cancelled() => Err(anyhow::anyhow!("interrupted")),
+    };
+    if own_stack && !(a.keep_stack && result.is_ok()) {
+        crate::dev::stop_stack(&a.state_dir);
+    } else if own_stack {
+        eprintln!(
+            "the stack stays up (topic prefix {prefix}): KAFKA_BOOTSTRAP_SERVERS={bootstrap} SCHEMA_REGISTRY_URL={registry_url} UMBRA_TOPIC_PREFIX={prefix} umbra table; stop it with `umbra dev down --state-dir {}`",
+            a.state_dir.display()
+        );
+    }
+    let summary = match result {
+        Ok(s) => s,
+        Err(e) if shutdown.is_cancelled() => {
+            eprintln!(
+                "\ninterrupted: services and the stack are stopped; nothing was written ({e})"
+            );
+            std::process::exit(130);
+        }
+        Err(e) => return Err(e),
+    };
+    print_summary(&summary);
+    println!(
+        "report: {}  (summary.json beside it; {:.1} min in all)",
+        a.out.join("report.html").display(),
+        begun.elapsed().as_secs_f64() / 60.0
+    );
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn evaluate(
+    a: &ReplayArgs,
+    p: &Plan,
+    bin_dir: &Path,
+    bootstrap: &str,
+    registry_url: &str,
+    prefix: &str,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Summary> {
+    let kafka = KafkaSettings {
+        bootstrap_servers: bootstrap.to_string(),
+        ..KafkaSettings::default()
+    };
+    let registry: Arc<dyn SchemaRegistry> = Arc::new(HttpRegistry::new(registry_url)?);
+    let producer = umbra_stream::kafka::producer(&kafka)?;
+    let topic = |t: &str| format!("{prefix}{t}");
+    let raw: Output<WorkloadKey, UsageSample> =
+        Output::new(registry.clone(), topic("umbra.usage.raw")).await?;
+    let requests: Output<WorkloadKey, WorkloadRequest> =
+        Output::new(registry.clone(), topic("umbra.workload.requests")).await?;
+    let commands: Output<HostKey, FleetCommand> =
+        Output::new(registry.clone(), topic("umbra.fleet.commands")).await?;
+    let raw_emit = |s: &UsageSample| {
+        raw.record(
+            &WorkloadKey {
+                workload_id: s.workload_id.clone(),
+            },
+            s,
+        )
+    };
+
+    let obs: Shared = Arc::default();
+    let readers = shutdown.child_token();
+    let _stop_readers = readers.clone().drop_guard();
+    {
+        let o = obs.clone();
+        follow::<WorkloadKey, UsagePoint>(
+            &kafka,
+            registry.clone(),
+            topic("umbra.usage.series"),
+            readers.clone(),
+            move |u| {
+                let mut o = lock(&o);
+                let e = o
+                    .series_until
+                    .entry(u.workload_id.clone())
+                    .or_insert(i64::MIN);
+                *e = (*e).max(u.bucket_start);
+            },
+        )
+        .await?;
+        let o = obs.clone();
+        follow::<HostKey, FleetEvent>(
+            &kafka,
+            registry.clone(),
+            topic("umbra.fleet.events"),
+            readers.clone(),
+            move |e| lock(&o).ledger.apply(&e),
+        )
+        .await?;
+        let o = obs.clone();
+        follow::<WorkloadKey, AllocationDecision>(
+            &kafka,
+            registry.clone(),
+            topic("umbra.allocation.decisions"),
+            readers.clone(),
+            move |d| {
+                lock(&o)
+                    .decisions
+                    .entry(d.request_id.clone())
+                    .or_default()
+                    .push(d)
+            },
+        )
+        .await?;
+        let o = obs.clone();
+        follow::<WorkloadKey, DemandForecast>(
+            &kafka,
+            registry.clone(),
+            topic("umbra.forecasts"),
+            readers.clone(),
+            move |f| {
+                let mut o = lock(&o);
+                o.forecasted.insert(f.workload_id.clone());
+                // Finest horizon first: later (coarser) points only fill steps not yet given.
+                let mut hs: Vec<&HorizonForecast> = f
+                    .horizons
+                    .iter()
+                    .filter(|h| h.step_seconds == 300)
+                    .collect();
+                hs.sort_by_key(|h| std::cmp::Reverse(h.points.len()));
+                for h in hs {
+                    o.forecasts.record(
+                        &f.workload_id,
+                        f.generated_at,
+                        h.points.iter().map(|q| {
+                            (
+                                q.time,
+                                q.cpu_millicores.mean,
+                                q.cpu_millicores.lower_80,
+                                q.cpu_millicores.upper_80,
+                            )
+                        }),
+                    );
+                }
+            },
+        )
+        .await?;
+        let o = obs.clone();
+        follow::<WorkloadKey, ReshadowRequest>(
+            &kafka,
+            registry.clone(),
+            topic("umbra.reshadow.requests"),
+            readers.clone(),
+            move |_| lock(&o).reshadows += 1,
+        )
+        .await?;
+    }
+
+    // History: ingest and forecast with the clock standing at the live week's start.
+    let frozen = ClockSettings {
+        speed: p.speed,
+        origin_wall_ms: i64::MAX / 4,
+        origin_trace_ms: p.live_start_ms,
+    };
+    let mut procs = Procs {
+        dir: a.state_dir.clone(),
+        procs: Vec::new(),
+    };
+    for name in ["ingest", "forecast"] {
+        procs.spawn(
+            bin_dir,
+            name,
+            &service_config(name, a, p, bootstrap, registry_url, prefix, &frozen),
+        )?;
+    }
+    procs.wait_ready(Duration::from_secs(120)).await?;
+    let t = Instant::now();
+    send_all(
+        &producer,
+        p.history_samples
+            .iter()
+            .map(raw_emit)
+            .collect::<Result<_, _>>()?,
+    )
+    .await?;
+    eprintln!(
+        "history: {} raw samples sent in {:.1} s",
+        p.history_samples.len(),
+        t.elapsed().as_secs_f64()
+    );
+    // Buckets close once a newer sample of the partition passes them by the allowed lateness
+    // (10 min): wait for each VM's series to reach its last history sample but half an hour.
+    let mut want: HashMap<&str, i64> = HashMap::new();
+    for s in &p.history_samples {
+        want.insert(&s.workload_id, s.sample_time - 30 * 60_000);
+    }
+    let complete = wait_until(
+        "usage series up to the live week",
+        Duration::from_secs(300),
+        &mut procs,
+        || {
+            let o = lock(&obs);
+            want.iter()
+                .all(|(id, w)| o.series_until.get(*id).is_some_and(|t| t >= w))
+        },
+    )
+    .await;
+    if let Err(e) = complete {
+        let o = lock(&obs);
+        let behind: Vec<String> = want
+            .iter()
+            .filter(|(id, w)| o.series_until.get(**id).is_none_or(|t| t < *w))
+            .map(|(id, w)| format!("{id} at {:?}, wanted {w}", o.series_until.get(*id)))
+            .collect();
+        bail!("{e}: {}", behind.join("; "));
+    }
+    eprintln!(
+        "history: usage series complete after {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let fit = Instant::now();
+    wait_until(
+        "first forecasts",
+        Duration::from_secs(300),
+        &mut procs,
+        || {
+            let o = lock(&obs);
+            want.keys().all(|id| o.forecasted.contains(*id))
+        },
+    )
+    .await?;
+    let fit_s = fit.elapsed().as_secs_f64();
+    procs.stop();
+
+    // The live week: every service on the trace clock, which starts once all are ready and
+    // the existing replicas are placed.
+    let warmup_ms = 15_000 + (fit_s * 2_000.0) as i64;
+    let clock = ClockSettings {
+        speed: p.speed,
+        origin_wall_ms: umbra_stream::now_millis() + warmup_ms,
+        origin_trace_ms: p.live_start_ms,
+    };
+    // The fleet and the existing replicas first, so that the shadow manager starts from
+    // what the workloads hold (and the size of their replicas).
+    let (fleet_first, rest) = SERVICES.split_at(2);
+    for name in fleet_first {
+        procs.spawn(
+            bin_dir,
+            name,
+            &service_config(name, a, p, bootstrap, registry_url, prefix, &clock),
+        )?;
+    }
+    procs.wait_ready(Duration::from_secs(120)).await?;
+    wait_until(
+        "the fleet's hosts",
+        Duration::from_secs(60),
+        &mut procs,
+        || lock(&obs).ledger.hosts().len() >= p.fleet.hosts,
+    )
+    .await?;
+    let initial = place_initial(p, &obs, &commands, &producer, clock.now_ms()).await?;
+    wait_until(
+        "the existing replicas placed",
+        Duration::from_secs(60),
+        &mut procs,
+        || {
+            let o = lock(&obs);
+            initial.iter().all(|c| o.ledger.answered(c))
+        },
+    )
+    .await?;
+    let refused = {
+        let o = lock(&obs);
+        initial
+            .iter()
+            .filter(|c| {
+                o.ledger
+                    .answer(c)
+                    .is_some_and(|x| x.kind != FleetEventKind::Placed)
+            })
+            .count()
+    };
+    for name in rest {
+        procs.spawn(
+            bin_dir,
+            name,
+            &service_config(name, a, p, bootstrap, registry_url, prefix, &clock),
+        )?;
+    }
+    procs.wait_ready(Duration::from_secs(120)).await?;
+    if refused > 0 {
+        eprintln!(
+            "note: {refused} of {} existing replicas did not fit the fleet",
+            initial.len()
+        );
+    }
+    if umbra_stream::now_millis() > clock.origin_wall_ms {
+        eprintln!("note: start-up took longer than the warm-up; the live week started without it");
+    }
+    let measured = live_week(
+        a, p, &obs, &clock, &producer, &raw_emit, &requests, &commands, &mut procs,
+    )
+    .await?;
+
+    // Every request answered (or 60 s), then stop the services cleanly.
+    let asked: Vec<String> = measured.requests.iter().map(|(id, _)| id.clone()).collect();
+    let _ = wait_until(
+        "the last decisions",
+        Duration::from_secs(60),
+        &mut procs,
+        || {
+            let o = lock(&obs);
+            asked.iter().all(|r| o.decisions.contains_key(r))
+        },
+    )
+    .await;
+    procs.stop();
+    let o = lock(&obs);
+    let summary = summarize(a, p, &o, &measured);
+    drop(o);
+    let data = report_data(a, p, &lock(&obs), &measured);
+    write_report(&a.out, &summary, &data)?;
+    Ok(summary)
+}
+
+/// Waits for `done`, failing after `timeout` or as soon as a service exits.
+async fn wait_until(
+    what: &str,
+    timeout: Duration,
+    procs: &mut Procs,
+    mut done: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while !done() {
+        if let Some(e) = procs.exited() {
+            bail!("waiting for {what}: {e}");
+        }
+        if start.elapsed() > timeout {
+            bail!(
+                "waiting for {what}: not there after {timeout:?} (logs in {})",
+                procs.dir.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// The replicas running when the live week starts (the cluster's existing deployment), on
+/// the hosts with the most free CPU; returns the command ids.
+async fn place_initial(
+    p: &Plan,
+    obs: &Shared,
+    commands: &Output<HostKey, FleetCommand>,
+    producer: &rdkafka::producer::FutureProducer,
+    now: i64,
+) -> anyhow::Result<Vec<String>> {
+    let mut free: BTreeMap<String, (f64, f64)> = lock(obs)
+        .ledger
+        .hosts()
+        .iter()
+        .map(|(h, r)| {
+            let f = r.free();
+            (h.clone(), (f.cpu_millicores as f64, f.memory_bytes as f64))
+        })
+        .collect();
+    let (mut emits, mut ids) = (Vec::new(), Vec::new());
+    for (w, wl) in p.live.iter().enumerate() {
+        let m = &p.models[w];
+        let first = wl.cpu_millicores.iter().find(|c| c.is_finite()).copied();
+        for k in 0..m.needed(first.unwrap_or(0.0)) {
+            let Some((host, f)) = free
+                .iter_mut()
+                .filter(|(_, f)| f.0 >= m.cpu_millicores && f.1 >= m.memory_bytes)
+                .max_by(|x, y| x.1 .0.total_cmp(&y.1 .0))
+            else {
+                continue;
+            };
+            f.0 -= m.cpu_millicores;
+            f.1 -= m.memory_bytes;
+            let id = format!("existing-{}-{k}", wl.id);
+            emits.push(commands.record(
+                &HostKey {
+                    host_id: host.clone(),
+                },
+                &FleetCommand {
+                    command_id: id.clone(),
+                    kind: FleetCommandKind::PlaceWorkload,
+                    host_id: host.clone(),
+                    target_host_id: None,
+                    shadow_id: None,
+                    workload_id: wl.id.clone(),
+                    request_id: None,
+                    resources: replica_resources(m),
+                    issued_at: now,
+                },
+            )?);
+            ids.push(id);
+        }
+    }
+    send_all(producer, emits).await?;
+    Ok(ids)
+}
+
+fn replica_resources(m: &ReplicaModel) -> Resources {
+    Resources {
+        cpu_millicores: m.cpu_millicores.round() as i64,
+        memory_bytes: m.memory_bytes.round() as i64,
+        disk_io_bytes_per_s: 0,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn live_week(
+    a: &ReplayArgs,
+    p: &Plan,
+    obs: &Shared,
+    clock: &ClockSettings,
+    producer: &rdkafka::producer::FutureProducer,
+    raw_emit: &dyn Fn(&UsageSample) -> Result<Emit, umbra_stream::StreamError>,
+    requests: &Output<WorkloadKey, WorkloadRequest>,
+    commands: &Output<HostKey, FleetCommand>,
+    procs: &mut Procs,
+) -> anyhow::Result<Measured> {
+    let mut m = Measured::default();
+    let (mut next_sample, mut next_event) = (0usize, 0usize);
+    let mut last_progress = Instant::now() - Duration::from_secs(10);
+    let step_ms = STEP_S * 1000;
+    let mut seq: HashMap<usize, usize> = HashMap::new();
+    for i in 0..p.steps {
+        let t = p.live_start_ms + i as i64 * step_ms;
+        let due_wall = clock.origin_wall_ms + ((t - p.live_start_ms) as f64 / p.speed) as i64;
+        let wait = due_wall - umbra_stream::now_millis();
+        if wait > 0 {
+            tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+        }
+        if let Some(e) = procs.exited() {
+            bail!("during the live week: {e}");
+        }
+        let mut emits = Vec::new();
+        while next_sample < p.live_samples.len()
+            && p.live_samples[next_sample].sample_time < t + step_ms
+        {
+            emits.push(raw_emit(&p.live_samples[next_sample])?);
+            next_sample += 1;
+        }
+        let now = clock.now_ms();
+        while next_event < p.events.len() && p.events[next_event].t_s * 1000 <= t - p.live_start_ms
+        {
+            let e = p.events[next_event];
+            next_event += 1;
+            let wl = &p.live[e.workload];
+            let k = seq.entry(e.workload).or_default();
+            *k += 1;
+            match e.change {
+                Change::Up => {
+                    let id = format!("req-{}-{:04}-{}", wl.id, i, k);
+                    emits.push(requests.record(
+                        &WorkloadKey {
+                            workload_id: wl.id.clone(),
+                        },
+                        &WorkloadRequest {
+                            request_id: id.clone(),
+                            workload_id: wl.id.clone(),
+                            labels: [("source".to_string(), "umbra replay".to_string())].into(),
+                            resources: replica_resources(&p.models[e.workload]),
+                            requested_at: now,
+                        },
+                    )?);
+                    m.requests.push((id, e));
+                }
+                Change::Down => {
+                    // From the host holding the most of the workload.
+                    let host = {
+                        let o = lock(obs);
+                        o.ledger
+                            .hosts()
+                            .iter()
+                            .filter_map(|(h, r)| {
+                                r.workloads
+                                    .get(&wl.id)
+                                    .map(|x| (h.clone(), x.cpu_millicores))
+                            })
+                            .max_by_key(|(_, c)| *c)
+                            .map(|(h, _)| h)
+                    };
+                    if let Some(host) = host {
+                        emits.push(commands.record(
+                            &HostKey {
+                                host_id: host.clone(),
+                            },
+                            &FleetCommand {
+                                command_id: format!("release-{}-{:04}-{}", wl.id, i, k),
+                                kind: FleetCommandKind::ReleaseWorkload,
+                                host_id: host,
+                                target_host_id: None,
+                                shadow_id: None,
+                                workload_id: wl.id.clone(),
+                                request_id: None,
+                                resources: replica_resources(&p.models[e.workload]),
+                                issued_at: now,
+                            },
+                        )?);
+                    }
+                }
+            }
+        }
+        send_all(producer, emits).await?;
+        observe_step(p, i, obs, &mut m);
+        if !a.quiet && (last_progress.elapsed() >= Duration::from_millis(500) || i + 1 == p.steps) {
+            last_progress = Instant::now();
+            progress(p, i, obs, &m);
+        }
+    }
+    if !a.quiet {
+        eprintln!();
+    }
+    Ok(m)
+}
+
+/// Samples the fleet after step `i`: reservations, host use, overloads, commitments.
+fn observe_step(p: &Plan, i: usize, obs: &Shared, m: &mut Measured) {
+    let o = lock(obs);
+    let hours = i as f64 * STEP_S as f64 / 3600.0;
+    let (mut cpu, mut mem) = (0.0, 0.0);
+    for s in o.ledger.shadows().values() {
+        cpu += s.resources.cpu_millicores as f64 / 1000.0;
+        mem += s.resources.memory_bytes as f64 / GIB;
+    }
+    m.reserved.push((hours, cpu, mem));
+    let usage: HashMap<&str, f64> = p
+        .live
+        .iter()
+        .map(|w| {
+            (
+                w.id.as_str(),
+                w.cpu_millicores.get(i).copied().unwrap_or(f64::NAN),
+            )
+        })
+        .collect();
+    let mut over = false;
+    for (h, r) in o.ledger.hosts() {
+        let mut used = 0.0;
+        for (w, held) in &r.workloads {
+            let total = o.ledger.held(w).cpu_millicores;
+            let u = usage.get(w.as_str()).copied().unwrap_or(f64::NAN);
+            if total > 0 && u.is_finite() {
+                used += u * held.cpu_millicores as f64 / total as f64;
+            }
+        }
+        let cap = r.capacity.cpu_millicores.max(1) as f64;
+        over |= used > cap;
+        m.utilization.entry(h.clone()).or_default().push(used / cap);
+    }
+    if over {
+        m.overload_steps += 1;
+    }
+    for (h, _) in o.ledger.overcommitted() {
+        m.overcommitted.insert(h);
+    }
+    let (hits, decided) = hit_counts(&o, &m.requests);
+    m.hit_rate.push((
+        hours,
+        if decided == 0 {
+            0.0
+        } else {
+            hits as f64 / decided as f64
+        },
+    ));
+}
+
+fn hit_counts(o: &Observed, requests: &[(String, ScaleEvent)]) -> (usize, usize) {
+    let mut hits = 0;
+    let mut decided = 0;
+    for (id, _) in requests {
+        if let Some(d) = o.decisions.get(id).and_then(|d| d.first()) {
+            decided += 1;
+            hits += usize::from(d.outcome == Outcome::ShadowHit);
+        }
+    }
+    (hits, decided)
+}
+
+/// Decision latency in wall seconds: both ends are on the same trace clock.
+fn latency_s(d: &AllocationDecision, speed: f64) -> f64 {
+    ((d.decided_at - d.requested_at) as f64 / speed / 1000.0).max(0.0)
+}
+
+fn progress(p: &Plan, i: usize, obs: &Shared, m: &Measured) {
+    let o = lock(obs);
+    let (hits, decided) = hit_counts(&o, &m.requests);
+    let mut lat: Vec<f64> = m
+        .requests
+        .iter()
+        .filter_map(|(id, _)| o.decisions.get(id).and_then(|d| d.first()))
+        .map(|d| latency_s(d, p.speed))
+        .collect();
+    let p50 = quantile_of(&mut lat, 0.5);
+    let used: f64 = p
+        .live
+        .iter()
+        .map(|w| {
+            w.cpu_millicores[..=i]
+                .iter()
+                .filter(|c| c.is_finite())
+                .sum::<f64>()
+                / 1000.0
+        })
+        .sum::<f64>()
+        * STEP_S as f64
+        / 3600.0;
+    let reserved: f64 = m.reserved.iter().map(|r| r.1).sum::<f64>() * STEP_S as f64 / 3600.0;
+    let overloaded = m
+        .utilization
+        .values()
+        .filter(|u| u.last().is_some_and(|x| *x > 1.0))
+        .count();
+    let live: Vec<Workload> = p
+        .live
+        .iter()
+        .map(|w| Workload {
+            id: w.id.clone(),
+            cpu_millicores: w.cpu_millicores[..=i].to_vec(),
+            memory_bytes: Vec::new(),
+        })
+        .collect();
+    let (mase, cover) = o
+        .forecasts
+        .score(&p.history, &live, p.live_start_ms, STEP_S, 288);
+    drop(o);
+    let done = (i + 1) as f64 / p.steps as f64;
+    let bar: String = (0..24)
+        .map(|k| if (k as f64) < done * 24.0 { '#' } else { '.' })
+        .collect();
+    eprint!(
+        "\r[{bar}] day {:.1}/{:.0}  requests {decided}/{}  hits {:.1}%  latency p50 {:.2} s  reserved {:.1} cores ({:.0}% of used)  overloaded hosts {overloaded}  MASE {:.2} cover80 {:.2}   ",
+        (i + 1) as f64 / 288.0,
+        p.steps as f64 / 288.0,
+        m.requests.len(),
+        if decided == 0 { 0.0 } else { 100.0 * hits as f64 / decided as f64 },
+        p50,
+        m.reserved.last().map(|r| r.1).unwrap_or(0.0),
+        if used > 0.0 { 100.0 * reserved / used } else { 0.0 },
+        mase,
+        cover
+    );
+    let _ = std::io::stderr().flush();
+}
+
+fn row(r: PolicyResult, used: f64, overload_minutes: f64) -> PolicyRow {
+    PolicyRow {
+        policy: r.policy,
+        requests: r.requests,
+        hits: r.hits,
+        hit_rate: r.hit_rate,
+        placement_delay_p50_s: r.placement_delay_p50_s,
+        placement_delay_p99_s: r.placement_delay_p99_s,
+        used_core_hours: used,
+        unclaimed_core_hours: r.unclaimed_core_hours,
+        unclaimed_gib_hours: r.unclaimed_gib_hours,
+        overload_minutes,
+        rebalances: 0,
+    }
+}
+
+fn summarize(a: &ReplayArgs, p: &Plan, o: &Observed, m: &Measured) -> Summary {
+    let used = used_core_hours(&p.live, STEP_S);
+    let step_h = STEP_S as f64 / 3600.0;
+    // umbra: a hit starts at once (its decision latency); a standard placement waits the
+    // simulator's start-up delay as well.
+    let mut delays = Vec::new();
+    let (mut hits, mut decided, mut duplicated) = (0, 0, 0);
+    for (id, _) in &m.requests {
+        let Some(ds) = o.decisions.get(id) else {
+            continue;
+        };
+        decided += 1;
+        if ds.len() > 1 {
+            duplicated += 1;
+        }
+        let d = &ds[0];
+        match d.outcome {
+            Outcome::ShadowHit => {
+                hits += 1;
+                delays.push(latency_s(d, p.speed));
+            }
+            Outcome::Standard => delays.push(latency_s(d, p.speed) + a.startup_s),
+            _ => {}
+        }
+    }
+    let requests = m.requests.len();
+    let reserved_core_h: f64 = m.reserved.iter().map(|r| r.1).sum::<f64>() * step_h;
+    let reserved_gib_h: f64 = m.reserved.iter().map(|r| r.2).sum::<f64>() * step_h;
+    let umbra = PolicyRow {
+        policy: "umbra".into(),
+        requests,
+        hits,
+        hit_rate: if requests == 0 {
+            0.0
+        } else {
+            hits as f64 / requests as f64
+        },
+        placement_delay_p50_s: quantile_of(&mut delays.clone(), 0.5),
+        placement_delay_p99_s: quantile_of(&mut delays, 0.99),
+        used_core_hours: used,
+        unclaimed_core_hours: reserved_core_h,
+        unclaimed_gib_hours: reserved_gib_h,
+        overload_minutes: m.overload_steps as f64 * STEP_S as f64 / 60.0,
+        rebalances: o.reshadows,
+    };
+    let duration_s = p.steps as i64 * STEP_S;
+    let (overload, _) =
+        standard_placement_overload(&p.live, &p.models, &p.events, &p.fleet, STEP_S);
+    // Balloon placeholders big enough for any replica of the trace.
+    let size = Placeholder {
+        cpu_millicores: p
+            .models
+            .iter()
+            .map(|m| m.cpu_millicores)
+            .fold(0.0, f64::max),
+        memory_bytes: p.models.iter().map(|m| m.memory_bytes).fold(0.0, f64::max),
+    };
+    let avg_reserved_cores = reserved_core_h / (duration_s as f64 / 3600.0).max(1e-9);
+    let policies = vec![
+        umbra.clone(),
+        row(
+            umbra_replay::reactive(&p.events, a.startup_s),
+            used,
+            overload,
+        ),
+        row(
+            umbra_replay::static_equal_reserve(
+                &p.events,
+                size,
+                avg_reserved_cores,
+                a.startup_s,
+                duration_s,
+            ),
+            used,
+            overload,
+        ),
+        row(
+            umbra_replay::static_equal_hits(
+                &p.events,
+                size,
+                umbra.hit_rate,
+                a.startup_s,
+                duration_s,
+                100_000,
+            ),
+            used,
+            overload,
+        ),
+        row(umbra_replay::oracle(&p.events), used, overload),
+    ];
+    let (mase, coverage80) = o
+        .forecasts
+        .score(&p.history, &p.live, p.live_start_ms, STEP_S, 288);
+    Summary {
+        policies,
+        forecast: ForecastScore { mase, coverage80 },
+        decisions: DecisionCounts {
+            requests,
+            decided,
+            duplicated,
+        },
+        overcommitted_hosts: m.overcommitted.len(),
+    }
+}
+
+fn report_data(a: &ReplayArgs, p: &Plan, o: &Observed, m: &Measured) -> ReportData {
+    // The three workloads that asked for the most replicas.
+    let mut counts: BTreeMap<usize, usize> = BTreeMap::new();
+    for (_, e) in &m.requests {
+        *counts.entry(e.workload).or_default() += 1;
+    }
+    let mut busiest: Vec<(usize, usize)> = counts.into_iter().collect();
+    busiest.sort_by_key(|(w, n)| (std::cmp::Reverse(*n), *w));
+    let forecasts = busiest
+        .iter()
+        .take(3)
+        .map(|(w, _)| {
+            let wl = &p.live[*w];
+            let mut f = ForecastPlot {
+                workload: wl.id.clone(),
+                actual: Vec::new(),
+                mean: Vec::new(),
+                lower_80: Vec::new(),
+                upper_80: Vec::new(),
+            };
+            for (i, c) in wl.cpu_millicores.iter().enumerate() {
+                let h = i as f64 * STEP_S as f64 / 3600.0;
+                if c.is_finite() {
+                    f.actual.push((h, c / 1000.0));
+                }
+                if let Some((mean, lo, hi)) = o
+                    .forecasts
+                    .at(&wl.id, p.live_start_ms + i as i64 * STEP_S * 1000)
+                {
+                    f.mean.push((h, mean / 1000.0));
+                    f.lower_80.push((h, lo / 1000.0));
+                    f.upper_80.push((h, hi / 1000.0));
+                }
+            }
+            f
+        })
+        .collect();
+    // Hourly columns keep the heatmap readable.
+    let utilization = m
+        .utilization
+        .iter()
+        .map(|(h, u)| {
+            (
+                h.clone(),
+                u.chunks(12)
+                    .map(|c| c.iter().sum::<f64>() / c.len() as f64)
+                    .collect(),
+            )
+        })
+        .collect();
+    ReportData {
+        title: format!(
+            "umbra replay: {} VMs of {} (seed {}), {} days of history, {} days live, {} hosts",
+            p.ids.len(),
+            a.data.display(),
+            a.seed,
+            a.history_days,
+            a.live_days,
+            p.fleet.hosts
+        ),
+        hit_rate: m.hit_rate.clone(),
+        reserved_cores: m.reserved.iter().map(|r| (r.0, r.1)).collect(),
+        forecasts,
+        utilization,
+    }
+}
+
+fn print_summary(s: &Summary) {
+    println!(
+        "\n{:<22} {:>8} {:>8} {:>9} {:>9} {:>10} {:>11} {:>11} {:>9} {:>10}",
+        "policy",
+        "requests",
+        "hit rate",
+        "p50 s",
+        "p99 s",
+        "used c-h",
+        "unclaim c-h",
+        "unclaim G-h",
+        "overload",
+        "rebalances"
+    );
+    for r in &s.policies {
+        println!(
+            "{:<22} {:>8} {:>7.1}% {:>9.2} {:>9.2} {:>10.1} {:>11.1} {:>11.1} {:>8.0}m {:>10}",
+            r.policy,
+            r.requests,
+            r.hit_rate * 100.0,
+            r.placement_delay_p50_s,
+            r.placement_delay_p99_s,
+            r.used_core_hours,
+            r.unclaimed_core_hours,
+            r.unclaimed_gib_hours,
+            r.overload_minutes,
+            r.rebalances
+        );
+    }
+    println!(
+        "forecast MASE {:.3}, 80% interval coverage {:.2}; decisions {}/{} requests, {} duplicated; hosts ever over capacity: {}",
+        s.forecast.mase,
+        s.forecast.coverage80,
+        s.decisions.decided,
+        s.decisions.requests,
+        s.decisions.duplicated,
+        s.overcommitted_hosts
+    );
+}
