@@ -15,7 +15,7 @@ TARGET_DIR := $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null
 
 .PHONY: bench-forecast bench-venv bench-shadow bench-interceptor bench-ingest
 .PHONY: prometheus-tools
-.PHONY: all build test unit-test integration-test test-stack-up test-stack-down bench lint demo demo-down status venv clean
+.PHONY: all build test unit-test integration-test test-stack-up test-stack-down bench lint demo bench-replay run run-down status venv clean
 
 all: build
 
@@ -111,8 +111,28 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# Until the demo issue lands: the dev stack and the five services, running in the background.
+# The demo: builds, then `umbra replay` starts a broker and registry of its own (ports 39092 and
+# 38081, state in .state/replay), the five services and the fleet simulator, replays two weeks
+# of history and a live week of ../shared/data/bitbrains-rnd in a few minutes, and writes the
+# report to demo-report/. `make demo VMS=20 SEED=2 LIVE_MINUTES=6` changes the run.
+VMS ?= 50
+SEED ?= 1
+LIVE_MINUTES ?= 4
+DATA ?= ../shared/data/bitbrains-rnd
 demo:
+	$(CARGO) build --release --workspace --bins
+	env -u KAFKA_BOOTSTRAP_SERVERS -u SCHEMA_REGISTRY_URL $(TARGET_DIR)/release/umbra replay \
+	  --data $(DATA) --vms $(VMS) --seed $(SEED) --live-minutes $(LIVE_MINUTES) --out demo-report
+
+# The same evaluation headless, for benchmarking: `make bench-replay [VMS=N SEED=S DATA=DIR]`.
+bench-replay:
+	$(CARGO) build --release --workspace --bins
+	env -u KAFKA_BOOTSTRAP_SERVERS -u SCHEMA_REGISTRY_URL $(TARGET_DIR)/release/umbra replay --quiet \
+	  --data $(DATA) --vms $(VMS) --seed $(SEED) --live-minutes $(LIVE_MINUTES) --out .state/bench-replay
+
+# The dev stack and the five services with the fleet simulator in the background, to use by
+# hand (`umbra request`, `umbra table`, `umbra decisions`); `make run-down` stops them.
+run:
 	$(CARGO) build --release --workspace --bins
 	$(TARGET_DIR)/release/umbra dev up --state-dir $(DEV_STATE)
 	@for s in $(DEMO_PROCESSES); do \
@@ -124,10 +144,9 @@ demo:
 	@echo "umbra is running: broker 127.0.0.1:9092, registry http://127.0.0.1:8081, five services and the fleet simulator (8 hosts)."
 	@echo "Try:   $(TARGET_DIR)/release/umbra request --workload vm-001"
 	@echo "       $(TARGET_DIR)/release/umbra table"
-	@echo "Stop:  make demo-down"
-	@echo "(The trace replay and the report arrive with the demo issue.)"
+	@echo "Stop:  make run-down"
 
-demo-down:
+run-down:
 	$(TARGET_DIR)/release/umbra dev down --state-dir $(DEV_STATE)
 
 status:

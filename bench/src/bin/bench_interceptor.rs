@@ -69,6 +69,7 @@ fn row(w: &str, hosts: &[String], now_ms: i64) -> ShadowEntry {
         })
         .collect();
     ShadowEntry {
+        replicas: 1,
         workload_id: w.to_string(),
         version: 1,
         state: ShadowState::Active,

@@ -273,6 +273,7 @@ fn entry(i: usize) -> ShadowEntry {
         })
         .collect();
     ShadowEntry {
+        replicas: 1,
         workload_id: w,
         version: 1,
         state: ShadowState::Active,

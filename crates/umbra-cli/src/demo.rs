@@ -52,6 +52,8 @@ const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 const REPLICA_QUANTILE: f64 = 0.7;
 /// Smallest replica, millicores: tiny VMs would otherwise flap on noise.
 const MIN_REPLICA_MILLICORES: f64 = 200.0;
+/// Replicas a VM's busiest hours need at most.
+const MAX_REPLICAS: f64 = 8.0;
 /// Services run in this order; stopped in the reverse.
 const SERVICES: [&str; 6] = [
     "fleet-sim",
@@ -197,9 +199,17 @@ fn plan(a: &ReplayArgs) -> anyhow::Result<Plan> {
     };
     hs.sort_by(by_time);
     ls.sort_by(by_time);
+    // A replica covers most of a VM's history; its busiest hours need at most
+    // MAX_REPLICAS of them (an HPA's maxReplicas), so an idle VM with rare bursts does not
+    // ask for dozens of tiny replicas at once.
     let models: Vec<ReplicaModel> = history
         .iter()
-        .map(|h| ReplicaModel::sized_from(h, REPLICA_QUANTILE, MIN_REPLICA_MILLICORES, 300))
+        .map(|h| {
+            let mut m = ReplicaModel::sized_from(h, REPLICA_QUANTILE, MIN_REPLICA_MILLICORES, 300);
+            let peak = ReplicaModel::sized_from(h, 0.999, 0.0, 300).cpu_millicores;
+            m.cpu_millicores = m.cpu_millicores.max((peak / MAX_REPLICAS).ceil());
+            m
+        })
         .collect();
     let events = scale_events(&live, STEP_S, &models);
     let mut fleet = FleetShape::sized_for(
@@ -421,16 +431,19 @@ fn service_config(
             p.fleet.hosts,
             (a.startup_s * 1000.0) as i64,
             trace_ms(200.0).min(60_000),
-            500,
+            2_000,
             p.fleet.cpu_millicores as i64,
             p.fleet.memory_bytes as i64,
             1_000_000_000_000i64,
             a.seed
         ),
         "ingest" => "[service]\nmax_future_ms = 86400000\n".to_string(),
+        // Refits every six hours of trace: a forecast is about 50 KB (three horizons), and
+        // hourly refits of every workload would have the broker (and each reader of the topic:
+        // shadow manager, interceptor, rebalancer, this driver) spend most of its time on them.
         "forecast" => format!(
             "[service]\nrefit_interval_ms = {}\nbacktest_origins = 3\nmodels = [{}]\n",
-            wall_ms(3_600_000.0).max(500),
+            wall_ms(6.0 * 3_600_000.0).max(500),
             a.models
                 .iter()
                 .map(|m| format!("\"{m}\""))
@@ -705,14 +718,11 @@ async fn evaluate(
         dir: a.state_dir.clone(),
         procs: Vec::new(),
     };
-    for name in ["ingest", "forecast"] {
-        procs.spawn(
-            bin_dir,
-            name,
-            &service_config(name, a, p, bootstrap, registry_url, prefix, &frozen),
-        )?;
-    }
-    procs.wait_ready(Duration::from_secs(120)).await?;
+    let config = |name: &str, clock: &ClockSettings| {
+        service_config(name, a, p, bootstrap, registry_url, prefix, clock)
+    };
+    procs.spawn(bin_dir, "ingest", &config("ingest", &frozen))?;
+    procs.wait_ready(Duration::from_secs(300)).await?;
     let t = Instant::now();
     send_all(
         &producer,
@@ -757,7 +767,10 @@ async fn evaluate(
         "history: usage series complete after {:.1} s",
         t.elapsed().as_secs_f64()
     );
+    // Forecasts once the history is in: refits while it arrives would only compete for CPU.
     let fit = Instant::now();
+    procs.spawn(bin_dir, "forecast", &config("forecast", &frozen))?;
+    procs.wait_ready(Duration::from_secs(300)).await?;
     wait_until(
         "first forecasts",
         Duration::from_secs(300),
@@ -783,13 +796,9 @@ async fn evaluate(
     // what the workloads hold (and the size of their replicas).
     let (fleet_first, rest) = SERVICES.split_at(2);
     for name in fleet_first {
-        procs.spawn(
-            bin_dir,
-            name,
-            &service_config(name, a, p, bootstrap, registry_url, prefix, &clock),
-        )?;
+        procs.spawn(bin_dir, name, &config(name, &clock))?;
     }
-    procs.wait_ready(Duration::from_secs(120)).await?;
+    procs.wait_ready(Duration::from_secs(300)).await?;
     wait_until(
         "the fleet's hosts",
         Duration::from_secs(60),
@@ -820,13 +829,9 @@ async fn evaluate(
             .count()
     };
     for name in rest {
-        procs.spawn(
-            bin_dir,
-            name,
-            &service_config(name, a, p, bootstrap, registry_url, prefix, &clock),
-        )?;
+        procs.spawn(bin_dir, name, &config(name, &clock))?;
     }
-    procs.wait_ready(Duration::from_secs(120)).await?;
+    procs.wait_ready(Duration::from_secs(300)).await?;
     if refused > 0 {
         eprintln!(
             "note: {refused} of {} existing replicas did not fit the fleet",

@@ -100,6 +100,10 @@ pub struct ReplicaModel {
     pub memory_bytes: f64,
     /// Replicas are released only after usage needed fewer for this long, seconds.
     pub stabilization_s: i64,
+    /// Usage within this fraction of what the running replicas serve changes nothing (the
+    /// HPA's default tolerance is 0.1), so that a workload running right at its replica size
+    /// does not flap on noise.
+    pub tolerance: f64,
 }
 
 impl Default for ReplicaModel {
@@ -108,6 +112,7 @@ impl Default for ReplicaModel {
             cpu_millicores: 1_000.0,
             memory_bytes: 4.0 * 1024.0 * 1024.0 * 1024.0,
             stabilization_s: 300,
+            tolerance: 0.1,
         }
     }
 }
@@ -143,6 +148,7 @@ impl ReplicaModel {
             cpu_millicores: q(&history.cpu_millicores, quantile).max(min_cpu_millicores),
             memory_bytes: q(&history.memory_bytes, 0.5),
             stabilization_s,
+            tolerance: 0.1,
         }
     }
 }
@@ -195,10 +201,16 @@ pub fn scale_events(
                 continue;
             }
             let t = i as i64 * step_s;
-            let need = m.needed(*cpu);
             let Some(run) = running else {
-                running = Some(need);
+                running = Some(m.needed(*cpu));
                 continue;
+            };
+            // Within the tolerance of what the running replicas serve: no change.
+            let ratio = cpu / (f64::from(run) * m.cpu_millicores);
+            let need = if (ratio - 1.0).abs() <= m.tolerance {
+                run
+            } else {
+                m.needed(*cpu)
             };
             if need > run {
                 out.extend((run..need).map(|_| event(t, Change::Up)));
@@ -659,6 +671,7 @@ mod tests {
             cpu_millicores: 1_000.0,
             memory_bytes: GIB,
             stabilization_s: 600,
+            tolerance: 0.0,
         }
     }
 
@@ -688,6 +701,13 @@ mod tests {
             vec![2_100, 2_100],
             "released after 600 s below, not at the 300 s dip"
         );
+        // With the HPA's 10% tolerance, 1050m on one 1000m replica changes nothing; 1150m does.
+        let hpa = ReplicaModel {
+            tolerance: 0.1,
+            ..core()
+        };
+        let ev = scale_events(&[wl(&[900.0, 1_050.0, 1_000.0, 1_150.0])], 300, &[hpa]);
+        assert_eq!(ev.iter().map(|e| e.t_s).collect::<Vec<_>>(), vec![900]);
     }
 
     #[test]
@@ -776,6 +796,7 @@ mod tests {
             cpu_millicores: 1_000.0,
             memory_bytes: 1.0,
             stabilization_s: 300,
+            tolerance: 0.0,
         };
         // One host of 2 cores; one workload runs 1 replica, then uses 3 cores for two steps.
         let fleet = FleetShape {

@@ -132,6 +132,7 @@ pub(crate) fn DEMAND_FORECAST() -> DemandForecast {
 }
 pub(crate) fn SHADOW_ENTRY() -> ShadowEntry {
     ShadowEntry {
+        replicas: 1,
         workload_id: "vm-001".into(),
         version: 3,
         state: ShadowState::Active,

@@ -242,6 +242,12 @@ pub struct ShadowEntry {
     pub host_ranking: Vec<String>,
     pub reason: String,
     pub updated_at: i64,
+    #[serde(default = "one")]
+    #[avro(default = "1")]
+    pub replicas: i32,
+}
+fn one() -> i32 {
+    1
 }
 /// See `workload_request.avsc`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]

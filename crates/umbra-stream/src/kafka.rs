@@ -24,6 +24,8 @@ pub fn client_config(settings: &KafkaSettings) -> ClientConfig {
 /// An idempotent producer whose partitioner agrees with Java clients on key → partition.
 pub fn producer(settings: &KafkaSettings) -> Result<FutureProducer, StreamError> {
     let mut c = client_config(settings);
+    // A consumer property set for every client would only earn a configuration warning here.
+    c.remove("fetch.wait.max.ms");
     c.set("enable.idempotence", "true")
         .set("acks", "all")
         .set("partitioner", "murmur2_random")

@@ -292,16 +292,19 @@ impl Core {
         if !excess.is_empty() {
             return Err(format!("request exceeds the shadow: {}", excess.join(", ")));
         }
+        // A row serves as many requests as it predicts replicas, each on its own shadow; with
+        // one (alternative hosts for one need) the first claim takes the row.
+        let taken = |c: &umbra_schemas::ShadowCandidate| {
+            c.status == ShadowStatus::Claimed || self.claimed.contains_key(&c.shadow_id)
+        };
         if e.state == ShadowState::Claimed
-            || e.candidates
-                .iter()
-                .any(|c| self.claimed.contains_key(&c.shadow_id))
+            || e.candidates.iter().filter(|c| taken(c)).count() >= e.replicas.max(1) as usize
         {
             return Err("the shadow for this workload was already claimed".into());
         }
         e.candidates
             .iter()
-            .filter(|c| c.status == ShadowStatus::Healthy)
+            .filter(|c| c.status == ShadowStatus::Healthy && !taken(c))
             .min_by_key(|c| c.rank)
             .map(|c| (e, c))
             .ok_or_else(|| "no healthy shadow yet".to_string())

@@ -34,6 +34,7 @@ fn entry(w: &str, hosts: &[&str], size: Resources) -> ShadowEntry {
         })
         .collect();
     ShadowEntry {
+        replicas: 1,
         workload_id: w.into(),
         version: 7,
         state: ShadowState::Active,
@@ -182,6 +183,50 @@ fn a_matching_request_takes_the_best_healthy_shadow_once() {
         matches!(&step, Step::Place(c) if c.command_id == place_id("r2", 1)),
         "{step:?}"
     );
+}
+
+#[test]
+fn a_row_predicting_two_replicas_serves_two_requests_on_distinct_shadows() {
+    let mut env = Env::new(3, res(8_000, 32));
+    let mut e = entry("w", &["host-000", "host-001", "host-002"], res(1_000, 1));
+    e.replicas = 2;
+    env.table.insert("w".into(), e);
+    for (i, h) in ["host-000", "host-001", "host-002"].iter().enumerate() {
+        let c = FleetCommand {
+            command_id: format!("create-{i}"),
+            kind: FleetCommandKind::CreateShadow,
+            host_id: h.to_string(),
+            target_host_id: None,
+            shadow_id: Some(format!("w-s{i}")),
+            workload_id: "w".into(),
+            request_id: None,
+            resources: res(1_000, 1),
+            issued_at: T0,
+        };
+        for ev in env.sim.execute(&c, T0) {
+            env.ledger.apply(&ev);
+        }
+    }
+    let mut core = Core::new(Settings::default());
+    let mut shadows = Vec::new();
+    for r in ["r1", "r2"] {
+        let step = core.decide(&request(r, "w", res(1_000, 1)), &env.world());
+        let Step::Decide {
+            claim: Some(claim),
+            decision,
+            ..
+        } = &step
+        else {
+            panic!("expected a hit for {r}: {step:?}")
+        };
+        assert_eq!(decision.outcome, Outcome::ShadowHit);
+        shadows.push(claim.shadow_id.clone());
+        env.fleet(&step, false);
+    }
+    assert_ne!(shadows[0], shadows[1], "each claim takes its own shadow");
+    // Two replicas predicted, two claimed: the third request waits for standard allocation.
+    let step = core.decide(&request("r3", "w", res(1_000, 1)), &env.world());
+    assert!(matches!(&step, Step::Place(_)), "{step:?}");
 }
 
 #[test]

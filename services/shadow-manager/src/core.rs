@@ -87,6 +87,10 @@ pub struct Settings {
     /// whole shadow, and after it the row goes on for the next replica if more is predicted.
     /// Off, or before the first placement, a shadow is the predicted excess itself.
     pub replica_shadows: bool,
+    /// With replica shadows, the most replicas one row stages for at once (the row then holds
+    /// `candidates + replicas - 1` shadows on distinct hosts, and as many requests may claim
+    /// one each).
+    pub max_replicas_per_row: u32,
 }
 
 impl Default for Settings {
@@ -108,6 +112,7 @@ impl Default for Settings {
             max_host_commit_fraction: 1.0,
             reconcile_interval_ms: 500,
             replica_shadows: true,
+            max_replicas_per_row: 8,
         }
     }
 }
@@ -145,6 +150,9 @@ pub struct Demand {
     pub end: i64,
     /// Largest excess over the run, per resource, rounded up: the shadow's size.
     pub requirement: Resources,
+    /// Requests the demand is expected to bring: the replicas predicted above what is held
+    /// (1 without a replica size).
+    pub replicas: u32,
 }
 
 fn round_up(v: i64, g: i64) -> i64 {
@@ -219,6 +227,7 @@ pub fn demand_until(
                     start: t,
                     end: t + step,
                     requirement: excess.max(&Resources::ZERO),
+                    replicas: 1,
                 })
             }
             (Some(d), true) => {
@@ -231,6 +240,8 @@ pub fn demand_until(
     }
     let d = run.map(|mut d| {
         if let Some(r) = replica {
+            let n = (d.requirement.cpu_millicores + r.cpu_millicores - 1) / r.cpu_millicores;
+            d.replicas = n.clamp(1, i64::from(s.max_replicas_per_row.max(1))) as u32;
             d.requirement = *r;
             return d;
         }
@@ -607,16 +618,19 @@ impl Manager {
                             predicted_start: d.start,
                             predicted_end: d.end,
                             requirements: d.requirement,
+                            replicas: d.replicas as i32,
                             candidates: Vec::new(),
                             host_ranking: Vec::new(),
                             reason: String::new(),
                             updated_at: now,
                         };
                         let mut reasons = vec!["forecast".to_string()];
+                        let open = d.replicas as usize;
                         self.refill(
                             &mut e,
                             &mut slots,
                             &HashSet::new(),
+                            open,
                             &mut reasons,
                             &mut out,
                             new_id,
@@ -735,22 +749,24 @@ impl Manager {
                 }
             }
         }
-        // Once the claimed shadow has become the workload, what the workload holds includes
-        // it (the demand above was computed from that): the claimed candidate leaves the row,
+        // Once a claimed shadow has become the workload, what the workload holds includes it
+        // (the demand above was computed from that): the claimed candidate leaves the row,
         // and the others stay staged if the forecast still asks for more (a workload scaling
         // out replica by replica finds its next shadow ready), or are released with the row.
-        let expanded = e.candidates.iter().any(|c| {
-            c.status == ShadowStatus::Claimed
-                && matches!(inp.ledger.ended(&c.shadow_id), Some(ShadowEnd::Expanded))
+        let before = e.candidates.len();
+        e.candidates.retain(|c| {
+            c.status != ShadowStatus::Claimed
+                || !matches!(inp.ledger.ended(&c.shadow_id), Some(ShadowEnd::Expanded))
         });
-        if expanded {
-            e.candidates.retain(|c| c.status != ShadowStatus::Claimed);
+        if e.candidates.len() < before {
             reasons.push("claimed shadow became the workload".into());
         }
-        let claimed = e
+        let claims = e
             .candidates
             .iter()
-            .any(|c| c.status == ShadowStatus::Claimed);
+            .filter(|c| c.status == ShadowStatus::Claimed)
+            .count();
+        let claimed = claims > 0;
         let finished = now >= e.predicted_end + self.settings.release_grace_ms;
         let gone = !claimed
             && match &d {
@@ -782,8 +798,14 @@ impl Manager {
         }
         e.candidates
             .retain(|c| is_live(c.status) || c.status == ShadowStatus::Claimed);
+        // Every claim the row allows is taken: nothing to stage until they are workloads.
+        let full = claims >= e.replicas.max(1) as usize;
         if !claimed {
             if let Some(d) = &d {
+                if d.replicas as i32 != e.replicas {
+                    reasons.push(format!("{} replicas predicted", d.replicas));
+                    e.replicas = d.replicas as i32;
+                }
                 if differs(
                     &d.requirement,
                     &e.requirements,
@@ -812,6 +834,8 @@ impl Manager {
                 e.predicted_start = d.start;
                 e.predicted_end = d.end;
             }
+        }
+        if !full {
             for r in rs {
                 let Some(pos) = e.candidates.iter().position(|c| {
                     c.shadow_id == r.shadow_id && c.host_id == r.from_host_id && is_live(c.status)
@@ -840,9 +864,10 @@ impl Manager {
                     }
                 }
             }
-            self.refill(&mut e, slots, &avoid, &mut reasons, out, new_id, now);
+            let open = (e.replicas.max(1) as usize).saturating_sub(claims);
+            self.refill(&mut e, slots, &avoid, open, &mut reasons, out, new_id, now);
         }
-        e.state = if claimed {
+        e.state = if full {
             ShadowState::Claimed
         } else if e
             .candidates
@@ -858,6 +883,7 @@ impl Manager {
 
     fn materially_changed(a: &ShadowEntry, b: &ShadowEntry) -> bool {
         a.state != b.state
+            || a.replicas != b.replicas
             || a.requirements != b.requirements
             || a.predicted_start != b.predicted_start
             || a.predicted_end != b.predicted_end
@@ -910,13 +936,15 @@ impl Manager {
         e: &mut ShadowEntry,
         slots: &mut BTreeMap<String, HostSlot>,
         avoid: &HashSet<String>,
+        open_claims: usize,
         reasons: &mut Vec<String>,
         out: &mut Vec<Action>,
         new_id: &mut dyn FnMut(&str, &str) -> String,
         now: i64,
     ) {
+        // K alternatives for the first of the claims still open, one more per further claim.
         let live = e.candidates.iter().filter(|c| is_live(c.status)).count();
-        let k = self.settings.candidates;
+        let k = self.settings.candidates + open_claims.saturating_sub(1);
         if live >= k {
             return;
         }

@@ -482,11 +482,12 @@ fn forecast_drop_releases_and_claim_releases_the_others() {
     w.run(3);
     let e = &w.manager.table()["w0"];
     assert_eq!(e.state, ShadowState::Active, "{e:?}");
-    // One replica of the size it was placed at.
+    // Shadows of one replica of the size it was placed at; 2000m more is two replicas, so
+    // K + 1 shadows on distinct hosts, and two requests may each claim one.
     assert_eq!(e.requirements, res(1_500, 2));
-    assert_eq!(e.candidates.len(), 3);
-    // A request takes one of them; once it is the workload (3000m held, 3500m forecast),
-    // the two others stay staged for the next replica.
+    assert_eq!((e.replicas, e.candidates.len()), (2, 4));
+    // A request takes one of them: the row still serves the second replica; once it is the
+    // workload (3000m held, 3500m forecast), the others stay staged for the next replica.
     let best = e.candidates[0].clone();
     let before: Vec<String> = e.candidates.iter().map(|c| c.shadow_id.clone()).collect();
     w.claims.insert(
@@ -510,17 +511,25 @@ fn forecast_drop_releases_and_claim_releases_the_others() {
         },
         w.now,
     );
+    w.run(1);
+    let e = &w.manager.table()["w0"];
+    assert_eq!(
+        e.state,
+        ShadowState::Active,
+        "one of two claims taken: {e:?}"
+    );
     w.deliver(ev);
     w.run(3);
     let e = &w.manager.table()["w0"];
     assert!(e.candidates.iter().all(|c| c.shadow_id != best.shadow_id));
+    assert_eq!(e.replicas, 1);
     assert_eq!(e.requirements, res(1_500, 2), "{e:?}");
     let kept = e
         .candidates
         .iter()
         .filter(|c| before.contains(&c.shadow_id))
         .count();
-    assert_eq!(kept, 2, "the unclaimed shadows were kept: {e:?}");
+    assert_eq!(kept, 3, "the unclaimed shadows were kept: {e:?}");
     assert_eq!(e.state, ShadowState::Active);
     // w1's forecast drops to nothing: its row goes and its shadows are released.
     let mut dropped = forecast("w1", T0, &[0.0; 288], 0.0);

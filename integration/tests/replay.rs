@@ -1,0 +1,191 @@
+//! `umbra replay`, shortened: a few VMs of the real trace through the real broker, registry,
+//! services and fleet simulator, then the report. Also what a user meets around it: a taken
+//! port, and ^C in the middle.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use umbra_integration::{binary, Stack};
+
+fn data_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/bitbrains-rnd")
+}
+
+fn replay(state: &Path, out: &Path) -> Command {
+    let mut c = Command::new(binary("umbra").expect("umbra built"));
+    c.arg("replay")
+        .arg("--data")
+        .arg(data_dir())
+        .args(["--vms", "4", "--seed", "3", "--history-days", "3"])
+        .args(["--live-days", "1", "--live-minutes", "0.75", "--quiet"])
+        .arg("--state-dir")
+        .arg(state)
+        .arg("--out")
+        .arg(out);
+    c
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_short_replay_decides_every_request_once_and_writes_the_report() {
+    let stack = Stack::connect().await.expect("test stack");
+    let dir = tempfile_dir("replay");
+    let out = dir.join("report");
+    let output = replay(&dir.join("state"), &out)
+        .env("KAFKA_BOOTSTRAP_SERVERS", &stack.bootstrap)
+        .env("SCHEMA_REGISTRY_URL", &stack.registry_url)
+        .output()
+        .expect("umbra replay runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "umbra replay failed:\n{stdout}\n{stderr}"
+    );
+    assert!(out.join("report.html").is_file(), "{stdout}\n{stderr}");
+    for svg in [
+        "hits-and-reservations.svg",
+        "forecasts.svg",
+        "utilization.svg",
+    ] {
+        assert!(out.join(svg).is_file(), "{svg} missing");
+    }
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).expect("summary.json"))
+            .expect("summary.json parses");
+    let d = &summary["decisions"];
+    let requests = d["requests"].as_u64().expect("requests");
+    assert!(requests > 0, "the trace made no requests: {summary}");
+    assert_eq!(
+        d["decided"], d["requests"],
+        "every request decided: {summary}"
+    );
+    assert_eq!(d["duplicated"], 0, "no request decided twice: {summary}");
+    assert_eq!(summary["overcommitted_hosts"], 0, "{summary}");
+    let policies: Vec<&str> = summary["policies"]
+        .as_array()
+        .expect("policies")
+        .iter()
+        .map(|p| p["policy"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        policies,
+        [
+            "umbra",
+            "reactive",
+            "static-equal-reserve",
+            "static-equal-hits",
+            "oracle"
+        ]
+    );
+    for p in summary["policies"].as_array().into_iter().flatten() {
+        assert_eq!(p["requests"].as_u64(), Some(requests), "same requests: {p}");
+    }
+    // The summary table is printed too.
+    assert!(stdout.contains("static-equal-reserve"), "{stdout}");
+    // The services it started are gone.
+    assert_no_pid_files(&dir.join("state"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_taken_port_is_named_in_a_clear_message() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let dir = tempfile_dir("replay-port");
+    let output = replay(&dir.join("state"), &dir.join("out"))
+        .env_remove("KAFKA_BOOTSTRAP_SERVERS")
+        .env_remove("SCHEMA_REGISTRY_URL")
+        .args(["--broker-port", &port.to_string()])
+        .output()
+        .expect("umbra replay runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains(&format!("port {port}")) && stderr.contains("taken"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_stops_the_services_and_a_second_run_needs_no_clean_up() {
+    let stack = Stack::connect().await.expect("test stack");
+    let dir = tempfile_dir("replay-int");
+    let state = dir.join("state");
+    let log = dir.join("stderr.log");
+    let mut child = replay(&state, &dir.join("out"))
+        .env("KAFKA_BOOTSTRAP_SERVERS", &stack.bootstrap)
+        .env("SCHEMA_REGISTRY_URL", &stack.registry_url)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("umbra replay starts");
+    // Interrupt once the services are running.
+    let start = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("history:")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "no progress: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        assert!(child.try_wait().expect("wait").is_none(), "exited early");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let pids = pid_files(&state);
+    assert!(!pids.is_empty(), "services were running");
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let start = Instant::now();
+    let exit = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "not stopped 60 s after ^C"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(exit.code(), Some(130), "{exit:?}");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(text.contains("interrupted"), "{text}");
+    for pid in pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "service {pid} still running after ^C"
+        );
+    }
+    assert_no_pid_files(&state);
+}
+
+fn pid_files(dir: &Path) -> Vec<u32> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".pid"))
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                .filter_map(|t| t.trim().parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn assert_no_pid_files(dir: &Path) {
+    let left = pid_files(dir);
+    assert!(
+        left.is_empty(),
+        "pid files left in {}: {left:?}",
+        dir.display()
+    );
+}
+
+fn tempfile_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("umbra-it-{name}-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
