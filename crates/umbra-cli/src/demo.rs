@@ -503,9 +503,9 @@ fn quantile_of(v: &mut [f64], q: f64) -> f64 {
 /// What the live part measured, step by step.
 #[derive(Default)]
 struct Measured {
-    /// (hours since the live start, cores, GiB) reserved by live shadows.
+    /// (seconds since the live start, cores, GiB) reserved by live shadows.
     reserved: Vec<(f64, f64, f64)>,
-    /// (hours, hit rate so far).
+    /// (seconds since the live start, hit rate so far).
     hit_rate: Vec<(f64, f64)>,
     /// Per host, CPU used / capacity per step.
     utilization: BTreeMap<String, Vec<f64>>,
@@ -861,6 +861,7 @@ async fn evaluate(
     procs.stop();
     let o = lock(&obs);
     let summary = summarize(a, p, &o, &measured);
+    print_misses(&o, &measured);
     drop(o);
     let data = report_data(a, p, &lock(&obs), &measured);
     write_report(&a.out, &summary, &data)?;
@@ -1065,13 +1066,14 @@ async fn live_week(
 /// Samples the fleet after step `i`: reservations, host use, overloads, commitments.
 fn observe_step(p: &Plan, i: usize, obs: &Shared, m: &mut Measured) {
     let o = lock(obs);
-    let hours = i as f64 * STEP_S as f64 / 3600.0;
+    // Seconds since the live start: the report draws hours.
+    let t_s = i as f64 * STEP_S as f64;
     let (mut cpu, mut mem) = (0.0, 0.0);
     for s in o.ledger.shadows().values() {
         cpu += s.resources.cpu_millicores as f64 / 1000.0;
         mem += s.resources.memory_bytes as f64 / GIB;
     }
-    m.reserved.push((hours, cpu, mem));
+    m.reserved.push((t_s, cpu, mem));
     let usage: HashMap<&str, f64> = p
         .live
         .iter()
@@ -1104,7 +1106,7 @@ fn observe_step(p: &Plan, i: usize, obs: &Shared, m: &mut Measured) {
     }
     let (hits, decided) = hit_counts(&o, &m.requests);
     m.hit_rate.push((
-        hours,
+        t_s,
         if decided == 0 {
             0.0
         } else {
@@ -1333,17 +1335,17 @@ fn report_data(a: &ReplayArgs, p: &Plan, o: &Observed, m: &Measured) -> ReportDa
                 upper_80: Vec::new(),
             };
             for (i, c) in wl.cpu_millicores.iter().enumerate() {
-                let h = i as f64 * STEP_S as f64 / 3600.0;
+                let h = i as f64 * STEP_S as f64;
                 if c.is_finite() {
-                    f.actual.push((h, c / 1000.0));
+                    f.actual.push((h, *c));
                 }
                 if let Some((mean, lo, hi)) = o
                     .forecasts
                     .at(&wl.id, p.live_start_ms + i as i64 * STEP_S * 1000)
                 {
-                    f.mean.push((h, mean / 1000.0));
-                    f.lower_80.push((h, lo / 1000.0));
-                    f.upper_80.push((h, hi / 1000.0));
+                    f.mean.push((h, mean));
+                    f.lower_80.push((h, lo));
+                    f.upper_80.push((h, hi));
                 }
             }
             f
@@ -1376,6 +1378,38 @@ fn report_data(a: &ReplayArgs, p: &Plan, o: &Observed, m: &Measured) -> ReportDa
         reserved_cores: m.reserved.iter().map(|r| (r.0, r.1)).collect(),
         forecasts,
         utilization,
+    }
+}
+
+/// Why requests were not shadow hits, by the interceptor's reason (the part before `;`).
+fn print_misses(o: &Observed, m: &Measured) {
+    let mut why: BTreeMap<String, usize> = BTreeMap::new();
+    for (id, _) in &m.requests {
+        match o.decisions.get(id).and_then(|d| d.first()) {
+            Some(d) if d.outcome == Outcome::ShadowHit => {}
+            Some(d) => {
+                let reason = d.reason.split(';').next().unwrap_or_default().trim();
+                // One line for every "request at T is outside the predicted window [a, b)".
+                let reason = if reason.contains("outside the predicted window") {
+                    "outside the predicted window"
+                } else {
+                    reason
+                };
+                let outcome = if d.outcome == Outcome::Rejected {
+                    "rejected"
+                } else {
+                    "standard"
+                };
+                *why.entry(format!("{outcome}: {reason}")).or_default() += 1;
+            }
+            None => *why.entry("no decision".into()).or_default() += 1,
+        }
+    }
+    let mut rows: Vec<(String, usize)> = why.into_iter().collect();
+    rows.sort_by_key(|(r, n)| (std::cmp::Reverse(*n), r.clone()));
+    println!("\numbra's requests that were not shadow hits, by reason:");
+    for (r, n) in rows {
+        println!("  {n:>6}  {r}");
     }
 }
 
