@@ -14,7 +14,7 @@ DEMO_PROCESSES := $(SERVICES) fleet-sim
 TARGET_DIR := $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null | $(PYTHON) -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null || echo target)
 
 .PHONY: bench-forecast bench-venv bench-shadow bench-interceptor bench-ingest
-.PHONY: prometheus-tools
+.PHONY: test-tools
 .PHONY: all build test unit-test integration-test test-stack-up test-stack-down bench lint demo bench-replay run run-down status venv clean
 
 all: build
@@ -29,17 +29,20 @@ $(VENV)/.installed:
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check 'confluent-kafka[avro,schemaregistry]>=2.6'
 	touch $@
 
-# Prometheus and promtool for the Prometheus import test (Debian package), installed when
-# missing and this is a Debian machine we may install on.
-prometheus-tools:
-	@command -v promtool >/dev/null 2>&1 || { \
+# Debian packages the tests use, installed when missing and this is a Debian machine we may
+# install on: prometheus (and promtool) for the Prometheus import test, kubectl for rendering
+# the Kubernetes manifests.
+TEST_PACKAGES := prometheus:promtool kubectl:kubectl
+test-tools:
+	@missing=""; for p in $(TEST_PACKAGES); do command -v $${p#*:} >/dev/null 2>&1 || missing="$$missing $${p%%:*}"; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
-	  else echo "note: the Prometheus import test needs the Debian package 'prometheus' (apt-get install prometheus)"; fi; }
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  else echo "note: the tests need the Debian packages:$$missing (apt-get install$$missing)"; fi; fi
 
 # Unit tests (no broker) and integration tests against a real Nisshi broker and the dev
 # registry, started here on 127.0.0.1 and stopped afterwards whatever the outcome.
-test: venv prometheus-tools
+test: venv test-tools
 	$(CARGO) build --workspace --bins --tests
 	$(MAKE) --no-print-directory test-stack-up
 	set -o pipefail; \
