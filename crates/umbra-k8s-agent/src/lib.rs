@@ -1,0 +1,374 @@
+//! The Kubernetes fleet agent's decisions, as pure functions over Kubernetes objects (the
+//! k8s-openapi types), tested without an API server:
+//!
+//! - a `CREATE_SHADOW` command becomes a placeholder pod ([`placeholder_pod`]): a pause
+//!   container requesting exactly the shadow's size, at the `umbra-shadow` priority (negative,
+//!   so any real pod preempts it), required onto the chosen node, labelled with the shadow and
+//!   workload ids and annotated with the command id (a second delivery of the same command
+//!   finds its pod);
+//! - a pod's state becomes the shadow's fleet event ([`shadow_event`]): ready → `HEALTHY`,
+//!   not ready → `UNHEALTHY`, preempted, evicted, failed or deleted → `FAILED` with the reason
+//!   Kubernetes gave;
+//! - a node's allocatable resources minus the requests of the pods on it are what placement
+//!   may use ([`node_capacity`], [`committed_on`]).
+//!
+//! Not here yet: the binary (watching pods and nodes with kube-rs, consuming fleet commands,
+//! producing fleet events), expansion into the workload's own pod template, release and move,
+//! and tests against kube's mock API server.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, Container, ExecAction, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement,
+    NodeSelectorTerm, Pod, PodSpec, Probe, ResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use umbra_schemas::{FleetCommand, FleetCommandKind, FleetEvent, FleetEventKind, Resources};
+
+/// Label holding the shadow id (sanitized to a label value).
+pub const SHADOW_LABEL: &str = "umbra.io/shadow-id";
+/// Label holding the workload id (sanitized to a label value).
+pub const WORKLOAD_LABEL: &str = "umbra.io/workload-id";
+/// Annotations holding the ids exactly as umbra knows them (labels cannot hold every string).
+pub const SHADOW_ANNOTATION: &str = "umbra.io/shadow-id";
+/// Annotation holding the id of the command that created the pod.
+pub const COMMAND_ANNOTATION: &str = "umbra.io/command-id";
+
+/// Errors of the agent's library.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AgentError {
+    /// The command cannot be carried out as given.
+    #[error("command {command_id}: {reason}")]
+    BadCommand {
+        /// The command.
+        command_id: String,
+        /// Why.
+        reason: String,
+    },
+    /// A Kubernetes quantity that is not one.
+    #[error("'{0}' is not a Kubernetes quantity")]
+    Quantity(String),
+}
+
+/// How placeholder pods are made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlaceholderSettings {
+    /// Namespace of the placeholder pods.
+    pub namespace: String,
+    /// The pause image.
+    pub pause_image: String,
+    /// PriorityClass of the placeholders (negative value, `preemptionPolicy: Never`).
+    pub priority_class: String,
+}
+
+impl Default for PlaceholderSettings {
+    fn default() -> Self {
+        Self {
+            namespace: "umbra-shadows".into(),
+            pause_image: "registry.k8s.io/pause:3.10".into(),
+            priority_class: "umbra-shadow".into(),
+        }
+    }
+}
+
+/// `s` as a DNS-1123 label fragment: lower case alphanumerics and `-`, at most `max` long.
+fn dns_fragment(s: &str, max: usize) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    out.truncate(max);
+    out.trim_matches('-').to_string()
+}
+
+/// `s` as a label value: alphanumerics, `-`, `_`, `.`, at most 63, alphanumeric at both ends.
+pub fn label_value(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    out.truncate(63);
+    out.trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_string()
+}
+
+/// The placeholder pod's name for a shadow: stable, so that a repeated command finds it, and
+/// a valid DNS label whatever the id; the hash keeps ids that differ only in case or beyond
+/// the kept length apart.
+pub fn placeholder_name(shadow_id: &str) -> String {
+    // FNV-1a: stable across versions and platforms, unlike the standard library's hasher.
+    let hash = shadow_id.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    match dns_fragment(shadow_id, 40) {
+        f if f.is_empty() => format!("umbra-shadow-{hash:08x}"),
+        f => format!("umbra-shadow-{f}-{hash:08x}"),
+    }
+}
+
+fn quantities(r: &Resources) -> BTreeMap<String, Quantity> {
+    let mut m = BTreeMap::new();
+    m.insert(
+        "cpu".into(),
+        Quantity(format!("{}m", r.cpu_millicores.max(0))),
+    );
+    m.insert("memory".into(), Quantity(r.memory_bytes.max(0).to_string()));
+    m
+}
+
+/// The placeholder pod for a `CREATE_SHADOW` command.
+pub fn placeholder_pod(cmd: &FleetCommand, s: &PlaceholderSettings) -> Result<Pod, AgentError> {
+    let bad = |reason: &str| AgentError::BadCommand {
+        command_id: cmd.command_id.clone(),
+        reason: reason.into(),
+    };
+    if cmd.kind != FleetCommandKind::CreateShadow {
+        return Err(bad("not a CREATE_SHADOW command"));
+    }
+    let shadow = cmd
+        .shadow_id
+        .as_deref()
+        .ok_or_else(|| bad("no shadow_id"))?;
+    if cmd.host_id.is_empty() {
+        return Err(bad("no host_id"));
+    }
+    if cmd.resources.cpu_millicores <= 0 && cmd.resources.memory_bytes <= 0 {
+        return Err(bad("a shadow reserves nothing"));
+    }
+    let size = quantities(&cmd.resources);
+    Ok(Pod {
+        metadata: ObjectMeta {
+            name: Some(placeholder_name(shadow)),
+            namespace: Some(s.namespace.clone()),
+            labels: Some(BTreeMap::from([
+                ("app.kubernetes.io/managed-by".into(), "umbra".into()),
+                (SHADOW_LABEL.into(), label_value(shadow)),
+                (WORKLOAD_LABEL.into(), label_value(&cmd.workload_id)),
+            ])),
+            annotations: Some(BTreeMap::from([
+                (SHADOW_ANNOTATION.into(), shadow.to_string()),
+                (COMMAND_ANNOTATION.into(), cmd.command_id.clone()),
+                ("umbra.io/workload-id".into(), cmd.workload_id.clone()),
+            ])),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            priority_class_name: Some(s.priority_class.clone()),
+            // Through the scheduler (not nodeName), so that priority and preemption apply.
+            affinity: Some(Affinity {
+                node_affinity: Some(NodeAffinity {
+                    required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                        node_selector_terms: vec![NodeSelectorTerm {
+                            match_expressions: Some(vec![NodeSelectorRequirement {
+                                key: "kubernetes.io/hostname".into(),
+                                operator: "In".into(),
+                                values: Some(vec![cmd.host_id.clone()]),
+                            }]),
+                            ..NodeSelectorTerm::default()
+                        }],
+                    }),
+                    ..NodeAffinity::default()
+                }),
+                ..Affinity::default()
+            }),
+            automount_service_account_token: Some(false),
+            termination_grace_period_seconds: Some(0),
+            restart_policy: Some("Always".into()),
+            containers: vec![Container {
+                name: "shadow".into(),
+                image: Some(s.pause_image.clone()),
+                resources: Some(ResourceRequirements {
+                    requests: Some(size.clone()),
+                    limits: Some(size),
+                    ..ResourceRequirements::default()
+                }),
+                // The shadow's health check: the placeholder runs and answers.
+                readiness_probe: Some(Probe {
+                    exec: Some(ExecAction {
+                        command: Some(vec!["/pause".into(), "-v".into()]),
+                    }),
+                    period_seconds: Some(10),
+                    ..Probe::default()
+                }),
+                ..Container::default()
+            }],
+            ..PodSpec::default()
+        }),
+        status: None,
+    })
+}
+
+/// The fleet event a placeholder pod's state means for its shadow, if any (a pod still being
+/// scheduled or started means nothing yet). `occurred_at` is the event's time (ms).
+pub fn shadow_event(pod: &Pod, occurred_at: i64) -> Option<FleetEvent> {
+    let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+    let shadow = annotations.get(SHADOW_ANNOTATION)?.clone();
+    let workload = annotations.get("umbra.io/workload-id").cloned();
+    let host = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .unwrap_or_default();
+    let status = pod.status.clone().unwrap_or_default();
+    let conditions = status.conditions.clone().unwrap_or_default();
+    let condition = |t: &str| conditions.iter().find(|c| c.type_ == t);
+    let event = |kind: FleetEventKind, reason: String| FleetEvent {
+        event_id: format!("{shadow}-{}-{occurred_at}", kind_name(kind)),
+        command_id: None,
+        kind,
+        host_id: host.clone(),
+        shadow_id: Some(shadow.clone()),
+        workload_id: workload.clone(),
+        resources: Resources::ZERO,
+        reason,
+        occurred_at,
+    };
+    // Preemption and eviction mark the pod with a DisruptionTarget condition first.
+    if let Some(c) = condition("DisruptionTarget").filter(|c| c.status == "True") {
+        let why = c.reason.clone().unwrap_or_else(|| "disrupted".into());
+        let detail = c.message.clone().unwrap_or_default();
+        return Some(event(
+            FleetEventKind::Failed,
+            format!("{why}: {detail}")
+                .trim_end_matches(": ")
+                .to_string(),
+        ));
+    }
+    if pod.metadata.deletion_timestamp.is_some() {
+        return Some(event(
+            FleetEventKind::Failed,
+            "placeholder pod deleted".into(),
+        ));
+    }
+    match status.phase.as_deref() {
+        Some("Failed") => {
+            let why = status.reason.clone().unwrap_or_else(|| "Failed".into());
+            let detail = status.message.clone().unwrap_or_default();
+            return Some(event(
+                FleetEventKind::Failed,
+                format!("{why}: {detail}")
+                    .trim_end_matches(": ")
+                    .to_string(),
+            ));
+        }
+        Some("Succeeded") => {
+            return Some(event(FleetEventKind::Failed, "placeholder exited".into()));
+        }
+        _ => {}
+    }
+    let ready = condition("Ready")?;
+    if host.is_empty() {
+        return None;
+    }
+    Some(if ready.status == "True" {
+        event(FleetEventKind::Healthy, "placeholder ready".into())
+    } else {
+        event(
+            FleetEventKind::Unhealthy,
+            ready
+                .message
+                .clone()
+                .or(ready.reason.clone())
+                .unwrap_or_else(|| "not ready".into()),
+        )
+    })
+}
+
+fn kind_name(k: FleetEventKind) -> &'static str {
+    match k {
+        FleetEventKind::Healthy => "healthy",
+        FleetEventKind::Unhealthy => "unhealthy",
+        FleetEventKind::Failed => "failed",
+        _ => "event",
+    }
+}
+
+/// A Kubernetes quantity in its base unit (cores for CPU, bytes for memory) × `scale`,
+/// rounded up: `"1500m"` × 1000 = 1500, `"2Gi"` × 1 = 2147483648.
+pub fn parse_quantity(q: &str, scale: f64) -> Result<i64, AgentError> {
+    let err = || AgentError::Quantity(q.to_string());
+    let q = q.trim();
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(q.len());
+    let (num, suffix) = q.split_at(split);
+    let (num, suffix) = if suffix.starts_with(['e', 'E']) && suffix.len() > 1 {
+        (q, "")
+    } else {
+        (num, suffix)
+    };
+    let n: f64 = num.parse().map_err(|_| err())?;
+    let factor = match suffix {
+        "" => 1.0,
+        "n" => 1e-9,
+        "u" => 1e-6,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0f64.powi(2),
+        "Gi" => 1024.0f64.powi(3),
+        "Ti" => 1024.0f64.powi(4),
+        "Pi" => 1024.0f64.powi(5),
+        "Ei" => 1024.0f64.powi(6),
+        _ => return Err(err()),
+    };
+    let v = n * factor * scale;
+    if !v.is_finite() || v < 0.0 {
+        return Err(err());
+    }
+    // Rounded up, but not past float noise (0.1 × 1000 is 100.00000000000001).
+    Ok((v - 1e-6).ceil().max(0.0) as i64)
+}
+
+fn resources_of(m: Option<&BTreeMap<String, Quantity>>) -> Result<Resources, AgentError> {
+    let get = |k: &str, scale: f64| {
+        m.and_then(|m| m.get(k))
+            .map_or(Ok(0), |q| parse_quantity(&q.0, scale))
+    };
+    Ok(Resources {
+        cpu_millicores: get("cpu", 1000.0)?,
+        memory_bytes: get("memory", 1.0)?,
+        disk_io_bytes_per_s: 0,
+    })
+}
+
+/// What a node offers pods: its allocatable CPU and memory.
+pub fn node_capacity(node: &Node) -> Result<Resources, AgentError> {
+    resources_of(node.status.as_ref().and_then(|s| s.allocatable.as_ref()))
+}
+
+/// What the pods bound to `node_name` request (pods that finished do not count): with
+/// [`node_capacity`], what is left for shadows and workloads.
+pub fn committed_on(node_name: &str, pods: &[Pod]) -> Result<Resources, AgentError> {
+    let mut total = Resources::ZERO;
+    for p in pods {
+        let on_node = p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node_name);
+        let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+        if !on_node || matches!(phase, Some("Succeeded" | "Failed")) {
+            continue;
+        }
+        for c in p.spec.iter().flat_map(|s| s.containers.iter()) {
+            let r = resources_of(c.resources.as_ref().and_then(|r| r.requests.as_ref()))?;
+            total = total.plus(&r);
+        }
+    }
+    Ok(total)
+}
