@@ -10,11 +10,15 @@
 //!   not ready → `UNHEALTHY`, preempted, evicted, failed or deleted → `FAILED` with the reason
 //!   Kubernetes gave;
 //! - a node's allocatable resources minus the requests of the pods on it are what placement
-//!   may use ([`node_capacity`], [`committed_on`]).
+//!   may use ([`node_capacity`], [`committed_on`]);
+//! - every shadow command becomes what to do to the cluster given what is there ([`plan`]):
+//!   create, release (delete), move (create on the new node, then delete), expand (the
+//!   workload's own pod, from its template, required onto the shadow's node at its own
+//!   priority: the scheduler preempts the placeholder to make room, so the capacity passes
+//!   from shadow to workload without a window in which another pod could take it).
 //!
 //! Not here yet: the binary (watching pods and nodes with kube-rs, consuming fleet commands,
-//! producing fleet events), expansion into the workload's own pod template, release and move,
-//! and tests against kube's mock API server.
+//! producing fleet events) and tests against kube's mock API server.
 
 use std::collections::BTreeMap;
 
@@ -371,4 +375,231 @@ pub fn committed_on(node_name: &str, pods: &[Pod]) -> Result<Resources, AgentErr
         }
     }
     Ok(total)
+}
+
+/// One change to the cluster. Changes run in order; a creation after a deletion of the same
+/// name waits until the deletion is complete.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// Create this pod.
+    Create(Box<Pod>),
+    /// Delete the pod of this name (in the placeholder namespace).
+    Delete(String),
+}
+
+/// What to do for a command, and the fleet's answer once it is done.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// Changes, in order.
+    pub ops: Vec<Op>,
+    /// The answer to publish once the changes are accepted.
+    pub answer: FleetEvent,
+}
+
+fn answer(
+    cmd: &FleetCommand,
+    kind: FleetEventKind,
+    host: &str,
+    reason: String,
+    at: i64,
+) -> FleetEvent {
+    FleetEvent {
+        event_id: format!("{}-answer", cmd.command_id),
+        command_id: Some(cmd.command_id.clone()),
+        kind,
+        host_id: host.to_string(),
+        shadow_id: cmd.shadow_id.clone(),
+        workload_id: Some(cmd.workload_id.clone()),
+        resources: cmd.resources,
+        reason,
+        occurred_at: at,
+    }
+}
+
+fn refused(cmd: &FleetCommand, reason: String, at: i64) -> Plan {
+    Plan {
+        ops: Vec::new(),
+        answer: answer(cmd, FleetEventKind::Refused, &cmd.host_id, reason, at),
+    }
+}
+
+/// The workload's pod for an expansion: its template with umbra's labels, required onto the
+/// shadow's node. `template` is the pod the workload names (a ConfigMap holds it).
+pub fn workload_pod(cmd: &FleetCommand, template: &Pod, node: &str) -> Pod {
+    let mut pod = template.clone();
+    let request = cmd
+        .request_id
+        .clone()
+        .unwrap_or_else(|| cmd.command_id.clone());
+    pod.metadata.name = Some(format!(
+        "{}-{}",
+        dns_fragment(&cmd.workload_id, 30),
+        placeholder_name(&request).trim_start_matches("umbra-shadow-")
+    ));
+    pod.metadata.resource_version = None;
+    pod.metadata.uid = None;
+    pod.metadata
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(WORKLOAD_LABEL.into(), label_value(&cmd.workload_id));
+    pod.metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(COMMAND_ANNOTATION.into(), cmd.command_id.clone());
+    let spec = pod.spec.get_or_insert_with(PodSpec::default);
+    spec.node_name = None;
+    spec.affinity = Some(Affinity {
+        node_affinity: Some(NodeAffinity {
+            required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                node_selector_terms: vec![NodeSelectorTerm {
+                    match_expressions: Some(vec![NodeSelectorRequirement {
+                        key: "kubernetes.io/hostname".into(),
+                        operator: "In".into(),
+                        values: Some(vec![node.to_string()]),
+                    }]),
+                    ..NodeSelectorTerm::default()
+                }],
+            }),
+            ..NodeAffinity::default()
+        }),
+        ..spec.affinity.clone().unwrap_or_default()
+    });
+    pod.status = None;
+    pod
+}
+
+/// What a shadow command asks of the cluster, given the shadow's placeholder pod as it is now
+/// (`existing`) and, for an expansion, the workload's pod template. Idempotent: a command
+/// whose effect is already there (the placeholder carries its command id, or is gone for a
+/// release) plans nothing and answers the same.
+pub fn plan(
+    cmd: &FleetCommand,
+    existing: Option<&Pod>,
+    template: Option<&Pod>,
+    s: &PlaceholderSettings,
+    now: i64,
+) -> Plan {
+    let Some(shadow) = cmd.shadow_id.as_deref() else {
+        return refused(cmd, "no shadow_id".into(), now);
+    };
+    let name = placeholder_name(shadow);
+    let node_of = |p: &Pod| {
+        p.spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_else(|| cmd.host_id.clone())
+    };
+    match cmd.kind {
+        FleetCommandKind::CreateShadow => {
+            let created_by = existing
+                .and_then(|p| p.metadata.annotations.as_ref())
+                .and_then(|a| a.get(COMMAND_ANNOTATION));
+            if created_by.is_some() {
+                return Plan {
+                    ops: Vec::new(),
+                    answer: answer(
+                        cmd,
+                        FleetEventKind::Created,
+                        &cmd.host_id,
+                        "placeholder exists".into(),
+                        now,
+                    ),
+                };
+            }
+            match placeholder_pod(cmd, s) {
+                Ok(pod) => Plan {
+                    ops: vec![Op::Create(Box::new(pod))],
+                    answer: answer(
+                        cmd,
+                        FleetEventKind::Created,
+                        &cmd.host_id,
+                        "placeholder pod created".into(),
+                        now,
+                    ),
+                },
+                Err(e) => refused(cmd, e.to_string(), now),
+            }
+        }
+        FleetCommandKind::ReleaseShadow => Plan {
+            ops: existing.map(|_| Op::Delete(name)).into_iter().collect(),
+            answer: answer(
+                cmd,
+                FleetEventKind::Released,
+                &existing.map_or_else(|| cmd.host_id.clone(), node_of),
+                if existing.is_some() {
+                    "released"
+                } else {
+                    "already gone"
+                }
+                .into(),
+                now,
+            ),
+        },
+        FleetCommandKind::MoveShadow => {
+            let Some(target) = cmd.target_host_id.as_deref() else {
+                return refused(cmd, "MOVE_SHADOW without target_host_id".into(), now);
+            };
+            let Some(old) = existing else {
+                return refused(cmd, format!("shadow {shadow} is not live"), now);
+            };
+            let size = old
+                .spec
+                .as_ref()
+                .and_then(|s| s.containers.first())
+                .and_then(|c| c.resources.as_ref())
+                .map(|r| resources_of(r.requests.as_ref()).unwrap_or_default())
+                .unwrap_or_default();
+            let create = FleetCommand {
+                kind: FleetCommandKind::CreateShadow,
+                host_id: target.to_string(),
+                resources: if cmd.resources.is_zero() {
+                    size
+                } else {
+                    cmd.resources
+                },
+                ..cmd.clone()
+            };
+            match placeholder_pod(&create, s) {
+                // The name is the shadow's: the old pod goes first, then the new one.
+                Ok(pod) => Plan {
+                    ops: vec![Op::Delete(name), Op::Create(Box::new(pod))],
+                    answer: answer(
+                        cmd,
+                        FleetEventKind::Moved,
+                        target,
+                        format!("moved from {}", node_of(old)),
+                        now,
+                    ),
+                },
+                Err(e) => refused(cmd, e.to_string(), now),
+            }
+        }
+        FleetCommandKind::ExpandShadow => {
+            let Some(old) = existing else {
+                return refused(cmd, format!("shadow {shadow} is not live"), now);
+            };
+            let Some(template) = template else {
+                return refused(
+                    cmd,
+                    format!("no pod template for workload {}", cmd.workload_id),
+                    now,
+                );
+            };
+            let node = node_of(old);
+            Plan {
+                ops: vec![Op::Create(Box::new(workload_pod(cmd, template, &node)))],
+                answer: answer(
+                    cmd,
+                    FleetEventKind::Expanded,
+                    &node,
+                    format!(
+                        "request {} started on its shadow",
+                        cmd.request_id.as_deref().unwrap_or("-")
+                    ),
+                    now,
+                ),
+            }
+        }
+        _ => refused(cmd, "not a shadow command".into(), now),
+    }
 }

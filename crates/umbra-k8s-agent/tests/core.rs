@@ -266,3 +266,140 @@ proptest! {
         prop_assert!(v.is_empty() || (v.starts_with(|c: char| c.is_ascii_alphanumeric()) && v.ends_with(|c: char| c.is_ascii_alphanumeric())));
     }
 }
+
+fn placed(pod: Pod, node: &str) -> Pod {
+    with_status(
+        pod,
+        Some(node),
+        PodStatus {
+            phase: Some("Running".into()),
+            ..PodStatus::default()
+        },
+    )
+}
+
+#[test]
+fn every_shadow_command_plans_its_change_once() {
+    let s = PlaceholderSettings::default();
+    let c = create("s1", "node-1", 500, 1 << 30);
+    // Create: a placeholder; again with it there: nothing, the same answer.
+    let p = plan(&c, None, None, &s, 1);
+    assert!(matches!(p.ops.as_slice(), [Op::Create(_)]));
+    assert_eq!(p.answer.kind, FleetEventKind::Created);
+    assert_eq!(p.answer.command_id.as_deref(), Some("create-s1"));
+    let pod = placed(placeholder_pod(&c, &s).expect("pod"), "node-1");
+    let again = plan(&c, Some(&pod), None, &s, 2);
+    assert!(again.ops.is_empty());
+    assert_eq!(again.answer.kind, FleetEventKind::Created);
+    // Release: delete; when gone already: nothing.
+    let release = FleetCommand {
+        command_id: "release-s1".into(),
+        kind: FleetCommandKind::ReleaseShadow,
+        ..c.clone()
+    };
+    let p = plan(&release, Some(&pod), None, &s, 3);
+    assert_eq!(p.ops, vec![Op::Delete(placeholder_name("s1"))]);
+    assert_eq!(p.answer.kind, FleetEventKind::Released);
+    let p = plan(&release, None, None, &s, 3);
+    assert!(p.ops.is_empty());
+    assert_eq!(p.answer.reason, "already gone");
+    // Move: the old placeholder goes, one of the same size comes on the target node.
+    let mv = FleetCommand {
+        command_id: "move-s1".into(),
+        kind: FleetCommandKind::MoveShadow,
+        target_host_id: Some("node-2".into()),
+        resources: Resources::ZERO,
+        ..c.clone()
+    };
+    let p = plan(&mv, Some(&pod), None, &s, 4);
+    let [Op::Delete(old), Op::Create(new)] = p.ops.as_slice() else {
+        panic!("{:?}", p.ops)
+    };
+    assert_eq!(old, &placeholder_name("s1"));
+    let req = new.spec.as_ref().expect("spec").containers[0]
+        .resources
+        .as_ref()
+        .and_then(|r| r.requests.clone())
+        .expect("requests");
+    assert_eq!(req["cpu"], Quantity("500m".into()));
+    assert_eq!(
+        (p.answer.kind, p.answer.host_id.as_str()),
+        (FleetEventKind::Moved, "node-2")
+    );
+    assert_eq!(p.answer.reason, "moved from node-1");
+    let p = plan(&mv, None, None, &s, 4);
+    assert_eq!(p.answer.kind, FleetEventKind::Refused);
+}
+
+#[test]
+fn an_expansion_places_the_workloads_own_pod_on_the_shadows_node() {
+    let s = PlaceholderSettings::default();
+    let c = create("s1", "node-1", 500, 1 << 30);
+    let pod = placed(placeholder_pod(&c, &s).expect("pod"), "node-3");
+    let template: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "checkout", "labels": {"app": "checkout"}},
+        "spec": {"containers": [{"name": "app", "image": "shop/checkout:1.2",
+            "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}}}]}
+    }))
+    .expect("template");
+    let expand = FleetCommand {
+        command_id: "expand-r1".into(),
+        kind: FleetCommandKind::ExpandShadow,
+        request_id: Some("r1".into()),
+        ..c.clone()
+    };
+    let p = plan(&expand, Some(&pod), Some(&template), &s, 5);
+    let [Op::Create(w)] = p.ops.as_slice() else {
+        panic!("{:?}", p.ops)
+    };
+    let spec = w.spec.as_ref().expect("spec");
+    assert_eq!(
+        spec.containers[0].image.as_deref(),
+        Some("shop/checkout:1.2")
+    );
+    assert_eq!(
+        spec.priority_class_name, None,
+        "its own priority, above the shadow's"
+    );
+    let values = spec
+        .affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|n| {
+            n.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        })
+        .and_then(|n| n.node_selector_terms[0].match_expressions.clone())
+        .expect("pinned")[0]
+        .values
+        .clone();
+    assert_eq!(
+        values,
+        Some(vec!["node-3".to_string()]),
+        "the shadow's node"
+    );
+    let labels = w.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(labels["app"], "checkout");
+    assert_eq!(labels[WORKLOAD_LABEL], "Shop_Checkout");
+    assert_eq!(
+        (p.answer.kind, p.answer.host_id.as_str()),
+        (FleetEventKind::Expanded, "node-3")
+    );
+    // No template named: refused with the reason.
+    let p = plan(&expand, Some(&pod), None, &s, 6);
+    assert_eq!(p.answer.kind, FleetEventKind::Refused);
+    assert!(
+        p.answer.reason.contains("no pod template"),
+        "{}",
+        p.answer.reason
+    );
+    // Not a shadow command.
+    let place = FleetCommand {
+        kind: FleetCommandKind::PlaceWorkload,
+        ..c
+    };
+    assert_eq!(
+        plan(&place, None, None, &s, 7).answer.kind,
+        FleetEventKind::Refused
+    );
+}
