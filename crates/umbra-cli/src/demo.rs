@@ -54,15 +54,6 @@ const REPLICA_QUANTILE: f64 = 0.7;
 const MIN_REPLICA_MILLICORES: f64 = 200.0;
 /// Replicas a VM's busiest hours need at most.
 const MAX_REPLICAS: f64 = 8.0;
-/// Services run in this order; stopped in the reverse.
-const SERVICES: [&str; 6] = [
-    "fleet-sim",
-    "ingest",
-    "forecast",
-    "shadow-manager",
-    "interceptor",
-    "rebalancer",
-];
 
 /// Arguments of `umbra replay`.
 #[derive(clap::Args, Debug, Clone)]
@@ -465,7 +456,9 @@ fn service_config(
             trace_ms(2_000.0).max(5_000),
             trace_ms(60_000.0).max(86_400_000)
         ),
-        "rebalancer" => "[service]\ninterval_ms = 300000\n".to_string(),
+        // Moves are costly at this compression (a moved shadow is not ready for minutes of
+        // trace): only for hosts over for half an hour, a few at a time, not back soon.
+        "rebalancer" => "[service]\ninterval_ms = 300000\ndwell_ms = 1800000\nmax_moves_per_interval = 2\ncooldown_ms = 21600000\n".to_string(),
         _ => String::new(),
     };
     format!("{common}{service}")
@@ -512,6 +505,9 @@ struct Measured {
     overload_steps: usize,
     overcommitted: HashSet<String>,
     requests: Vec<(String, ScaleEvent)>,
+    /// Per request: CPU its workload held just before (millicores) and the 80% upper bound of
+    /// the forecast then in force for that step, if any.
+    request_context: HashMap<String, (f64, Option<f64>)>,
 }
 
 /// Runs the replay; prints the summary table and where the report is.
@@ -786,16 +782,19 @@ async fn evaluate(
 
     // The live week: every service on the trace clock, which starts once all are ready and
     // the existing replicas are placed.
-    let warmup_ms = 15_000 + (fit_s * 2_000.0) as i64;
+    // The forecast restores its history first, alone on the broker (the slowest restore);
+    // the warm-up allows for it twice over, and for the others.
+    let warmup_ms = 20_000 + (fit_s * 3_000.0) as i64;
     let clock = ClockSettings {
         speed: p.speed,
         origin_wall_ms: umbra_stream::now_millis() + warmup_ms,
         origin_trace_ms: p.live_start_ms,
     };
-    // The fleet and the existing replicas first, so that the shadow manager starts from
+    procs.spawn(bin_dir, "forecast", &config("forecast", &clock))?;
+    procs.wait_ready(Duration::from_secs(300)).await?;
+    // The fleet and the existing replicas next, so that the shadow manager starts from
     // what the workloads hold (and the size of their replicas).
-    let (fleet_first, rest) = SERVICES.split_at(2);
-    for name in fleet_first {
+    for name in ["fleet-sim", "ingest"] {
         procs.spawn(bin_dir, name, &config(name, &clock))?;
     }
     procs.wait_ready(Duration::from_secs(300)).await?;
@@ -828,7 +827,7 @@ async fn evaluate(
             })
             .count()
     };
-    for name in rest {
+    for name in ["shadow-manager", "interceptor", "rebalancer"] {
         procs.spawn(bin_dir, name, &config(name, &clock))?;
     }
     procs.wait_ready(Duration::from_secs(300)).await?;
@@ -1012,6 +1011,9 @@ async fn live_week(
                             requested_at: now,
                         },
                     )?);
+                    let held = lock(obs).ledger.held(&wl.id).cpu_millicores as f64;
+                    let upper = lock(obs).forecasts.at(&wl.id, t).map(|f| f.2);
+                    m.request_context.insert(id.clone(), (held, upper));
                     m.requests.push((id, e));
                 }
                 Change::Down => {
@@ -1405,12 +1407,33 @@ fn print_misses(o: &Observed, m: &Measured) {
             None => *why.entry("no decision".into()).or_default() += 1,
         }
     }
+    // Of the requests with no shadow staged: did the forecast in force expect more than the
+    // workload held (a placement or timing miss), or not (a forecast miss)?
+    let (mut expected, mut not_expected, mut no_forecast) = (0, 0, 0);
+    for (id, _) in &m.requests {
+        let missed = o
+            .decisions
+            .get(id)
+            .and_then(|d| d.first())
+            .is_some_and(|d| d.reason.starts_with("no shadow was staged"));
+        if !missed {
+            continue;
+        }
+        match m.request_context.get(id) {
+            Some((held, Some(upper))) if upper > held => expected += 1,
+            Some((_, Some(_))) => not_expected += 1,
+            _ => no_forecast += 1,
+        }
+    }
     let mut rows: Vec<(String, usize)> = why.into_iter().collect();
     rows.sort_by_key(|(r, n)| (std::cmp::Reverse(*n), r.clone()));
     println!("\numbra's requests that were not shadow hits, by reason:");
     for (r, n) in rows {
         println!("  {n:>6}  {r}");
     }
+    println!(
+        "  of those with no shadow staged: the forecast's 80% upper bound was above what the workload held for {expected}, not above for {not_expected}, no forecast for the step {no_forecast}"
+    );
 }
 
 fn print_summary(s: &Summary) {

@@ -172,6 +172,26 @@ fn to_event(e: &ExternalEvent) -> Event {
     }
 }
 
+/// Largest lag of the data behind now that a forecast makes up for (a week of 5-minute steps);
+/// beyond it the forecast starts at the data's end.
+const MAX_LAG_STEPS: i64 = 7 * 288;
+
+/// `fc` without its first `n` steps.
+fn skip(mut fc: umbra_forecasting::Forecast, n: usize) -> umbra_forecasting::Forecast {
+    let n = n.min(fc.mean.len());
+    for v in [
+        &mut fc.mean,
+        &mut fc.lower80,
+        &mut fc.upper80,
+        &mut fc.lower95,
+        &mut fc.upper95,
+    ] {
+        v.drain(..n.min(v.len()));
+    }
+    fc.start_s += n as i64 * fc.step_s;
+    fc
+}
+
 /// The forecast of one workload: hour and day ahead at 5 minutes, week ahead at hourly means,
 /// for CPU, memory and disk I/O, each with 80% and 95% intervals.
 pub fn forecast_workload(
@@ -194,14 +214,28 @@ pub fn forecast_workload(
     let mut per_resource = Vec::new();
     let mut models = Vec::new();
     let mut reasons = Vec::new();
+    // A forecast covers the hour, day and week from now. When the data lags behind now
+    // (a slow input, a restore, a gap in the telemetry), the horizons are extended by the lag
+    // and the steps already past dropped, so that what is published still reaches a day
+    // ahead of now rather than a day ahead of the last data.
+    let end_s = h.start_s + h.len() as i64 * STEP_S;
+    let lag = ((now_ms.div_euclid(1000) - end_s).max(0) / STEP_S).min(MAX_LAG_STEPS) as usize;
+    let lag_week = lag / WEEK.aggregate;
     for (name, s) in &resources {
-        let mut short = f.evaluate(s, &[HOUR.steps, DAY.steps], events, None);
-        let week = f
-            .evaluate(&s.downsample(WEEK.aggregate), &[WEEK.steps], events, None)
+        let mut short = f.evaluate(s, &[HOUR.steps + lag, DAY.steps + lag], events, None);
+        let week = skip(
+            f.evaluate(
+                &s.downsample(WEEK.aggregate),
+                &[WEEK.steps + lag_week],
+                events,
+                None,
+            )
             .remove(0)
-            .chosen;
-        let day = short.remove(1).chosen;
-        let hour = short.remove(0).chosen;
+            .chosen,
+            lag_week,
+        );
+        let day = skip(short.remove(1).chosen, lag);
+        let hour = skip(short.remove(0).chosen, lag);
         models.push(format!("{name}:{}", day.model));
         for (hz, fc) in [("1h", &hour), ("1d", &day), ("1w", &week)] {
             if let Some(r) = &fc.fallback_reason {
@@ -338,6 +372,18 @@ mod tests {
             vec![12, 288, 168]
         );
         assert_eq!(fc.horizons[2].step_seconds, 3600);
+        let end = (1_372_636_800 + 3 * 288 * 300) * 1000;
+        assert_eq!(fc.horizons[1].points[0].time, end, "from the data's end");
+        // Data lagging 10 hours behind now: the horizons still start now and reach as far.
+        let now = end + 10 * 3_600_000;
+        let late = forecast_workload(&f, "a", h, &[], now);
+        let lens: Vec<usize> = late.horizons.iter().map(|h| h.points.len()).collect();
+        assert_eq!(lens, vec![12, 288, 168]);
+        assert_eq!(late.horizons[1].points[0].time, now);
+        assert_eq!(late.horizons[2].points[0].time, now);
+        // Seasonal: the day-ahead value 10 h on is the one the lag-free forecast gives there.
+        let same = |x: &DemandForecast| x.horizons[1].points[120].cpu_millicores.mean;
+        assert!((same(&late) - fc.horizons[1].points[240].cpu_millicores.mean).abs() < 1e-6);
         let p = &fc.horizons[1].points[0];
         assert!(
             p.cpu_millicores.lower_95 <= p.cpu_millicores.mean
