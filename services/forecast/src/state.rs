@@ -173,7 +173,7 @@ fn to_event(e: &ExternalEvent) -> Event {
 }
 
 /// Largest lag of the data behind now that a forecast makes up for (a week of 5-minute steps);
-/// beyond it the forecast starts at the data's end.
+/// beyond it the data is history and the forecast starts at its end.
 const MAX_LAG_STEPS: i64 = 7 * 288;
 
 /// `fc` without its first `n` steps.
@@ -219,7 +219,12 @@ pub fn forecast_workload(
     // and the steps already past dropped, so that what is published still reaches a day
     // ahead of now rather than a day ahead of the last data.
     let end_s = h.start_s + h.len() as i64 * STEP_S;
-    let lag = ((now_ms.div_euclid(1000) - end_s).max(0) / STEP_S).min(MAX_LAG_STEPS) as usize;
+    let lag = match (now_ms.div_euclid(1000) - end_s).max(0) / STEP_S {
+        // Data that old is history (a backfill, a trace without a trace clock): forecast
+        // from its end.
+        l if l > MAX_LAG_STEPS => 0,
+        l => l as usize,
+    };
     let lag_week = lag / WEEK.aggregate;
     for (name, s) in &resources {
         let mut short = f.evaluate(s, &[HOUR.steps + lag, DAY.steps + lag], events, None);
@@ -381,6 +386,9 @@ mod tests {
         assert_eq!(lens, vec![12, 288, 168]);
         assert_eq!(late.horizons[1].points[0].time, now);
         assert_eq!(late.horizons[2].points[0].time, now);
+        // Data older than a week is history: forecast from its end.
+        let old = forecast_workload(&f, "a", h, &[], end + 30 * 86_400_000);
+        assert_eq!(old.horizons[1].points[0].time, end);
         // Seasonal: the day-ahead value 10 h on is the one the lag-free forecast gives there.
         let same = |x: &DemandForecast| x.horizons[1].points[120].cpu_millicores.mean;
         assert!((same(&late) - fc.horizons[1].points[240].cpu_millicores.mean).abs() < 1e-6);
