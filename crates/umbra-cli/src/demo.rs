@@ -485,14 +485,6 @@ async fn send_all(
     Ok(())
 }
 
-fn quantile_of(v: &mut [f64], q: f64) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(f64::total_cmp);
-    v[((v.len() - 1) as f64 * q).round() as usize]
-}
-
 /// What the live part measured, step by step.
 #[derive(Default)]
 struct Measured {
@@ -1011,9 +1003,12 @@ async fn live_week(
                             requested_at: now,
                         },
                     )?);
-                    let held = lock(obs).ledger.held(&wl.id).cpu_millicores as f64;
-                    let upper = lock(obs).forecasts.at(&wl.id, t).map(|f| f.2);
-                    m.request_context.insert(id.clone(), (held, upper));
+                    let context = {
+                        let o = lock(obs);
+                        let held = o.ledger.held(&wl.id).cpu_millicores as f64;
+                        (held, o.forecasts.at(&wl.id, t).map(|f| f.2))
+                    };
+                    m.request_context.insert(id.clone(), context);
                     m.requests.push((id, e));
                 }
                 Change::Down => {
@@ -1143,7 +1138,7 @@ fn progress(p: &Plan, i: usize, obs: &Shared, m: &Measured) {
         .filter_map(|(id, _)| o.decisions.get(id).and_then(|d| d.first()))
         .map(|d| latency_s(d, p.speed))
         .collect();
-    let p50 = quantile_of(&mut lat, 0.5);
+    let p50 = umbra_replay::percentile(&mut lat, 0.5);
     let used: f64 = p
         .live
         .iter()
@@ -1248,8 +1243,8 @@ fn summarize(a: &ReplayArgs, p: &Plan, o: &Observed, m: &Measured) -> Summary {
         } else {
             hits as f64 / requests as f64
         },
-        placement_delay_p50_s: quantile_of(&mut delays.clone(), 0.5),
-        placement_delay_p99_s: quantile_of(&mut delays, 0.99),
+        placement_delay_p50_s: umbra_replay::percentile(&mut delays.clone(), 0.5),
+        placement_delay_p99_s: umbra_replay::percentile(&mut delays, 0.99),
         used_core_hours: used,
         unclaimed_core_hours: reserved_core_h,
         unclaimed_gib_hours: reserved_gib_h,

@@ -133,6 +133,27 @@ fn quantities(r: &Resources) -> BTreeMap<String, Quantity> {
     m
 }
 
+/// `base` with its node affinity replaced by a requirement to run on `node`: through the
+/// scheduler (not `nodeName`), so that priority and preemption apply.
+fn required_on(node: &str, base: Affinity) -> Affinity {
+    Affinity {
+        node_affinity: Some(NodeAffinity {
+            required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                node_selector_terms: vec![NodeSelectorTerm {
+                    match_expressions: Some(vec![NodeSelectorRequirement {
+                        key: "kubernetes.io/hostname".into(),
+                        operator: "In".into(),
+                        values: Some(vec![node.to_string()]),
+                    }]),
+                    ..NodeSelectorTerm::default()
+                }],
+            }),
+            ..NodeAffinity::default()
+        }),
+        ..base
+    }
+}
+
 /// The placeholder pod for a `CREATE_SHADOW` command.
 pub fn placeholder_pod(cmd: &FleetCommand, s: &PlaceholderSettings) -> Result<Pod, AgentError> {
     let bad = |reason: &str| AgentError::BadCommand {
@@ -171,23 +192,7 @@ pub fn placeholder_pod(cmd: &FleetCommand, s: &PlaceholderSettings) -> Result<Po
         },
         spec: Some(PodSpec {
             priority_class_name: Some(s.priority_class.clone()),
-            // Through the scheduler (not nodeName), so that priority and preemption apply.
-            affinity: Some(Affinity {
-                node_affinity: Some(NodeAffinity {
-                    required_during_scheduling_ignored_during_execution: Some(NodeSelector {
-                        node_selector_terms: vec![NodeSelectorTerm {
-                            match_expressions: Some(vec![NodeSelectorRequirement {
-                                key: "kubernetes.io/hostname".into(),
-                                operator: "In".into(),
-                                values: Some(vec![cmd.host_id.clone()]),
-                            }]),
-                            ..NodeSelectorTerm::default()
-                        }],
-                    }),
-                    ..NodeAffinity::default()
-                }),
-                ..Affinity::default()
-            }),
+            affinity: Some(required_on(&cmd.host_id, Affinity::default())),
             automount_service_account_token: Some(false),
             termination_grace_period_seconds: Some(0),
             restart_policy: Some("Always".into()),
@@ -242,14 +247,8 @@ pub fn shadow_event(pod: &Pod, occurred_at: i64) -> Option<FleetEvent> {
     };
     // Preemption and eviction mark the pod with a DisruptionTarget condition first.
     if let Some(c) = condition("DisruptionTarget").filter(|c| c.status == "True") {
-        let why = c.reason.clone().unwrap_or_else(|| "disrupted".into());
-        let detail = c.message.clone().unwrap_or_default();
-        return Some(event(
-            FleetEventKind::Failed,
-            format!("{why}: {detail}")
-                .trim_end_matches(": ")
-                .to_string(),
-        ));
+        let why = kubernetes_reason(c.reason.as_deref(), c.message.as_deref(), "disrupted");
+        return Some(event(FleetEventKind::Failed, why));
     }
     if pod.metadata.deletion_timestamp.is_some() {
         return Some(event(
@@ -259,14 +258,12 @@ pub fn shadow_event(pod: &Pod, occurred_at: i64) -> Option<FleetEvent> {
     }
     match status.phase.as_deref() {
         Some("Failed") => {
-            let why = status.reason.clone().unwrap_or_else(|| "Failed".into());
-            let detail = status.message.clone().unwrap_or_default();
-            return Some(event(
-                FleetEventKind::Failed,
-                format!("{why}: {detail}")
-                    .trim_end_matches(": ")
-                    .to_string(),
-            ));
+            let why = kubernetes_reason(
+                status.reason.as_deref(),
+                status.message.as_deref(),
+                "Failed",
+            );
+            return Some(event(FleetEventKind::Failed, why));
         }
         Some("Succeeded") => {
             return Some(event(FleetEventKind::Failed, "placeholder exited".into()));
@@ -289,6 +286,15 @@ pub fn shadow_event(pod: &Pod, occurred_at: i64) -> Option<FleetEvent> {
                 .unwrap_or_else(|| "not ready".into()),
         )
     })
+}
+
+/// Kubernetes' reason and message as one line: `Evicted: The node was low on memory.`.
+fn kubernetes_reason(reason: Option<&str>, message: Option<&str>, default: &str) -> String {
+    let why = reason.unwrap_or(default);
+    match message.filter(|m| !m.is_empty()) {
+        Some(m) => format!("{why}: {m}"),
+        None => why.to_string(),
+    }
 }
 
 fn kind_name(k: FleetEventKind) -> &'static str {
@@ -448,22 +454,7 @@ pub fn workload_pod(cmd: &FleetCommand, template: &Pod, node: &str) -> Pod {
         .insert(COMMAND_ANNOTATION.into(), cmd.command_id.clone());
     let spec = pod.spec.get_or_insert_with(PodSpec::default);
     spec.node_name = None;
-    spec.affinity = Some(Affinity {
-        node_affinity: Some(NodeAffinity {
-            required_during_scheduling_ignored_during_execution: Some(NodeSelector {
-                node_selector_terms: vec![NodeSelectorTerm {
-                    match_expressions: Some(vec![NodeSelectorRequirement {
-                        key: "kubernetes.io/hostname".into(),
-                        operator: "In".into(),
-                        values: Some(vec![node.to_string()]),
-                    }]),
-                    ..NodeSelectorTerm::default()
-                }],
-            }),
-            ..NodeAffinity::default()
-        }),
-        ..spec.affinity.clone().unwrap_or_default()
-    });
+    spec.affinity = Some(required_on(node, spec.affinity.clone().unwrap_or_default()));
     pod.status = None;
     pod
 }

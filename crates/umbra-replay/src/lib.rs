@@ -253,7 +253,8 @@ pub struct PolicyResult {
     pub unclaimed_gib_hours: f64,
 }
 
-fn percentile(v: &mut [f64], p: f64) -> f64 {
+/// The `p` quantile of `v` (nearest rank; sorts `v`), 0 when empty.
+pub fn percentile(v: &mut [f64], p: f64) -> f64 {
     if v.is_empty() {
         return 0.0;
     }

@@ -127,13 +127,8 @@ fn decided(step: &Step) -> Option<&AllocationDecision> {
     }
 }
 
-#[test]
-fn a_matching_request_takes_the_best_healthy_shadow_once() {
-    let mut env = Env::new(3, res(8_000, 32));
-    let mut e = entry("w", &["host-000", "host-001", "host-002"], res(2_000, 4));
-    e.candidates[0].status = ShadowStatus::Unhealthy;
-    env.table.insert("w".into(), e);
-    // The shadows exist in the fleet.
+/// Shadows `w-s0..2` of workload `w`, of `size`, created in the fleet on hosts 0..2.
+fn stage_shadows(env: &mut Env, size: Resources) {
     for (i, h) in ["host-000", "host-001", "host-002"].iter().enumerate() {
         let c = FleetCommand {
             command_id: format!("create-{i}"),
@@ -143,13 +138,23 @@ fn a_matching_request_takes_the_best_healthy_shadow_once() {
             shadow_id: Some(format!("w-s{i}")),
             workload_id: "w".into(),
             request_id: None,
-            resources: res(2_000, 4),
+            resources: size,
             issued_at: T0,
         };
         for ev in env.sim.execute(&c, T0) {
             env.ledger.apply(&ev);
         }
     }
+}
+
+#[test]
+fn a_matching_request_takes_the_best_healthy_shadow_once() {
+    let mut env = Env::new(3, res(8_000, 32));
+    let mut e = entry("w", &["host-000", "host-001", "host-002"], res(2_000, 4));
+    e.candidates[0].status = ShadowStatus::Unhealthy;
+    env.table.insert("w".into(), e);
+    // The shadows exist in the fleet.
+    stage_shadows(&mut env, res(2_000, 4));
     let mut core = Core::new(Settings::default());
     let r1 = request("r1", "w", res(1_500, 4));
     let step = core.decide(&r1, &env.world());
@@ -191,22 +196,7 @@ fn a_row_predicting_two_replicas_serves_two_requests_on_distinct_shadows() {
     let mut e = entry("w", &["host-000", "host-001", "host-002"], res(1_000, 1));
     e.replicas = 2;
     env.table.insert("w".into(), e);
-    for (i, h) in ["host-000", "host-001", "host-002"].iter().enumerate() {
-        let c = FleetCommand {
-            command_id: format!("create-{i}"),
-            kind: FleetCommandKind::CreateShadow,
-            host_id: h.to_string(),
-            target_host_id: None,
-            shadow_id: Some(format!("w-s{i}")),
-            workload_id: "w".into(),
-            request_id: None,
-            resources: res(1_000, 1),
-            issued_at: T0,
-        };
-        for ev in env.sim.execute(&c, T0) {
-            env.ledger.apply(&ev);
-        }
-    }
+    stage_shadows(&mut env, res(1_000, 1));
     let mut core = Core::new(Settings::default());
     let mut shadows = Vec::new();
     for r in ["r1", "r2"] {
