@@ -17,8 +17,11 @@
 //!   priority: the scheduler preempts the placeholder to make room, so the capacity passes
 //!   from shadow to workload without a window in which another pod could take it).
 //!
-//! Not here yet: the binary (watching pods and nodes with kube-rs, consuming fleet commands,
-//! producing fleet events) and tests against kube's mock API server.
+//! [`cluster`] carries the plans out through the Kubernetes API; [`service`] is the agent's
+//! Kafka side (`umbra-k8s-agent`).
+
+pub mod cluster;
+pub mod service;
 
 use std::collections::BTreeMap;
 
@@ -53,6 +56,9 @@ pub enum AgentError {
     /// A Kubernetes quantity that is not one.
     #[error("'{0}' is not a Kubernetes quantity")]
     Quantity(String),
+    /// The Kubernetes API could not be reached or failed (not a refusal): try again.
+    #[error("Kubernetes API: {0}")]
+    Api(String),
 }
 
 /// How placeholder pods are made.
@@ -64,6 +70,8 @@ pub struct PlaceholderSettings {
     pub pause_image: String,
     /// PriorityClass of the placeholders (negative value, `preemptionPolicy: Never`).
     pub priority_class: String,
+    /// Namespace of the workloads' pod templates and of the workload pods the agent starts.
+    pub workload_namespace: String,
 }
 
 impl Default for PlaceholderSettings {
@@ -72,6 +80,7 @@ impl Default for PlaceholderSettings {
             namespace: "umbra-shadows".into(),
             pause_image: "registry.k8s.io/pause:3.10".into(),
             priority_class: "umbra-shadow".into(),
+            workload_namespace: "default".into(),
         }
     }
 }
@@ -389,8 +398,13 @@ pub fn committed_on(node_name: &str, pods: &[Pod]) -> Result<Resources, AgentErr
 pub enum Op {
     /// Create this pod.
     Create(Box<Pod>),
-    /// Delete the pod of this name (in the placeholder namespace).
-    Delete(String),
+    /// Delete this pod.
+    Delete {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
 }
 
 /// What to do for a command, and the fleet's answer once it is done.
@@ -429,10 +443,12 @@ fn refused(cmd: &FleetCommand, reason: String, at: i64) -> Plan {
     }
 }
 
-/// The workload's pod for an expansion: its template with umbra's labels, required onto the
-/// shadow's node. `template` is the pod the workload names (a ConfigMap holds it).
-pub fn workload_pod(cmd: &FleetCommand, template: &Pod, node: &str) -> Pod {
+/// The workload's pod for an expansion or a placement: its template with umbra's labels,
+/// required onto `node`, in the workload namespace. `template` is the pod the workload names
+/// (a ConfigMap holds it).
+pub fn workload_pod(cmd: &FleetCommand, template: &Pod, node: &str, namespace: &str) -> Pod {
     let mut pod = template.clone();
+    pod.metadata.namespace = Some(namespace.to_string());
     let request = cmd
         .request_id
         .clone()
@@ -470,10 +486,24 @@ pub fn plan(
     s: &PlaceholderSettings,
     now: i64,
 ) -> Plan {
+    if cmd.kind == FleetCommandKind::PlaceWorkload {
+        return plan_placement(cmd, template, s, now);
+    }
     let Some(shadow) = cmd.shadow_id.as_deref() else {
         return refused(cmd, "no shadow_id".into(), now);
     };
-    let name = placeholder_name(shadow);
+    let delete = |p: &Pod| Op::Delete {
+        namespace: p
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| s.namespace.clone()),
+        name: p
+            .metadata
+            .name
+            .clone()
+            .unwrap_or_else(|| placeholder_name(shadow)),
+    };
     let node_of = |p: &Pod| {
         p.spec
             .as_ref()
@@ -512,7 +542,7 @@ pub fn plan(
             }
         }
         FleetCommandKind::ReleaseShadow => Plan {
-            ops: existing.map(|_| Op::Delete(name)).into_iter().collect(),
+            ops: existing.map(delete).into_iter().collect(),
             answer: answer(
                 cmd,
                 FleetEventKind::Released,
@@ -551,9 +581,13 @@ pub fn plan(
                 ..cmd.clone()
             };
             match placeholder_pod(&create, s) {
-                // The name is the shadow's: the old pod goes first, then the new one.
-                Ok(pod) => Plan {
-                    ops: vec![Op::Delete(name), Op::Create(Box::new(pod))],
+                // The new placeholder has a name of its own, so that it can be created while
+                // the old one is still terminating.
+                Ok(mut pod) => Plan {
+                    ops: vec![delete(old), {
+                        pod.metadata.name = Some(placeholder_name(&format!("{shadow}@{target}")));
+                        Op::Create(Box::new(pod))
+                    }],
                     answer: answer(
                         cmd,
                         FleetEventKind::Moved,
@@ -577,8 +611,18 @@ pub fn plan(
                 );
             };
             let node = node_of(old);
+            // The workload's pod first, at its own priority: should the placeholder still
+            // hold the room, the scheduler preempts it; then the placeholder goes.
             Plan {
-                ops: vec![Op::Create(Box::new(workload_pod(cmd, template, &node)))],
+                ops: vec![
+                    Op::Create(Box::new(workload_pod(
+                        cmd,
+                        template,
+                        &node,
+                        &s.workload_namespace,
+                    ))),
+                    delete(old),
+                ],
                 answer: answer(
                     cmd,
                     FleetEventKind::Expanded,
@@ -593,4 +637,86 @@ pub fn plan(
         }
         _ => refused(cmd, "not a shadow command".into(), now),
     }
+}
+
+/// `PLACE_WORKLOAD`: the workload's pod from its template, required onto the command's node
+/// (standard allocation, no shadow).
+fn plan_placement(
+    cmd: &FleetCommand,
+    template: Option<&Pod>,
+    s: &PlaceholderSettings,
+    now: i64,
+) -> Plan {
+    let Some(template) = template else {
+        return refused(
+            cmd,
+            format!("no pod template for workload {}", cmd.workload_id),
+            now,
+        );
+    };
+    if cmd.host_id.is_empty() {
+        return refused(cmd, "no host_id".into(), now);
+    }
+    Plan {
+        ops: vec![Op::Create(Box::new(workload_pod(
+            cmd,
+            template,
+            &cmd.host_id,
+            &s.workload_namespace,
+        )))],
+        answer: answer(
+            cmd,
+            FleetEventKind::Placed,
+            &cmd.host_id,
+            "workload pod created".into(),
+            now,
+        ),
+    }
+}
+
+/// `RELEASE_WORKLOAD`: one of the workload's pods on the command's node goes (the newest, as
+/// a scale-down would pick), or nothing when none is left; `pods` are the workload's pods.
+pub fn plan_workload_release(cmd: &FleetCommand, pods: &[Pod], now: i64) -> Plan {
+    let on_node = pods
+        .iter()
+        .filter(|p| {
+            p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(cmd.host_id.as_str())
+                && p.metadata.deletion_timestamp.is_none()
+        })
+        .max_by(|a, b| {
+            let t = |p: &Pod| p.metadata.creation_timestamp.clone().map(|t| t.0);
+            t(a).cmp(&t(b)).then(a.metadata.name.cmp(&b.metadata.name))
+        });
+    let ops: Vec<Op> = on_node
+        .map(|p| Op::Delete {
+            namespace: p.metadata.namespace.clone().unwrap_or_default(),
+            name: p.metadata.name.clone().unwrap_or_default(),
+        })
+        .into_iter()
+        .collect();
+    let reason = if ops.is_empty() {
+        "nothing placed"
+    } else {
+        "released"
+    };
+    let mut held = Resources::ZERO;
+    for c in on_node
+        .iter()
+        .flat_map(|p| p.spec.iter())
+        .flat_map(|s| s.containers.iter())
+    {
+        held = held.plus(
+            &resources_of(c.resources.as_ref().and_then(|r| r.requests.as_ref()))
+                .unwrap_or_default(),
+        );
+    }
+    let mut e = answer(
+        cmd,
+        FleetEventKind::Released,
+        &cmd.host_id,
+        reason.into(),
+        now,
+    );
+    e.resources = held;
+    Plan { ops, answer: e }
 }

@@ -298,7 +298,13 @@ fn every_shadow_command_plans_its_change_once() {
         ..c.clone()
     };
     let p = plan(&release, Some(&pod), None, &s, 3);
-    assert_eq!(p.ops, vec![Op::Delete(placeholder_name("s1"))]);
+    assert_eq!(
+        p.ops,
+        vec![Op::Delete {
+            namespace: "umbra-shadows".into(),
+            name: placeholder_name("s1")
+        }]
+    );
     assert_eq!(p.answer.kind, FleetEventKind::Released);
     let p = plan(&release, None, None, &s, 3);
     assert!(p.ops.is_empty());
@@ -312,10 +318,15 @@ fn every_shadow_command_plans_its_change_once() {
         ..c.clone()
     };
     let p = plan(&mv, Some(&pod), None, &s, 4);
-    let [Op::Delete(old), Op::Create(new)] = p.ops.as_slice() else {
+    let [Op::Delete { name: old, .. }, Op::Create(new)] = p.ops.as_slice() else {
         panic!("{:?}", p.ops)
     };
     assert_eq!(old, &placeholder_name("s1"));
+    assert_ne!(
+        new.metadata.name.as_deref(),
+        Some(old.as_str()),
+        "created while the old one terminates"
+    );
     let req = new.spec.as_ref().expect("spec").containers[0]
         .resources
         .as_ref()
@@ -349,9 +360,11 @@ fn an_expansion_places_the_workloads_own_pod_on_the_shadows_node() {
         ..c.clone()
     };
     let p = plan(&expand, Some(&pod), Some(&template), &s, 5);
-    let [Op::Create(w)] = p.ops.as_slice() else {
+    let [Op::Create(w), Op::Delete { name: gone, .. }] = p.ops.as_slice() else {
         panic!("{:?}", p.ops)
     };
+    assert_eq!(gone, &placeholder_name("s1"), "then the placeholder goes");
+    assert_eq!(w.metadata.namespace.as_deref(), Some("default"));
     let spec = w.spec.as_ref().expect("spec");
     assert_eq!(
         spec.containers[0].image.as_deref(),
@@ -393,13 +406,42 @@ fn an_expansion_places_the_workloads_own_pod_on_the_shadows_node() {
         "{}",
         p.answer.reason
     );
-    // Not a shadow command.
+    // Standard placement: the template's pod on the command's node.
     let place = FleetCommand {
         kind: FleetCommandKind::PlaceWorkload,
+        shadow_id: None,
+        host_id: "node-5".into(),
+        ..c.clone()
+    };
+    let p = plan(&place, None, Some(&template), &s, 7);
+    assert_eq!(p.answer.kind, FleetEventKind::Placed);
+    let [Op::Create(w)] = p.ops.as_slice() else {
+        panic!("{:?}", p.ops)
+    };
+    let mut placed_pod = (**w).clone();
+    placed_pod.spec.as_mut().expect("spec").node_name = Some("node-5".into());
+    assert_eq!(
+        plan(&place, None, None, &s, 7).answer.kind,
+        FleetEventKind::Refused
+    );
+    // Its release deletes that pod and frees what it requested; then nothing is left.
+    let release = FleetCommand {
+        kind: FleetCommandKind::ReleaseWorkload,
+        ..place
+    };
+    let p = plan_workload_release(&release, std::slice::from_ref(&placed_pod), 8);
+    assert_eq!(p.ops.len(), 1);
+    assert_eq!(p.answer.resources.cpu_millicores, 500);
+    let p = plan_workload_release(&release, &[], 9);
+    assert!(p.ops.is_empty());
+    assert_eq!(p.answer.reason, "nothing placed");
+    // Not a fleet command the agent knows for shadows.
+    let bad = FleetCommand {
+        kind: FleetCommandKind::ReleaseWorkload,
         ..c
     };
     assert_eq!(
-        plan(&place, None, None, &s, 7).answer.kind,
+        plan(&bad, None, None, &s, 7).answer.kind,
         FleetEventKind::Refused
     );
 }
