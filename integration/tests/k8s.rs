@@ -13,8 +13,10 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::api::scheduling::v1::PriorityClass;
 use serde::Deserialize;
+use umbra_k8s_agent::cluster::{Scope, API_CALLS};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -31,6 +33,10 @@ struct Objects {
     pdbs: Vec<PodDisruptionBudget>,
     priority_classes: Vec<PriorityClass>,
     namespaces: Vec<Namespace>,
+    roles: Vec<Role>,
+    role_bindings: Vec<RoleBinding>,
+    cluster_roles: Vec<ClusterRole>,
+    cluster_role_bindings: Vec<ClusterRoleBinding>,
 }
 
 /// One rendered object as its k8s-openapi type, or a failure naming what did not fit.
@@ -67,6 +73,10 @@ fn render(overlay: &str) -> Objects {
             "PodDisruptionBudget" => o.pdbs.push(typed(overlay, &kind, v)),
             "PriorityClass" => o.priority_classes.push(typed(overlay, &kind, v)),
             "Namespace" => o.namespaces.push(typed(overlay, &kind, v)),
+            "Role" => o.roles.push(typed(overlay, &kind, v)),
+            "RoleBinding" => o.role_bindings.push(typed(overlay, &kind, v)),
+            "ClusterRole" => o.cluster_roles.push(typed(overlay, &kind, v)),
+            "ClusterRoleBinding" => o.cluster_role_bindings.push(typed(overlay, &kind, v)),
             other => panic!("{overlay}: unexpected kind {other}"),
         }
     }
@@ -210,7 +220,63 @@ fn check_umbra_services(overlay: &str, o: &Objects) {
         .expect("the umbra-shadow PriorityClass");
     assert!(pc.value < 0, "shadows are preempted by any real pod");
     assert_eq!(pc.preemption_policy.as_deref(), Some("Never"));
-    assert_eq!(o.namespaces.len(), 1);
+    let namespaces: BTreeSet<_> = o
+        .namespaces
+        .iter()
+        .filter_map(|n| n.metadata.name.clone())
+        .collect();
+    assert_eq!(
+        namespaces,
+        BTreeSet::from(["umbra".to_string(), "umbra-shadows".to_string()])
+    );
+    check_agent(overlay, o);
+}
+
+/// The agent: its own account with a token (it calls the API), probes, and a Deployment of
+/// one (its pod watch reports each placeholder once).
+fn check_agent(overlay: &str, o: &Objects) {
+    let d = o
+        .deployments
+        .iter()
+        .find(|d| d.metadata.name.as_deref() == Some("umbra-k8s-agent"))
+        .unwrap_or_else(|| panic!("{overlay}: no agent Deployment"));
+    assert_eq!(d.spec.as_ref().and_then(|s| s.replicas), Some(1));
+    let pod = d
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod spec");
+    assert_eq!(pod.service_account_name.as_deref(), Some("umbra-k8s-agent"));
+    let c = &pod.containers[0];
+    assert!(dockerfile_stages().contains("k8s-agent"));
+    assert_eq!(c.image.as_deref(), Some("umbra/k8s-agent:0.1.0"));
+    assert!(c.readiness_probe.is_some() && c.liveness_probe.is_some());
+    let account = o
+        .accounts
+        .iter()
+        .find(|a| a.metadata.name.as_deref() == Some("umbra-k8s-agent"))
+        .expect("agent account");
+    assert_ne!(account.automount_service_account_token, Some(false));
+}
+
+/// (scope, group, resource, verb) for every permission `rules` grant.
+fn grants(scope: Scope, rules: &[PolicyRule]) -> BTreeSet<(Scope, String, String, String)> {
+    let mut out = BTreeSet::new();
+    for r in rules {
+        assert!(
+            r.resource_names.is_none() && r.non_resource_urls.is_none(),
+            "{r:?}"
+        );
+        for g in r.api_groups.iter().flatten() {
+            for res in r.resources.iter().flatten() {
+                for v in &r.verbs {
+                    assert!(g != "*" && res != "*" && v != "*", "no wildcards: {r:?}");
+                    out.insert((scope, g.clone(), res.clone(), v.clone()));
+                }
+            }
+        }
+    }
+    out
 }
 
 fn endpoints(o: &Objects) -> BTreeMap<String, String> {
@@ -292,4 +358,74 @@ fn the_prod_overlay_points_at_an_existing_kafka_and_registry() {
             .is_some_and(|n| n.starts_with("umbra-"))),
         "only umbra's services"
     );
+}
+
+#[test]
+fn the_agents_rbac_grants_exactly_the_calls_it_makes() {
+    for overlay in ["dev", "prod"] {
+        let o = render(overlay);
+        let agent = |subjects: &Option<Vec<k8s_openapi::api::rbac::v1::Subject>>| {
+            subjects.iter().flatten().any(|s| {
+                s.kind == "ServiceAccount"
+                    && s.name == "umbra-k8s-agent"
+                    && s.namespace.as_deref() == Some("umbra")
+            })
+        };
+        let mut granted = BTreeSet::new();
+        // Roles: scope from the namespace the binding grants in.
+        for b in o.role_bindings.iter().filter(|b| agent(&b.subjects)) {
+            let ns = b.metadata.namespace.clone().unwrap_or_default();
+            let scope = match ns.as_str() {
+                "umbra-shadows" => Scope::Placeholders,
+                "default" => Scope::Workloads,
+                other => panic!("{overlay}: the agent is granted in namespace {other}"),
+            };
+            assert_eq!(
+                b.role_ref.kind, "Role",
+                "{overlay}: no ClusterRole bound per namespace"
+            );
+            let role = o
+                .roles
+                .iter()
+                .find(|r| {
+                    r.metadata.name.as_deref() == Some(b.role_ref.name.as_str())
+                        && r.metadata.namespace.as_deref() == Some(ns.as_str())
+                })
+                .unwrap_or_else(|| panic!("{overlay}: Role {} in {ns}", b.role_ref.name));
+            granted.extend(grants(scope, role.rules.as_deref().unwrap_or_default()));
+        }
+        for b in o
+            .cluster_role_bindings
+            .iter()
+            .filter(|b| agent(&b.subjects))
+        {
+            let role = o
+                .cluster_roles
+                .iter()
+                .find(|r| r.metadata.name.as_deref() == Some(b.role_ref.name.as_str()))
+                .expect("ClusterRole");
+            granted.extend(grants(
+                Scope::Cluster,
+                role.rules.as_deref().unwrap_or_default(),
+            ));
+        }
+        let calls: BTreeSet<_> = API_CALLS
+            .iter()
+            .map(|(s, g, r, v)| (*s, g.to_string(), r.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(
+            granted, calls,
+            "{overlay}: the agent's RBAC must grant exactly umbra_k8s_agent::cluster::API_CALLS"
+        );
+        // Nothing else is bound to any umbra account.
+        let others = o
+            .role_bindings
+            .iter()
+            .map(|b| &b.subjects)
+            .chain(o.cluster_role_bindings.iter().map(|b| &b.subjects))
+            .flat_map(|s| s.iter().flatten())
+            .filter(|s| s.name != "umbra-k8s-agent")
+            .count();
+        assert_eq!(others, 0, "{overlay}: only the agent calls the API");
+    }
 }

@@ -30,6 +30,38 @@ pub const MANAGED: &str = "app.kubernetes.io/managed-by=umbra";
 /// Key of a template ConfigMap that holds the workload's pod (YAML or JSON).
 pub const TEMPLATE_KEY: &str = "pod";
 
+/// Where an API call acts: the placeholder namespace, the workload namespace, or the whole
+/// cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Scope {
+    /// `PlaceholderSettings::namespace`.
+    Placeholders,
+    /// `PlaceholderSettings::workload_namespace`.
+    Workloads,
+    /// Cluster-wide.
+    Cluster,
+}
+
+/// One kind of call the agent makes: (scope, API group, resource, verb).
+pub type ApiCall = (Scope, &'static str, &'static str, &'static str);
+
+/// Every call the agent makes, and so all its RBAC may grant (`k8s/base/agent.yaml`; the
+/// mock-API-server scenarios check each request against this list, the manifest test checks
+/// the RBAC equals it).
+pub const API_CALLS: &[ApiCall] = &[
+    (Scope::Placeholders, "", "pods", "list"),
+    (Scope::Placeholders, "", "pods", "watch"),
+    (Scope::Placeholders, "", "pods", "create"),
+    (Scope::Placeholders, "", "pods", "delete"),
+    (Scope::Workloads, "", "configmaps", "list"),
+    (Scope::Workloads, "", "pods", "list"),
+    (Scope::Workloads, "", "pods", "create"),
+    (Scope::Workloads, "", "pods", "delete"),
+    (Scope::Cluster, "", "nodes", "list"),
+    (Scope::Cluster, "", "pods", "list"),
+    (Scope::Cluster, "metrics.k8s.io", "nodes", "list"),
+];
+
 /// The Kubernetes API as the agent uses it.
 #[derive(Clone)]
 pub struct Cluster {

@@ -11,7 +11,7 @@ use kube::client::Body;
 use kube::runtime::watcher::Event;
 use serde_json::{json, Value};
 use umbra_fleet::{Ledger, ShadowHealth};
-use umbra_k8s_agent::cluster::{news, Cluster};
+use umbra_k8s_agent::cluster::{news, ApiCall, Cluster, Scope, API_CALLS};
 use umbra_k8s_agent::*;
 use umbra_schemas::{FleetCommand, FleetCommandKind, FleetEvent, FleetEventKind, Resources};
 
@@ -47,6 +47,11 @@ impl ApiServerVerifier {
         for q in query {
             assert!(decoded.contains(q), "{decoded} lacks {q}");
         }
+        let call = api_call(&method, &decoded);
+        assert!(
+            API_CALLS.contains(&call),
+            "{method} {decoded} is {call:?}, which API_CALLS (and so the RBAC) does not list"
+        );
         let bytes = req.into_body().collect_bytes().await.expect("request body");
         let body = if bytes.is_empty() {
             Value::Null
@@ -64,6 +69,45 @@ impl ApiServerVerifier {
             panic!("unexpected request {} {}", req.method(), req.uri());
         }
     }
+}
+
+/// The RBAC terms of a request: scope, group, resource, verb.
+fn api_call(method: &Method, uri: &str) -> ApiCall {
+    let path = uri.split('?').next().unwrap_or_default();
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    // /api/v1/... or /apis/<group>/<version>/...
+    let (group, rest) = match parts.as_slice() {
+        ["api", _v, rest @ ..] => ("", rest),
+        ["apis", g, _v, rest @ ..] => (*g, rest),
+        _ => panic!("not an API path: {uri}"),
+    };
+    let group: &'static str = match group {
+        "" => "",
+        "metrics.k8s.io" => "metrics.k8s.io",
+        g => panic!("unexpected API group {g}"),
+    };
+    let (scope, rest) = match rest {
+        ["namespaces", "umbra-shadows", rest @ ..] => (Scope::Placeholders, rest),
+        ["namespaces", "default", rest @ ..] => (Scope::Workloads, rest),
+        ["namespaces", ns, ..] => panic!("unexpected namespace {ns}"),
+        rest => (Scope::Cluster, rest),
+    };
+    let resource: &'static str = match rest.first() {
+        Some(&"pods") => "pods",
+        Some(&"nodes") => "nodes",
+        Some(&"configmaps") => "configmaps",
+        r => panic!("unexpected resource {r:?}"),
+    };
+    let named = rest.len() > 1;
+    let verb = match (method.as_str(), named) {
+        ("GET", false) if uri.contains("watch=true") => "watch",
+        ("GET", false) => "list",
+        ("GET", true) => "get",
+        ("POST", _) => "create",
+        ("DELETE", _) => "delete",
+        (m, _) => panic!("unexpected method {m}"),
+    };
+    (scope, group, resource, verb)
 }
 
 fn answer(send: tower_test::mock::SendResponse<Response<Body>>, code: StatusCode, body: &Value) {
