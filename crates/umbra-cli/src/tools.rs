@@ -105,7 +105,7 @@ pub async fn request(args: RequestArgs) -> anyhow::Result<()> {
     send(
         &producer,
         &emit,
-        with_headers(OwnedHeaders::new(), &trace.headers()),
+        with_headers(OwnedHeaders::new(), &trace.send(&emit.topic)),
     )
     .await?;
     println!("{}", serde_json::to_string(&request)?);

@@ -109,7 +109,7 @@ impl Outputs {
             send(
                 &self.producer,
                 &emit,
-                with_headers(OwnedHeaders::new(), &trace.headers()),
+                with_headers(OwnedHeaders::new(), &trace.send(self.events.topic())),
             )
             .await?;
             ledger.apply(e);
@@ -239,7 +239,16 @@ pub async fn run_with_client(
     );
 
     kafka::partitions(&rt.config.kafka, &commands_topic).await?;
-    let consumer = kafka::group_consumer(&rt.config.kafka, &rt.config.group_id(NAME))?;
+    let consumer = std::sync::Arc::new(kafka::group_consumer(
+        &rt.config.kafka,
+        &rt.config.group_id(NAME),
+    )?);
+    let _lag = kafka::spawn_lag_reporter(
+        consumer.clone(),
+        commands_topic.clone(),
+        rt.metrics.clone(),
+        shutdown.clone(),
+    );
     consumer
         .subscribe(&[&commands_topic])
         .map_err(|e| StreamError::kafka(format!("subscribing to {commands_topic}"), e))?;
@@ -263,7 +272,7 @@ pub async fn run_with_client(
                     Err(e) => { tracing::warn!(error = %e, "consumer error; continuing"); continue; }
                 };
                 rt.metrics.consumed.with_label_values(&[&commands_topic]).inc();
-                let trace = TraceCtx::from_input(msg.headers(), "process umbra.fleet.commands");
+                let trace = TraceCtx::from_input(msg.headers(), &commands_topic);
                 let decoded = match msg.payload() {
                     None => Err("record has no value".to_string()),
                     Some(v) => commands.decode_value(v).await.map_err(|e| e.to_string()),

@@ -158,3 +158,45 @@ pub async fn partitions(settings: &KafkaSettings, topic: &str) -> Result<Vec<i32
     .await
     .map_err(|e| StreamError::Internal(format!("join: {e}")))?
 }
+
+/// Sets `umbra_consumer_lag{topic,partition}` (high watermark minus position) for the
+/// partitions of `topic` that `consumer` holds, every 5 s until `shutdown`.
+pub fn spawn_lag_reporter<C: rdkafka::consumer::ConsumerContext + 'static>(
+    consumer: std::sync::Arc<rdkafka::consumer::StreamConsumer<C>>,
+    topic: String,
+    metrics: crate::metrics::Metrics,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+            let c = consumer.clone();
+            let t = topic.clone();
+            let lags = tokio::task::spawn_blocking(move || {
+                let mut out = Vec::new();
+                if let Ok(pos) = c.position() {
+                    for e in pos.elements_for_topic(&t) {
+                        if let (rdkafka::Offset::Offset(p), Ok((_, high))) = (
+                            e.offset(),
+                            c.fetch_watermarks(&t, e.partition(), Duration::from_secs(2)),
+                        ) {
+                            out.push((e.partition(), (high - p).max(0)));
+                        }
+                    }
+                }
+                out
+            })
+            .await
+            .unwrap_or_default();
+            for (p, lag) in lags {
+                metrics
+                    .lag
+                    .with_label_values(&[&topic, &p.to_string()])
+                    .set(lag);
+            }
+        }
+    })
+}

@@ -46,6 +46,22 @@ impl Metrics {
         g
     }
 
+    /// A service's own histogram in seconds, registered beside the standard metrics.
+    pub fn histogram(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+        buckets: Vec<f64>,
+    ) -> HistogramVec {
+        let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+            .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+        if let Err(e) = self.registry.register(Box::new(h.clone())) {
+            tracing::warn!(metric = name, error = %e, "metric not registered");
+        }
+        h
+    }
+
     /// Fresh metrics for `service`.
     pub fn new(service: &str) -> Self {
         let registry = Registry::new_custom(

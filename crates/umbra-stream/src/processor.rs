@@ -230,7 +230,7 @@ impl<K: Record, V: Record> Processor<K, V> {
             .subscribe(&[&topic])
             .map_err(|e| StreamError::kafka(format!("subscribing to {topic}"), e))?;
         started.store(true, Ordering::Release);
-        let lag_task = spawn_lag_reporter(
+        let lag_task = crate::kafka::spawn_lag_reporter(
             self.consumer.clone(),
             topic.clone(),
             self.metrics.clone(),
@@ -287,7 +287,7 @@ impl<K: Record, V: Record> Processor<K, V> {
             send(
                 &self.producer,
                 e,
-                with_headers(OwnedHeaders::new(), &trace.headers()),
+                with_headers(OwnedHeaders::new(), &trace.send(&e.topic)),
             )
         });
         for (r, e) in join_all(sends).await.into_iter().zip(&outputs) {
@@ -314,7 +314,7 @@ impl<K: Record, V: Record> Processor<K, V> {
         let started = Instant::now();
         let topic = msg.topic();
         self.metrics.consumed.with_label_values(&[topic]).inc();
-        let trace = TraceCtx::from_input(msg.headers(), "process");
+        let trace = TraceCtx::from_input(msg.headers(), topic);
         let step = match self.decode(msg, shutdown).await? {
             Err((stage, reason)) => Step::Bad { stage, reason },
             Ok(input) => match handler.handle(&input) {
@@ -327,12 +327,11 @@ impl<K: Record, V: Record> Processor<K, V> {
         };
         match step {
             Step::Outputs(outputs) => {
-                let trace_headers = trace.headers();
                 let sends = outputs.iter().map(|e| {
                     send(
                         &self.producer,
                         e,
-                        with_headers(OwnedHeaders::new(), &trace_headers),
+                        with_headers(OwnedHeaders::new(), &trace.send(&e.topic)),
                     )
                 });
                 for (r, e) in join_all(sends).await.into_iter().zip(&outputs) {
@@ -431,44 +430,4 @@ impl<K: Record, V: Record> Processor<K, V> {
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
-}
-
-fn spawn_lag_reporter(
-    consumer: Arc<StreamConsumer>,
-    topic: String,
-    metrics: Metrics,
-    shutdown: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-            }
-            let c = consumer.clone();
-            let t = topic.clone();
-            let lags = tokio::task::spawn_blocking(move || {
-                let mut out = Vec::new();
-                if let Ok(pos) = c.position() {
-                    for e in pos.elements_for_topic(&t) {
-                        if let (rdkafka::Offset::Offset(p), Ok((_, high))) = (
-                            e.offset(),
-                            c.fetch_watermarks(&t, e.partition(), Duration::from_secs(2)),
-                        ) {
-                            out.push((e.partition(), (high - p).max(0)));
-                        }
-                    }
-                }
-                out
-            })
-            .await
-            .unwrap_or_default();
-            for (p, lag) in lags {
-                metrics
-                    .lag
-                    .with_label_values(&[&topic, &p.to_string()])
-                    .set(lag);
-            }
-        }
-    })
 }

@@ -28,12 +28,14 @@ pub struct RawRecord {
     pub key: Option<Vec<u8>>,
     /// Value bytes; `None` is a tombstone.
     pub value: Option<Vec<u8>>,
+    /// The producer's trace context (`traceparent` header), if any.
+    pub traceparent: Option<String>,
 }
 
 /// A reader of every partition of one topic, opened at the beginning.
 pub struct RestoringReader {
     topic: String,
-    consumer: StreamConsumer,
+    consumer: Arc<StreamConsumer>,
     end: HashMap<i32, i64>,
 }
 
@@ -54,7 +56,7 @@ impl RestoringReader {
             .map_err(|e| StreamError::kafka(format!("assigning {topic}"), e))?;
         Ok(Self {
             topic: topic.to_string(),
-            consumer,
+            consumer: Arc::new(consumer),
             end,
         })
     }
@@ -76,8 +78,15 @@ impl RestoringReader {
         F: FnMut(RawRecord) -> Fut,
         Fut: Future<Output = ()>,
     {
+        let lag = kafka::spawn_lag_reporter(
+            self.consumer.clone(),
+            self.topic.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        );
         self.drive(Some(ready), false, shutdown, metrics, apply)
             .await;
+        lag.abort();
     }
 
     /// Hands every record up to the end offsets captured at open to `apply`, then returns:
@@ -154,6 +163,7 @@ impl RestoringReader {
                         offset: m.offset(),
                         key: m.key().map(<[u8]>::to_vec),
                         value: m.payload().map(<[u8]>::to_vec),
+                        traceparent: crate::telemetry::traceparent(m.headers()),
                     };
                     drop(m);
                     apply(record).await;

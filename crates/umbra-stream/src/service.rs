@@ -120,6 +120,17 @@ impl<S> Runtime<S> {
         default_topic: &str,
         apply: impl Fn(V) + Send + Sync + 'static,
     ) -> Result<String, StreamError> {
+        self.follow_traced::<K, V>(default_topic, move |v, _| apply(v))
+            .await
+    }
+
+    /// [`Runtime::follow`], handing each value with its producer's `traceparent`, for state
+    /// whose later outputs continue the input's trace.
+    pub async fn follow_traced<K: Record, V: Record>(
+        &self,
+        default_topic: &str,
+        apply: impl Fn(V, Option<String>) + Send + Sync + 'static,
+    ) -> Result<String, StreamError> {
         let topic = self.config.topic(default_topic);
         let input: Arc<Input<K, V>> =
             Arc::new(Input::new(self.registry.clone(), topic.clone()).await?);
@@ -134,7 +145,41 @@ impl<S> Runtime<S> {
                 let (input, apply) = (input.clone(), apply.clone());
                 async move {
                     if let Some(v) = decode_value(&input, &r).await {
-                        apply(v);
+                        apply(v, r.traceparent);
+                    }
+                }
+            },
+        ));
+        Ok(topic)
+    }
+
+    /// Follows the keys of `default_topic` with each record's `traceparent` (values are not
+    /// decoded): the trace context of the latest record per key, for a service that reads the
+    /// values through a table but continues their traces.
+    pub async fn follow_traceparents<K: Record, V: Record>(
+        &self,
+        default_topic: &str,
+        apply: impl Fn(K, String) + Send + Sync + 'static,
+    ) -> Result<String, StreamError> {
+        let topic = self.config.topic(default_topic);
+        let input: Arc<Input<K, V>> =
+            Arc::new(Input::new(self.registry.clone(), topic.clone()).await?);
+        let reader = RestoringReader::open(&self.config.kafka, &topic).await?;
+        let gate = self
+            .readiness
+            .gate(format!("restore trace context of {topic}"));
+        let apply = Arc::new(apply);
+        tokio::spawn(reader.run(
+            gate,
+            self.shutdown.clone(),
+            self.metrics.clone(),
+            move |r: RawRecord| {
+                let (input, apply) = (input.clone(), apply.clone());
+                async move {
+                    if let (Some(k), Some(tp)) = (r.key.as_deref(), r.traceparent) {
+                        if let Ok(k) = input.decode_key(k).await {
+                            apply(k, tp);
+                        }
                     }
                 }
             },
@@ -258,6 +303,9 @@ where
             Err(e) => return bad_config(name, &e.to_string()),
         };
     crate::telemetry::init_logging();
+    if crate::telemetry::init_tracing(name) {
+        tracing::info!(service = name, "exporting traces over OTLP");
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -283,6 +331,8 @@ where
                 return ExitCode::FAILURE;
             }
         };
+        // Spans of the last messages are still batched: export them before exiting.
+        let _ = tokio::task::spawn_blocking(crate::telemetry::shutdown_tracing).await;
         match outcome {
             // A stop requested before start-up finished is still a clean stop.
             Ok(()) | Err(StreamError::Cancelled(_)) => {

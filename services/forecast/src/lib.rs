@@ -13,7 +13,7 @@
 
 mod state;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ use umbra_schemas::{DemandForecast, EventKey, ExternalEvent, UsagePoint, Workloa
 use umbra_stream::config::ServiceConfig;
 use umbra_stream::processor::{send, Output};
 use umbra_stream::service::Runtime;
-use umbra_stream::telemetry::{with_headers, TraceCtx};
+use umbra_stream::telemetry::{with_headers, Parent, TraceCtx};
 use umbra_stream::StreamError;
 
 pub use state::{forecast_workload, History, State};
@@ -88,10 +88,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
         Output::new(rt.registry.clone(), rt.config.topic("umbra.forecasts")).await?;
     let state = Arc::new(Mutex::new(State::new(settings.history_days)));
     let s1 = state.clone();
-    rt.follow::<WorkloadKey, UsagePoint>("umbra.usage.series", move |p| {
-        s1.lock().unwrap_or_else(|e| e.into_inner()).add_point(&p)
-    })
-    .await?;
+    // The latest input's trace context per workload: its next forecast continues that trace.
+    let parents: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+    let p1 = parents.clone();
+    let usage_topic = rt
+        .follow_traced::<WorkloadKey, UsagePoint>("umbra.usage.series", move |p, tp| {
+            if let Some(tp) = tp {
+                p1.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(p.workload_id.clone(), tp);
+            }
+            s1.lock().unwrap_or_else(|e| e.into_inner()).add_point(&p)
+        })
+        .await?;
     let s2 = state.clone();
     rt.follow::<EventKey, ExternalEvent>("umbra.events.external", move |e| {
         s2.lock().unwrap_or_else(|p| p.into_inner()).add_event(e)
@@ -133,9 +142,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
         })
         .await
         .map_err(|e| StreamError::Internal(e.to_string()))?;
-        let trace = TraceCtx::root("forecast refit");
         let mut published = HashSet::new();
         for fc in forecasts {
+            let parent = parents
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&fc.workload_id)
+                .cloned();
+            let trace =
+                TraceCtx::process(&Parent::from_traceparent(parent.as_deref()), &usage_topic);
             let emit = out.record(
                 &WorkloadKey {
                     workload_id: fc.workload_id.clone(),
@@ -145,7 +160,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
             send(
                 &rt.producer,
                 &emit,
-                with_headers(OwnedHeaders::new(), &trace.headers()),
+                with_headers(OwnedHeaders::new(), &trace.send(&emit.topic)),
             )
             .await?;
             rt.metrics.produced.with_label_values(&[out.topic()]).inc();

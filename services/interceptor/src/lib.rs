@@ -214,11 +214,12 @@ impl Outputs {
 
     fn send_all(&self, emits: Vec<Emit>, trace: &TraceCtx, pos: Option<(i32, i64)>) -> Completion {
         let producer = self.producer.clone();
-        let headers = trace.headers();
+        let headers: Vec<_> = emits.iter().map(|e| trace.send(&e.topic)).collect();
         Box::pin(async move {
             let sends = emits
                 .iter()
-                .map(|e| send(&producer, e, with_headers(OwnedHeaders::new(), &headers)));
+                .zip(&headers)
+                .map(|(e, h)| send(&producer, e, with_headers(OwnedHeaders::new(), h)));
             let result = futures::future::join_all(sends)
                 .await
                 .into_iter()
@@ -258,11 +259,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
         Input::new(rt.registry.clone(), requests_topic.clone()).await?;
     kafka::partitions(&rt.config.kafka, &requests_topic).await?;
     let ownership = Ownership::default();
-    let consumer: StreamConsumer<Ownership> = kafka::group_consumer_with_context(
+    let consumer: Arc<StreamConsumer<Ownership>> = Arc::new(kafka::group_consumer_with_context(
         &rt.config.kafka,
         &rt.config.group_id(NAME),
         ownership.clone(),
-    )?;
+    )?);
+    let _lag = kafka::spawn_lag_reporter(
+        consumer.clone(),
+        requests_topic.clone(),
+        rt.metrics.clone(),
+        shutdown.clone(),
+    );
     let consumer_gate = rt.readiness.gate(format!("consumer {requests_topic}"));
 
     let mut core = Core::new(settings.clone());
@@ -311,10 +318,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
         "Allocation decisions, by outcome.",
         &["outcome"],
     );
-    let latency = rt.metrics.counter(
-        "decision_latency_ms_sum",
-        "Sum of (decided_at - requested_at) over decisions, in ms; divide by decisions_total.",
-        &[],
+    let latency = rt.metrics.histogram(
+        "decision_latency_seconds",
+        "Time from a request's requested_at to its decision's decided_at, by outcome.",
+        &["outcome"],
+        vec![
+            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+        ],
     );
     let mut inflight = InFlight::default();
     let mut completions: FuturesUnordered<Completion> = FuturesUnordered::new();
@@ -326,12 +336,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
     let mut last_prune = clock.now_ms();
     let record_decision = |step: &Step| {
         if let Step::Decide { decision, .. } = step {
-            decisions_counter
-                .with_label_values(&[&format!("{:?}", decision.outcome).to_lowercase()])
-                .inc();
+            let outcome = match decision.outcome {
+                umbra_schemas::Outcome::ShadowHit => "shadow_hit",
+                umbra_schemas::Outcome::Standard => "standard",
+                umbra_schemas::Outcome::Rejected => "rejected",
+                umbra_schemas::Outcome::Unknown => "unknown",
+            };
+            decisions_counter.with_label_values(&[outcome]).inc();
             latency
-                .with_label_values::<&str>(&[])
-                .inc_by((decision.decided_at - decision.requested_at).max(0) as u64);
+                .with_label_values(&[outcome])
+                .observe((decision.decided_at - decision.requested_at).max(0) as f64 / 1000.0);
         }
     };
 
@@ -413,7 +427,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
                 }
                 rt.metrics.consumed.with_label_values(&[&requests_topic]).inc();
                 inflight.begin(p, o);
-                let trace = TraceCtx::from_input(msg.headers(), "request");
+                let trace = TraceCtx::from_input(msg.headers(), &requests_topic);
                 let decoded = match (msg.key(), msg.payload()) {
                     (_, None) => Err("record has no value".to_string()),
                     (_, Some(v)) => requests.decode_value(v).await.map_err(|e| e.to_string()),

@@ -115,7 +115,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
             send(
                 &rt.producer,
                 &emit,
-                with_headers(OwnedHeaders::new(), &trace.headers()),
+                with_headers(OwnedHeaders::new(), &trace.send(&emit.topic)),
             )
             .await?;
             moves_counter.with_label_values::<&str>(&[]).inc();

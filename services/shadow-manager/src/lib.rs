@@ -16,7 +16,7 @@
 
 pub mod core;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,7 +32,7 @@ use umbra_stream::config::ServiceConfig;
 use umbra_stream::processor::{send, Output};
 use umbra_stream::service::Runtime;
 use umbra_stream::table::restore_rows;
-use umbra_stream::telemetry::{with_headers, TraceCtx};
+use umbra_stream::telemetry::{with_headers, Parent, TraceCtx};
 use umbra_stream::StreamError;
 
 pub use crate::core::{Action, Inputs, Manager, Quantile, Settings};
@@ -69,6 +69,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
         .table::<WorkloadKey, DemandForecast>("umbra.forecasts")
         .await?;
     let host_state = rt.table::<HostKey, HostState>("umbra.host.state").await?;
+    // The latest forecast's trace context per workload: the pass's writes for a workload
+    // continue the trace of the forecast they follow from.
+    let parents: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+    let p1 = parents.clone();
+    let forecasts_topic = rt
+        .follow_traceparents::<WorkloadKey, DemandForecast>("umbra.forecasts", move |k, tp| {
+            p1.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(k.workload_id, tp);
+        })
+        .await?;
     let (f, n) = (folded.clone(), notify.clone());
     rt.follow::<HostKey, FleetEvent>("umbra.fleet.events", move |e| {
         f.lock().unwrap_or_else(|p| p.into_inner()).ledger.apply(&e);
@@ -120,6 +131,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
         "Shadow table writes and fleet commands issued, by kind.",
         &["kind"],
     );
+    let shadows_gauge = rt.metrics.gauge(
+        "shadows",
+        "Shadows in the table, by status (requested, healthy, unhealthy, failed, claimed, released).",
+        &["status"],
+    );
     let interval = Duration::from_millis(settings.reconcile_interval_ms.max(10));
     loop {
         tokio::select! {
@@ -148,52 +164,94 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
         if actions.is_empty() {
             continue;
         }
-        let trace = TraceCtx::root("shadow reconcile");
-        let headers = || with_headers(OwnedHeaders::new(), &trace.headers());
+        let mut traces: HashMap<String, TraceCtx> = HashMap::new();
+        let mut headers = |workload: &str, topic: &str| {
+            let trace = traces.entry(workload.to_string()).or_insert_with(|| {
+                let parent = parents
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(workload)
+                    .cloned();
+                TraceCtx::process(
+                    &Parent::from_traceparent(parent.as_deref()),
+                    &forecasts_topic,
+                )
+            });
+            with_headers(OwnedHeaders::new(), &trace.send(topic))
+        };
         // Table writes first: a crash after them leaves rows whose commands are re-sent (same
         // ids); a crash before them leaves at most orphan shadows, which the next pass releases.
         let mut writes = Vec::new();
         let mut commands = Vec::new();
         for a in &actions {
             match a {
-                Action::Upsert(e) => writes.push(table_out.record(
-                    &WorkloadKey {
-                        workload_id: e.workload_id.clone(),
-                    },
-                    e,
-                )?),
-                Action::Delete(w) => writes.push(table_out.tombstone(&WorkloadKey {
-                    workload_id: w.clone(),
-                })?),
-                Action::Command(c) => commands.push(commands_out.record(
-                    &HostKey {
-                        host_id: c.host_id.clone(),
-                    },
-                    c,
-                )?),
+                Action::Upsert(e) => {
+                    let emit = table_out.record(
+                        &WorkloadKey {
+                            workload_id: e.workload_id.clone(),
+                        },
+                        e,
+                    )?;
+                    let h = headers(&e.workload_id, &emit.topic);
+                    writes.push((emit, h));
+                }
+                Action::Delete(w) => {
+                    let emit = table_out.tombstone(&WorkloadKey {
+                        workload_id: w.clone(),
+                    })?;
+                    let h = headers(w, &emit.topic);
+                    writes.push((emit, h));
+                }
+                Action::Command(c) => {
+                    let emit = commands_out.record(
+                        &HostKey {
+                            host_id: c.host_id.clone(),
+                        },
+                        c,
+                    )?;
+                    let h = headers(&c.workload_id, &emit.topic);
+                    commands.push((emit, h));
+                }
             }
         }
-        for (batch, kind) in [(&writes, "table_write"), (&commands, "fleet_command")] {
-            let sends = batch.iter().map(|e| send(&rt.producer, e, headers()));
+        let (n_writes, n_commands) = (writes.len(), commands.len());
+        for (batch, kind) in [(writes, "table_write"), (commands, "fleet_command")] {
+            let sends = batch.into_iter().map(|(e, h)| {
+                let producer = rt.producer.clone();
+                async move { send(&producer, &e, h).await.map(|()| e.topic) }
+            });
+            let mut first_topic = None;
+            let mut n = 0u64;
             for r in futures::future::join_all(sends).await {
-                r?;
+                first_topic.get_or_insert(r?);
+                n += 1;
             }
-            actions_counter
-                .with_label_values(&[kind])
-                .inc_by(batch.len() as u64);
-            if let Some(first) = batch.first() {
-                rt.metrics
-                    .produced
-                    .with_label_values(&[&first.topic])
-                    .inc_by(batch.len() as u64);
+            actions_counter.with_label_values(&[kind]).inc_by(n);
+            if let Some(t) = first_topic {
+                rt.metrics.produced.with_label_values(&[&t]).inc_by(n);
             }
         }
         rows_gauge.set(manager.table().len() as i64);
-        tracing::debug!(
-            writes = writes.len(),
-            commands = commands.len(),
-            "reconciled"
-        );
+        let mut by_status: BTreeMap<String, i64> = [
+            "requested",
+            "healthy",
+            "unhealthy",
+            "failed",
+            "claimed",
+            "released",
+        ]
+        .iter()
+        .map(|s| (s.to_string(), 0))
+        .collect();
+        for c in manager.table().values().flat_map(|e| e.candidates.iter()) {
+            *by_status
+                .entry(format!("{:?}", c.status).to_lowercase())
+                .or_default() += 1;
+        }
+        for (status, n) in by_status {
+            shadows_gauge.with_label_values(&[&status]).set(n);
+        }
+        tracing::debug!(writes = n_writes, commands = n_commands, "reconciled");
     }
     Ok(())
 }
