@@ -32,7 +32,7 @@ $(VENV)/.installed:
 # Debian packages the tests use, installed when missing and this is a Debian machine we may
 # install on: prometheus (and promtool) for the Prometheus import test, kubectl for rendering
 # the Kubernetes manifests.
-TEST_PACKAGES := prometheus:promtool kubectl:kubectl
+TEST_PACKAGES := prometheus:promtool kubectl:kubectl openssl:openssl
 test-tools:
 	@missing=""; for p in $(TEST_PACKAGES); do command -v $${p#*:} >/dev/null 2>&1 || missing="$$missing $${p%%:*}"; done; \
 	if [ -n "$$missing" ]; then \

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use umbra_stream::admin::{ensure_topics, pipeline_topics};
-use umbra_stream::config::KafkaSettings;
 use umbra_stream::kafka;
 use umbra_stream::registry::{HttpRegistry, SchemaRegistry};
 
@@ -186,16 +185,16 @@ where
 }
 
 async fn broker_answers(bootstrap: &str) -> bool {
-    let s = KafkaSettings {
-        bootstrap_servers: bootstrap.to_string(),
-        connect_timeout_ms: 1_000,
-        ..KafkaSettings::default()
+    let Ok(mut s) = umbra_stream::config::kafka_from_env(bootstrap) else {
+        return false;
     };
+    s.connect_timeout_ms = 1_000;
     kafka::wait_for_broker(&s).await.is_ok()
 }
 
+/// Whether an HTTP server answers at `url` (a registry that asks for credentials answers too).
 async fn registry_answers(url: &str) -> bool {
-    matches!(reqwest::get(format!("{url}/subjects")).await, Ok(r) if r.status().is_success())
+    matches!(reqwest::get(format!("{url}/subjects")).await, Ok(r) if r.status().is_success() || r.status() == reqwest::StatusCode::UNAUTHORIZED)
 }
 
 async fn up(args: UpArgs) -> anyhow::Result<()> {
@@ -242,6 +241,12 @@ async fn start(args: &UpArgs) -> anyhow::Result<()> {
     let registry_url = args.registry();
 
     if args.bootstrap_servers.is_some() {
+        let external = umbra_stream::config::kafka_from_env(&bootstrap)?;
+        if let Err(e @ umbra_stream::StreamError::BrokerRefused { .. }) =
+            kafka::wait_for_broker(&external).await
+        {
+            bail!("{e}");
+        }
         if !broker_answers(&bootstrap).await {
             bail!("Kafka at {bootstrap} does not answer; check KAFKA_BOOTSTRAP_SERVERS, or unset it to start the dev broker");
         }
@@ -280,10 +285,7 @@ async fn start(args: &UpArgs) -> anyhow::Result<()> {
     }
 
     let spec = pipeline_topics(&args.topic_prefix);
-    let settings = KafkaSettings {
-        bootstrap_servers: bootstrap.clone(),
-        ..KafkaSettings::default()
-    };
+    let settings = umbra_stream::config::kafka_from_env(&bootstrap)?;
     let created = ensure_topics(&settings, &spec).await?;
     eprintln!(
         "topics: {} created, {} already there",
@@ -321,7 +323,8 @@ async fn start(args: &UpArgs) -> anyhow::Result<()> {
         eprintln!("registry started on {registry_url} (pid {})", child.id());
     }
 
-    let registry = HttpRegistry::new(&registry_url)?;
+    let registry =
+        HttpRegistry::with_settings(&umbra_stream::config::registry_from_env(&registry_url)?)?;
     for t in umbra_schemas::TOPICS {
         let name = format!("{}{}", args.topic_prefix, t.name);
         registry
@@ -402,10 +405,7 @@ async fn status(args: &UpArgs) -> anyhow::Result<()> {
     };
     if broker_answers(&bootstrap).await {
         println!("broker    {bootstrap}  up{}", pid("nisshi"));
-        let settings = KafkaSettings {
-            bootstrap_servers: bootstrap.clone(),
-            ..KafkaSettings::default()
-        };
+        let settings = umbra_stream::config::kafka_from_env(&bootstrap)?;
         let md = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(String, usize)>> {
             let c: BaseConsumer = kafka::client_config(&settings).create()?;
             let md = c.fetch_metadata(None, Duration::from_secs(5))?;
@@ -437,17 +437,29 @@ async fn status(args: &UpArgs) -> anyhow::Result<()> {
     }
     if registry_answers(&registry_url).await {
         println!("registry  {registry_url}  up{}", pid("registry"));
-        let subjects: Vec<String> = reqwest::get(format!("{registry_url}/subjects"))
+        let auth = umbra_stream::config::registry_from_env(&registry_url)?;
+        let client = reqwest::Client::new();
+        let get = |path: String| {
+            let mut r = client.get(format!("{registry_url}{path}"));
+            if let Some((user, password)) = auth.basic_auth() {
+                r = r.basic_auth(user, Some(password.expose()));
+            }
+            r
+        };
+        let subjects: Vec<String> = get("/subjects".into())
+            .send()
             .await?
+            .error_for_status()
+            .context("listing subjects (check UMBRA_REGISTRY__USERNAME and its password)")?
             .json()
             .await?;
         println!("subjects  {}", subjects.len());
         for s in &subjects {
-            let latest: serde_json::Value =
-                reqwest::get(format!("{registry_url}/subjects/{s}/versions/latest"))
-                    .await?
-                    .json()
-                    .await?;
+            let latest: serde_json::Value = get(format!("/subjects/{s}/versions/latest"))
+                .send()
+                .await?
+                .json()
+                .await?;
             println!("  {s:<46} id {} v{}", latest["id"], latest["version"]);
         }
     } else {

@@ -74,6 +74,10 @@ enum Command {
         /// Topic the schemas persist in.
         #[arg(long, default_value = "_schemas")]
         topic: String,
+        /// File of `user:password` lines: clients must authenticate with one of them (HTTP
+        /// basic authentication). Kafka security settings come from `UMBRA_KAFKA__*`.
+        #[arg(long, env = "UMBRA_REGISTRY_USERS_FILE")]
+        users_file: Option<std::path::PathBuf>,
     },
     /// Produce one workload request.
     Request(tools::RequestArgs),
@@ -132,12 +136,19 @@ fn main() -> ExitCode {
                 listen,
                 bootstrap_servers,
                 topic,
+                users_file,
             } => {
                 let shutdown = umbra_stream::shutdown::install();
+                let kafka = umbra_stream::config::kafka_from_env(&bootstrap_servers)?;
+                let users = match users_file {
+                    Some(f) => umbra_registry::read_users(&f).map_err(anyhow::Error::msg)?,
+                    None => Vec::new(),
+                };
                 let config = umbra_registry::RegistryConfig {
                     listen,
-                    bootstrap_servers,
+                    kafka,
                     topic,
+                    users,
                 };
                 umbra_registry::run(config, shutdown)
                     .await

@@ -50,21 +50,22 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("'{s}' is not key=value"))
 }
 
-fn settings(e: &Endpoints) -> KafkaSettings {
-    KafkaSettings {
-        bootstrap_servers: e.bootstrap_servers.clone(),
-        connect_timeout_ms: 5_000,
-        ..KafkaSettings::default()
-    }
+/// The endpoints with the `UMBRA_KAFKA__*` security settings of the environment.
+fn settings(e: &Endpoints) -> anyhow::Result<KafkaSettings> {
+    let mut s = umbra_stream::config::kafka_from_env(&e.bootstrap_servers)?;
+    s.connect_timeout_ms = 5_000;
+    Ok(s)
 }
 
 /// Waits for the broker and returns its settings with a registry client.
 pub(crate) async fn connect(
     e: &Endpoints,
 ) -> anyhow::Result<(KafkaSettings, Arc<dyn SchemaRegistry>)> {
-    let s = settings(e);
+    let s = settings(e)?;
     kafka::wait_for_broker(&s).await?;
-    let registry: Arc<dyn SchemaRegistry> = Arc::new(HttpRegistry::new(&e.registry_url)?);
+    let registry: Arc<dyn SchemaRegistry> = Arc::new(HttpRegistry::with_settings(
+        &umbra_stream::config::registry_from_env(&e.registry_url)?,
+    )?);
     Ok((s, registry))
 }
 

@@ -369,6 +369,61 @@ async fn mode() -> Response {
     ok(json!({"mode": "READWRITE"}))
 }
 
+/// `app` behind HTTP basic authentication: a request without a known `user:password` gets
+/// 401 with Confluent's error body and a `WWW-Authenticate` challenge.
+pub fn basic_auth(app: Router, users: Arc<Vec<(String, umbra_stream::secret::Secret)>>) -> Router {
+    use base64::Engine as _;
+    app.layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let users = users.clone();
+            async move {
+                let given = req
+                    .headers()
+                    .get(axum::http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Basic "))
+                    .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+                    .and_then(|b| String::from_utf8(b).ok());
+                let allowed = given
+                    .as_deref()
+                    .and_then(|g| g.split_once(':'))
+                    .is_some_and(|(u, p)| {
+                        users
+                            .iter()
+                            .any(|(name, pw)| name == u && constant_time_eq(pw.expose(), p))
+                    });
+                if allowed {
+                    next.run(req).await
+                } else {
+                    let mut r = (
+                        axum::http::StatusCode::UNAUTHORIZED,
+                        axum::Json(json!({"error_code": 401, "message": "Unauthorized"})),
+                    )
+                        .into_response();
+                    r.headers_mut().insert(
+                        axum::http::header::WWW_AUTHENTICATE,
+                        axum::http::HeaderValue::from_static(
+                            "Basic realm=\"umbra schema registry\"",
+                        ),
+                    );
+                    r
+                }
+            }
+        },
+    ))
+}
+
+/// Compares without stopping at the first difference, so that timing says nothing about how
+/// much of a password was right.
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0));
+    }
+    diff == 0
+}
+
 /// The registry's routes.
 pub fn router(shared: AppState) -> Router {
     Router::new()

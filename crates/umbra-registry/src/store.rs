@@ -48,11 +48,8 @@ pub struct KafkaStore {
 
 impl KafkaStore {
     /// Connects, creating the topic when it does not exist.
-    pub async fn connect(bootstrap: &str, topic: &str) -> Result<Self, StoreError> {
-        let settings = KafkaSettings {
-            bootstrap_servers: bootstrap.to_string(),
-            ..KafkaSettings::default()
-        };
+    pub async fn connect(settings: &KafkaSettings, topic: &str) -> Result<Self, StoreError> {
+        let settings = settings.clone();
         kafka::wait_for_broker(&settings).await?;
         ensure_topics(
             &settings,

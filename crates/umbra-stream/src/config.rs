@@ -15,6 +15,32 @@ use figment::Figment;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::secret::Secret;
+
+/// How clients reach the brokers (librdkafka's `security.protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecurityProtocol {
+    /// No TLS, no authentication (the local dev stack).
+    #[default]
+    Plaintext,
+    /// TLS, no authentication.
+    Ssl,
+    /// SASL authentication without TLS (the password is sent SCRAM-protected, data in clear).
+    SaslPlaintext,
+    /// SASL authentication over TLS.
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    fn sasl(self) -> bool {
+        matches!(self, Self::SaslPlaintext | Self::SaslSsl)
+    }
+    fn tls(self) -> bool {
+        matches!(self, Self::Ssl | Self::SaslSsl)
+    }
+}
+
 /// Connection to Kafka.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -23,10 +49,25 @@ pub struct KafkaSettings {
     pub bootstrap_servers: String,
     /// Consumer group id; empty means the service's name.
     pub group_id: String,
-    /// Extra librdkafka properties passed through unchanged (e.g. `security.protocol`).
+    /// Extra librdkafka properties passed through unchanged. Credentials belong in the fields
+    /// below, which are never printed.
     pub properties: BTreeMap<String, String>,
     /// How long to wait for the broker at start-up before giving up, in milliseconds.
     pub connect_timeout_ms: u64,
+    /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    pub security_protocol: SecurityProtocol,
+    /// SASL mechanism: `SCRAM-SHA-512` or `SCRAM-SHA-256`.
+    pub sasl_mechanism: String,
+    /// SASL user name.
+    pub sasl_username: String,
+    /// SASL password. Give it through the environment (`UMBRA_KAFKA__SASL_PASSWORD`) or use
+    /// `sasl_password_file`; never written in a config file that is checked in.
+    pub sasl_password: Option<Secret>,
+    /// File holding the SASL password (a mounted Secret), read at start-up.
+    pub sasl_password_file: Option<PathBuf>,
+    /// CA certificates (PEM) the brokers' certificates are checked against; unset: the
+    /// system's trust store.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl Default for KafkaSettings {
@@ -36,7 +77,78 @@ impl Default for KafkaSettings {
             group_id: String::new(),
             properties: BTreeMap::new(),
             connect_timeout_ms: 10_000,
+            security_protocol: SecurityProtocol::Plaintext,
+            sasl_mechanism: "SCRAM-SHA-512".into(),
+            sasl_username: String::new(),
+            sasl_password: None,
+            sasl_password_file: None,
+            tls_ca_file: None,
         }
+    }
+}
+
+impl KafkaSettings {
+    /// Reads the password file, if one is named and no password is given, and checks that
+    /// what the security protocol needs is there. Errors name settings and files only.
+    pub fn resolve_secrets(&mut self) -> Result<(), ConfigError> {
+        if self.sasl_password.as_ref().is_none_or(Secret::is_empty) {
+            if let Some(f) = &self.sasl_password_file {
+                self.sasl_password = Some(
+                    Secret::from_file(f)
+                        .map_err(|e| ConfigError(format!("kafka.sasl_password_file: {e}")))?,
+                );
+            }
+        }
+        if self.security_protocol.sasl() {
+            if self.sasl_username.is_empty() {
+                return Err(ConfigError(
+                    "kafka.sasl_username is needed for a SASL security_protocol".into(),
+                ));
+            }
+            if self.sasl_password.as_ref().is_none_or(Secret::is_empty) {
+                return Err(ConfigError(
+                    "kafka: a SASL security_protocol needs a password (UMBRA_KAFKA__SASL_PASSWORD or kafka.sasl_password_file)".into(),
+                ));
+            }
+        }
+        if let Some(ca) = &self.tls_ca_file {
+            if !ca.is_file() {
+                return Err(ConfigError(format!(
+                    "kafka.tls_ca_file: {} is not a file",
+                    ca.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The librdkafka properties of the security settings (the password included: for the
+    /// client only, never to be logged).
+    pub fn security_properties(&self) -> Vec<(&'static str, String)> {
+        let p = self.security_protocol;
+        let mut out = vec![(
+            "security.protocol",
+            match p {
+                SecurityProtocol::Plaintext => "plaintext",
+                SecurityProtocol::Ssl => "ssl",
+                SecurityProtocol::SaslPlaintext => "sasl_plaintext",
+                SecurityProtocol::SaslSsl => "sasl_ssl",
+            }
+            .to_string(),
+        )];
+        if p.sasl() {
+            out.push(("sasl.mechanism", self.sasl_mechanism.clone()));
+            out.push(("sasl.username", self.sasl_username.clone()));
+            if let Some(pw) = &self.sasl_password {
+                out.push(("sasl.password", pw.expose().to_string()));
+            }
+        }
+        if p.tls() {
+            if let Some(ca) = &self.tls_ca_file {
+                out.push(("ssl.ca.location", ca.display().to_string()));
+            }
+        }
+        out
     }
 }
 
@@ -46,12 +158,50 @@ impl Default for KafkaSettings {
 pub struct RegistrySettings {
     /// Base URL of a Confluent-compatible registry.
     pub url: String,
+    /// User name for HTTP basic authentication; empty: none.
+    pub username: String,
+    /// Its password. Give it through the environment (`UMBRA_REGISTRY__PASSWORD`) or use
+    /// `password_file`.
+    pub password: Option<Secret>,
+    /// File holding the password (a mounted Secret), read at start-up.
+    pub password_file: Option<PathBuf>,
 }
 
 impl Default for RegistrySettings {
     fn default() -> Self {
         Self {
             url: "http://127.0.0.1:8081".into(),
+            username: String::new(),
+            password: None,
+            password_file: None,
+        }
+    }
+}
+
+impl RegistrySettings {
+    /// Reads the password file when no password is given; a user needs a password.
+    pub fn resolve_secrets(&mut self) -> Result<(), ConfigError> {
+        if self.password.as_ref().is_none_or(Secret::is_empty) {
+            if let Some(f) = &self.password_file {
+                self.password = Some(
+                    Secret::from_file(f)
+                        .map_err(|e| ConfigError(format!("registry.password_file: {e}")))?,
+                );
+            }
+        }
+        if !self.username.is_empty() && self.password.as_ref().is_none_or(Secret::is_empty) {
+            return Err(ConfigError(
+                "registry.username is set without a password (UMBRA_REGISTRY__PASSWORD or registry.password_file)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The basic-auth credentials, if any.
+    pub fn basic_auth(&self) -> Option<(&str, &Secret)> {
+        match (&self.username, &self.password) {
+            (u, Some(p)) if !u.is_empty() => Some((u.as_str(), p)),
+            _ => None,
         }
     }
 }
@@ -169,6 +319,40 @@ impl<S> ServiceConfig<S> {
 #[derive(Debug, thiserror::Error)]
 #[error("bad configuration: {0}")]
 pub struct ConfigError(pub String);
+
+/// Reads the secret files the configuration names and checks that credentials are complete.
+pub fn resolve_secrets<S>(config: &mut ServiceConfig<S>) -> Result<(), ConfigError> {
+    config.kafka.resolve_secrets()?;
+    config.registry.resolve_secrets()
+}
+
+/// Kafka settings for a command-line tool: `bootstrap` plus the `UMBRA_KAFKA__*` environment
+/// (security settings included), secrets resolved.
+pub fn kafka_from_env(bootstrap: &str) -> Result<KafkaSettings, ConfigError> {
+    let mut s: KafkaSettings = Figment::from(Serialized::defaults(KafkaSettings {
+        bootstrap_servers: bootstrap.to_string(),
+        ..KafkaSettings::default()
+    }))
+    .merge(Env::prefixed("UMBRA_KAFKA__").ignore(&["BOOTSTRAP_SERVERS"]))
+    .extract()
+    .map_err(|e| ConfigError(e.to_string().replace('\n', " ")))?;
+    s.resolve_secrets()?;
+    Ok(s)
+}
+
+/// Registry settings for a command-line tool: `url` plus the `UMBRA_REGISTRY__*` environment
+/// (basic-auth user and password), secrets resolved.
+pub fn registry_from_env(url: &str) -> Result<RegistrySettings, ConfigError> {
+    let mut s: RegistrySettings = Figment::from(Serialized::defaults(RegistrySettings {
+        url: url.to_string(),
+        ..RegistrySettings::default()
+    }))
+    .merge(Env::prefixed("UMBRA_REGISTRY__").ignore(&["URL"]))
+    .extract()
+    .map_err(|e| ConfigError(e.to_string().replace('\n', " ")))?;
+    s.resolve_secrets()?;
+    Ok(s)
+}
 
 /// Loads `T` from defaults, then `file` (or `UMBRA_CONFIG`), then the environment.
 pub fn load<T: Serialize + DeserializeOwned + Default>(

@@ -20,6 +20,16 @@ pub enum StreamError {
         /// Client detail.
         detail: String,
     },
+    /// The broker refused the credentials or the TLS handshake: retrying will not help.
+    #[error("kafka broker at {bootstrap} refused the connection of user '{user}': {detail} (check kafka.security_protocol, kafka.sasl_mechanism, kafka.sasl_username and its password, kafka.tls_ca_file)")]
+    BrokerRefused {
+        /// Bootstrap servers.
+        bootstrap: String,
+        /// SASL user name (empty without SASL).
+        user: String,
+        /// librdkafka's reason (it never contains the password).
+        detail: String,
+    },
     /// The schema registry failed or refused.
     #[error("schema registry: {0}")]
     Registry(String),

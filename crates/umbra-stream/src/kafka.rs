@@ -18,6 +18,9 @@ pub fn client_config(settings: &KafkaSettings) -> ClientConfig {
     for (k, v) in &settings.properties {
         c.set(k, v);
     }
+    for (k, v) in settings.security_properties() {
+        c.set(k, v);
+    }
     c
 }
 
@@ -107,21 +110,69 @@ fn default_fetch_wait(c: &mut ClientConfig, settings: &KafkaSettings, ms: &str) 
     }
 }
 
-/// Waits until the broker answers a metadata request, or fails with a clear message.
+/// Remembers the connection errors librdkafka reports that retrying will not cure: a
+/// refused login or a failed TLS handshake.
+#[derive(Default)]
+struct ProbeContext {
+    refused: std::sync::Mutex<Option<String>>,
+}
+
+impl rdkafka::ClientContext for ProbeContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        let auth = error.rdkafka_error_code()
+            == Some(rdkafka::types::RDKafkaErrorCode::Authentication)
+            || reason.contains("SASL")
+            || reason.contains("SSL handshake failed");
+        if auth {
+            *self.refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_string());
+        } else {
+            tracing::debug!(error = %error, reason, "kafka client error while connecting");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ProbeContext {}
+
+/// Waits until the broker answers a metadata request, or fails with a clear message: the
+/// broker refusing the credentials or the TLS handshake is said at once, naming the user and
+/// the settings to check (never the password).
 pub async fn wait_for_broker(settings: &KafkaSettings) -> Result<(), StreamError> {
     let settings = settings.clone();
     let timeout = Duration::from_millis(settings.connect_timeout_ms.max(1));
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = client_config(&settings)
-            .create()
+        let consumer: BaseConsumer<ProbeContext> = client_config(&settings)
+            .create_with_context(ProbeContext::default())
             .map_err(|e| StreamError::kafka("creating client", e))?;
-        consumer
-            .fetch_metadata(None, timeout)
-            .map(|_| ())
-            .map_err(|e| StreamError::BrokerUnreachable {
-                bootstrap: settings.bootstrap_servers.clone(),
-                detail: e.to_string(),
-            })
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let attempt = consumer.fetch_metadata(None, left.min(Duration::from_millis(500)));
+            // Serve the error events the attempt raised.
+            let _ = consumer.poll(Duration::ZERO);
+            if let Some(reason) = consumer
+                .context()
+                .refused
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+            {
+                return Err(StreamError::BrokerRefused {
+                    bootstrap: settings.bootstrap_servers.clone(),
+                    user: settings.sasl_username.clone(),
+                    detail: reason,
+                });
+            }
+            match attempt {
+                Ok(_) => return Ok(()),
+                Err(e) if left.is_zero() => {
+                    return Err(StreamError::BrokerUnreachable {
+                        bootstrap: settings.bootstrap_servers.clone(),
+                        detail: e.to_string(),
+                    })
+                }
+                Err(_) => {}
+            }
+        }
     })
     .await
     .map_err(|e| StreamError::Internal(format!("join: {e}")))?

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod processor;
 pub mod reader;
 pub mod registry;
+pub mod secret;
 pub mod service;
 pub mod shutdown;
 pub mod table;

@@ -22,6 +22,11 @@ pub enum RegistryError {
     /// The registry refused the schema (incompatible, invalid).
     #[error("schema registry refused: {0}")]
     Refused(String),
+    /// The registry refused the credentials (HTTP 401 or 403): retrying will not help.
+    #[error(
+        "schema registry rejected the credentials (check registry.username and its password): {0}"
+    )]
+    Unauthorized(String),
     /// The registry could not be reached or failed: retry later.
     #[error("schema registry unavailable: {0}")]
     Unavailable(String),
@@ -52,7 +57,9 @@ pub trait SchemaRegistry: Send + Sync + 'static {
 fn classify(e: SRCError) -> RegistryError {
     let text = e.to_string();
     let lower = text.to_lowercase();
-    if lower.contains("404")
+    if lower.contains("401") || lower.contains("403") || lower.contains("unauthorized") {
+        RegistryError::Unauthorized(text)
+    } else if lower.contains("404")
         || lower.contains("not found")
         || lower.contains("40403")
         || lower.contains("40401")
@@ -75,8 +82,20 @@ pub struct HttpRegistry {
 impl HttpRegistry {
     /// A client of the registry at `url`.
     pub fn new(url: &str) -> Result<Self, RegistryError> {
-        let settings = SrSettings::new_builder(url.to_string())
-            .set_timeout(std::time::Duration::from_secs(5))
+        Self::with_settings(&crate::config::RegistrySettings {
+            url: url.to_string(),
+            ..Default::default()
+        })
+    }
+
+    /// A client of the registry `settings` name, with basic authentication when a user is set.
+    pub fn with_settings(s: &crate::config::RegistrySettings) -> Result<Self, RegistryError> {
+        let mut builder = SrSettings::new_builder(s.url.clone());
+        builder.set_timeout(std::time::Duration::from_secs(5));
+        if let Some((user, password)) = s.basic_auth() {
+            builder.set_basic_authorization(user, Some(password.expose()));
+        }
+        let settings = builder
             .build()
             .map_err(|e| RegistryError::Unavailable(e.to_string()))?;
         Ok(Self {

@@ -64,6 +64,8 @@ impl<S> Runtime<S> {
         shutdown: CancellationToken,
         routes: axum::Router,
     ) -> Result<Self, StreamError> {
+        let mut config = config;
+        crate::config::resolve_secrets(&mut config).map_err(|e| StreamError::Config(e.0))?;
         let metrics = Metrics::new(name);
         let readiness = Readiness::default();
         let (http_addr, _http) = http::serve(
@@ -77,7 +79,7 @@ impl<S> Runtime<S> {
         tracing::info!(service = name, http = %http_addr, "http endpoint listening");
         kafka::wait_for_broker(&config.kafka).await?;
         let registry: Arc<dyn SchemaRegistry> = Arc::new(
-            HttpRegistry::new(&config.registry.url)
+            HttpRegistry::with_settings(&config.registry)
                 .map_err(|e| StreamError::Registry(e.to_string()))?,
         );
         let producer = kafka::producer(&config.kafka)?;
