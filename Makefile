@@ -14,7 +14,7 @@ DEMO_PROCESSES := $(SERVICES) fleet-sim
 TARGET_DIR := $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null | $(PYTHON) -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null || echo target)
 
 .PHONY: bench-forecast bench-venv bench-shadow bench-interceptor bench-ingest
-.PHONY: test-tools
+.PHONY: test-tools chaos
 .PHONY: all build test unit-test integration-test test-stack-up test-stack-down bench lint demo bench-replay run run-down status venv clean
 
 all: build
@@ -59,6 +59,14 @@ test-stack-up:
 
 test-stack-down:
 	-$(TARGET_DIR)/debug/umbra dev down --state-dir $(TEST_STATE)
+
+# The fault suite: load through the pipeline while faults happen (SIGKILLs, a broker restart,
+# a registry outage, interceptors joining and leaving, poison and duplicated input, fleet
+# faults, all mixed), then the history checker's table of scenarios x invariants. A broker and
+# registry of its own on 39192/38181, state in .state/chaos. `make test` runs `--short`.
+chaos:
+	$(CARGO) build --workspace --bins
+	$(TARGET_DIR)/debug/umbra chaos --out chaos-report.md
 
 # Benchmarks print their figures next to a baseline measured in the same run.
 bench: bench-forecast bench-shadow bench-interceptor bench-ingest

@@ -1,6 +1,7 @@
 //! `umbra`: the command people use. Starts the dev stack, produces requests, follows
 //! decisions, prints the shadow table, and runs the dev schema registry.
 
+mod chaos;
 mod demo;
 mod dev;
 mod import;
@@ -87,6 +88,9 @@ enum Command {
     Replay(demo::ReplayArgs),
     /// Replay a Bitbrains-format folder into the raw usage topic, with time compression.
     ReplayRaw(replay::ReplayArgs),
+    /// The fault suite: load through the pipeline while faults happen, then the history
+    /// checker's table of scenarios × invariants; fails on any violation.
+    Chaos(chaos::ChaosArgs),
     /// Backfill history from a system that already keeps it.
     Import {
         #[command(subcommand)]
@@ -157,6 +161,7 @@ fn main() -> ExitCode {
             Command::Request(args) => tools::request(args).await,
             Command::Replay(args) => demo::run(args).await,
             Command::ReplayRaw(args) => replay::run(args).await,
+            Command::Chaos(args) => chaos::run(args).await,
             Command::Import {
                 source: ImportSource::Prometheus(args),
             } => import::run(args).await,

@@ -96,15 +96,28 @@ impl<T: Record> Codec<T> {
         subject: String,
     ) -> Result<Self, StreamError> {
         let schema = T::SCHEMA.parse()?;
-        let id = registry
-            .register(&subject, T::SCHEMA.text)
-            .await
-            .map_err(|e| {
-                StreamError::Registry(format!(
-                    "registering {} under {subject}: {e}",
-                    T::SCHEMA.file
-                ))
-            })?;
+        // A registry that is down for a while (a restart, an outage) is waited for, up to a
+        // minute; a refusal or rejected credentials fail at once.
+        let mut backoff = std::time::Duration::from_millis(100);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let id = loop {
+            match registry.register(&subject, T::SCHEMA.text).await {
+                Ok(id) => break id,
+                Err(crate::registry::RegistryError::Unavailable(e))
+                    if std::time::Instant::now() < deadline =>
+                {
+                    tracing::warn!(subject = %subject, error = %e, "schema registry unavailable; retrying registration");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
+                }
+                Err(e) => {
+                    return Err(StreamError::Registry(format!(
+                        "registering {} under {subject}: {e}",
+                        T::SCHEMA.file
+                    )))
+                }
+            }
+        };
         Ok(Self {
             registry,
             subject,
