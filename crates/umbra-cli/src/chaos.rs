@@ -485,7 +485,7 @@ async fn scenario(st: &Stack, name: &str, short: bool, rng: &mut Rng) -> anyhow:
                 &r,
             )?;
             send(&producer, &emit, Default::default()).await?;
-            if bad_input && next_request % 5 == 0 {
+            if bad_input && next_request.is_multiple_of(5) {
                 // The same request again: one decision still.
                 send(&producer, &emit, Default::default()).await?;
             }

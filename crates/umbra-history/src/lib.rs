@@ -92,8 +92,10 @@ fn verdict(invariant: &'static str, checked: usize, violations: Vec<String>) -> 
     }
 }
 
-/// What makes two decisions the same decision.
-fn effect(d: &AllocationDecision) -> (String, Option<String>, Option<String>) {
+/// What makes two decisions the same decision: outcome, host, shadow.
+type Effect = (String, Option<String>, Option<String>);
+
+fn effect(d: &AllocationDecision) -> Effect {
     (
         format!("{:?}", d.outcome),
         d.host_id.clone(),
@@ -103,8 +105,7 @@ fn effect(d: &AllocationDecision) -> (String, Option<String>, Option<String>) {
 
 /// Every request decided, and never two different ways.
 pub fn one_decision_per_request(h: &History) -> Verdict {
-    let mut by_request: HashMap<&str, BTreeSet<(String, Option<String>, Option<String>)>> =
-        HashMap::new();
+    let mut by_request: HashMap<&str, BTreeSet<Effect>> = HashMap::new();
     for d in &h.decisions {
         by_request
             .entry(&d.request_id)
