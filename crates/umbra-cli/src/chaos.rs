@@ -454,12 +454,16 @@ async fn scenario(st: &Stack, name: &str, short: bool, rng: &mut Rng) -> anyhow:
     for step in 0..steps {
         // Load for this step.
         let per_step_samples = (n_samples as usize).div_ceil(steps) as i64;
-        for _ in 0..per_step_samples {
-            if next_sample >= n_samples {
-                break;
-            }
+        let mut indices: Vec<i64> =
+            (next_sample..(next_sample + per_step_samples).min(n_samples)).collect();
+        // Out of order: two neighbouring samples swapped, within ingest's allowed lateness.
+        if bad_input && step == 5 && indices.len() >= 2 {
+            indices.swap(0, 1);
+            faults.push("two samples out of order".into());
+        }
+        for &i in &indices {
             for w in &workloads {
-                let s = sample(w, next_sample);
+                let s = sample(w, i);
                 let emit = raw.record(
                     &WorkloadKey {
                         workload_id: w.clone(),
@@ -469,8 +473,8 @@ async fn scenario(st: &Stack, name: &str, short: bool, rng: &mut Rng) -> anyhow:
                 send(&producer, &emit, Default::default()).await?;
                 sent_samples.insert((w.clone(), s.sample_time), s);
             }
-            next_sample += 1;
         }
+        next_sample += indices.len() as i64;
         let per_step_requests = n_requests.div_ceil(steps);
         for _ in 0..per_step_requests {
             if next_request >= n_requests {

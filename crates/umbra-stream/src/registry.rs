@@ -57,14 +57,19 @@ pub trait SchemaRegistry: Send + Sync + 'static {
 fn classify(e: SRCError) -> RegistryError {
     let text = e.to_string();
     let lower = text.to_lowercase();
-    if lower.contains("401") || lower.contains("403") || lower.contains("unauthorized") {
-        RegistryError::Unauthorized(text)
-    } else if lower.contains("404")
+    // Not-found first: Confluent's error codes 40401 and 40403 contain "401" and "403".
+    if lower.contains("404")
         || lower.contains("not found")
         || lower.contains("40403")
         || lower.contains("40401")
     {
         RegistryError::NotFound(text)
+    } else if lower.contains("status 401")
+        || lower.contains("status 403")
+        || lower.contains("unauthorized")
+        || lower.contains("forbidden")
+    {
+        RegistryError::Unauthorized(text)
     } else if lower.contains("409") || lower.contains("422") || lower.contains("incompatible") {
         RegistryError::Refused(text)
     } else {
@@ -198,5 +203,27 @@ impl SchemaRegistry for FixedRegistry {
                 .map(|(_, s)| s.clone())
                 .ok_or_else(|| RegistryError::NotFound(format!("schema id {id}")))
         })
+    }
+}
+
+#[cfg(test)]
+mod classify_tests {
+    use super::*;
+
+    #[test]
+    fn not_found_is_not_taken_for_rejected_credentials() {
+        let e = |t: &str| classify(SRCError::new(t, None, false));
+        assert!(matches!(
+            e("HTTP request to schema registry failed with status 404 Not Found, was cause by error_code: 40403, message: Schema not found"),
+            RegistryError::NotFound(_)
+        ));
+        assert!(matches!(
+            e("HTTP request to schema registry failed with status 401 Unauthorized, was cause by error_code: 401"),
+            RegistryError::Unauthorized(_)
+        ));
+        assert!(matches!(
+            e("error sending request for url"),
+            RegistryError::Unavailable(_)
+        ));
     }
 }
