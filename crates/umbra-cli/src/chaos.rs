@@ -541,7 +541,7 @@ async fn scenario(st: &Stack, name: &str, short: bool, rng: &mut Rng) -> anyhow:
                 .value
                 .unwrap_or_default();
             for (kind, value) in raw_poisons(&raw, &other).await? {
-                st_send_raw(&producer, &t("umbra.usage.raw"), value.as_deref()).await?;
+                send_raw(&producer, &t("umbra.usage.raw"), value.as_deref()).await?;
                 // A record without a value is dead-lettered without one.
                 history
                     .poisons
@@ -552,7 +552,7 @@ async fn scenario(st: &Stack, name: &str, short: bool, rng: &mut Rng) -> anyhow:
                 ("garbage request", Some(b"not a request".to_vec())),
                 ("request of another schema", Some(other.clone())),
             ] {
-                st_send_raw(&producer, &t("umbra.workload.requests"), value.as_deref()).await?;
+                send_raw(&producer, &t("umbra.workload.requests"), value.as_deref()).await?;
                 if let Some(v) = value {
                     history.poisons.push((t("umbra.workload.requests"), v));
                 }
@@ -654,8 +654,8 @@ async fn scenario(st: &Stack, name: &str, short: bool, rng: &mut Rng) -> anyhow:
     .await?;
     let table_input: Input<WorkloadKey, ShadowEntry> =
         Input::new(st.registry.clone(), t("umbra.shadow.table")).await?;
-    for (key, value) in read_all(st, &t("umbra.shadow.table")).await? {
-        let k = match key {
+    for r in read_raw(st, &t("umbra.shadow.table")).await? {
+        let k = match r.key {
             Some(k) => table_input
                 .decode_key(&k)
                 .await
@@ -663,7 +663,7 @@ async fn scenario(st: &Stack, name: &str, short: bool, rng: &mut Rng) -> anyhow:
                 .unwrap_or_default(),
             None => String::new(),
         };
-        let v = match value {
+        let v = match r.value {
             Some(v) => Some(table_input.decode_value(&v).await?),
             None => None,
         };
@@ -682,17 +682,12 @@ async fn scenario(st: &Stack, name: &str, short: bool, rng: &mut Rng) -> anyhow:
     for topic in umbra_schemas::TOPICS {
         let dlq = t(&topic.dlq());
         for r in read_raw(st, &dlq).await? {
-            let error =
-                r.1.get(umbra_stream::dlq::header::ERROR)
-                    .cloned()
-                    .unwrap_or_default();
-            let source =
-                r.1.get(umbra_stream::dlq::header::TOPIC)
-                    .cloned()
-                    .unwrap_or_default();
-            history
-                .dead_letters
-                .push((source, r.0.unwrap_or_default(), error));
+            let header = |h: &str| r.headers.get(h).cloned().unwrap_or_default();
+            history.dead_letters.push((
+                header(umbra_stream::dlq::header::TOPIC),
+                r.value.unwrap_or_default(),
+                header(umbra_stream::dlq::header::ERROR),
+            ));
         }
     }
     Ok(Outcome {
@@ -704,7 +699,7 @@ async fn scenario(st: &Stack, name: &str, short: bool, rng: &mut Rng) -> anyhow:
     })
 }
 
-async fn st_send_raw(
+async fn send_raw(
     producer: &rdkafka::producer::FutureProducer,
     topic: &str,
     value: Option<&[u8]>,
@@ -720,21 +715,15 @@ async fn st_send_raw(
     Ok(())
 }
 
-/// Every record of `topic` up to its end now: (key, value) in order per partition.
-async fn read_all(
-    st: &Stack,
-    topic: &str,
-) -> anyhow::Result<Vec<(Option<Vec<u8>>, Option<Vec<u8>>)>> {
-    Ok(read_raw(st, topic)
-        .await?
-        .into_iter()
-        .map(|(v, _, k)| (k, v))
-        .collect())
+/// One record as read back.
+struct Read {
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+    headers: HashMap<String, String>,
 }
 
-type RawRecord = (Option<Vec<u8>>, HashMap<String, String>, Option<Vec<u8>>);
-
-async fn read_raw(st: &Stack, topic: &str) -> anyhow::Result<Vec<RawRecord>> {
+/// Every record of `topic` up to its end now, in order per partition.
+async fn read_raw(st: &Stack, topic: &str) -> anyhow::Result<Vec<Read>> {
     let settings = st.settings();
     let partitions = kafka::partitions(&settings, topic).await?;
     let consumer = kafka::reader(&settings)?;
@@ -768,11 +757,11 @@ async fn read_raw(st: &Stack, topic: &str) -> anyhow::Result<Vec<RawRecord>> {
                     .collect()
             })
             .unwrap_or_default();
-        out.push((
-            m.payload().map(<[u8]>::to_vec),
+        out.push(Read {
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().map(<[u8]>::to_vec),
             headers,
-            m.key().map(<[u8]>::to_vec),
-        ));
+        });
     }
     Ok(out)
 }
@@ -782,8 +771,8 @@ async fn read_values<K: Record, V: Record>(
     input: &Input<K, V>,
 ) -> anyhow::Result<Vec<V>> {
     let mut out = Vec::new();
-    for (v, _, _) in read_raw(st, input.topic()).await? {
-        if let Some(v) = v {
+    for r in read_raw(st, input.topic()).await? {
+        if let Some(v) = r.value {
             out.push(input.decode_value(&v).await?);
         }
     }

@@ -161,17 +161,30 @@ fn fleet_view(ledger: &Ledger) -> BTreeMap<String, HostView> {
         .collect()
 }
 
-struct Outputs {
+/// What a fleet (the simulator, the Kubernetes agent) publishes: fleet events and host
+/// metrics, keyed by host.
+pub struct FleetOutputs {
     producer: FutureProducer,
     events: Output<HostKey, FleetEvent>,
     metrics_out: Output<HostKey, HostMetrics>,
     metrics: Metrics,
 }
 
-impl Outputs {
-    /// Publishes events in order and waits for every acknowledgement: the ledger of a
-    /// restarted simulator is the fold of exactly what was acknowledged.
-    async fn events(&self, events: &[FleetEvent], trace: &TraceCtx) -> Result<(), StreamError> {
+impl FleetOutputs {
+    /// The outputs of the service `rt` runs.
+    pub async fn new<S>(rt: &Runtime<S>) -> Result<Self, StreamError> {
+        Ok(Self {
+            producer: rt.producer.clone(),
+            events: Output::new(rt.registry.clone(), rt.config.topic("umbra.fleet.events")).await?,
+            metrics_out: Output::new(rt.registry.clone(), rt.config.topic("umbra.host.metrics"))
+                .await?,
+            metrics: rt.metrics.clone(),
+        })
+    }
+
+    /// Publishes events in order and waits for every acknowledgement: a fleet's ledger after
+    /// a restart is the fold of exactly what was acknowledged.
+    pub async fn events(&self, events: &[FleetEvent], trace: &TraceCtx) -> Result<(), StreamError> {
         for e in events {
             let emit = self.events.record(
                 &HostKey {
@@ -193,7 +206,8 @@ impl Outputs {
         Ok(())
     }
 
-    async fn host_metrics(&self, samples: &[HostMetrics]) -> Result<(), StreamError> {
+    /// Publishes host metrics samples.
+    pub async fn host_metrics(&self, samples: &[HostMetrics]) -> Result<(), StreamError> {
         for m in samples {
             let emit = self.metrics_out.record(
                 &HostKey {
@@ -220,13 +234,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
     let commands_topic = rt.config.topic("umbra.fleet.commands");
     let commands: Input<HostKey, FleetCommand> =
         Input::new(rt.registry.clone(), commands_topic.clone()).await?;
-    let out = Outputs {
-        producer: rt.producer.clone(),
-        events: Output::new(rt.registry.clone(), events_topic.clone()).await?,
-        metrics_out: Output::new(rt.registry.clone(), rt.config.topic("umbra.host.metrics"))
-            .await?,
-        metrics: rt.metrics.clone(),
-    };
+    let out = FleetOutputs::new(&rt).await?;
     let started: Arc<AtomicBool> = rt.readiness.gate(format!("restore {events_topic}"));
     // The simulator's state is the fold of its own events.
     let mut ledger = Ledger::default();

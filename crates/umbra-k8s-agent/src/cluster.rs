@@ -20,7 +20,7 @@ use umbra_fleet::{Ledger, ShadowHealth};
 use umbra_schemas::{FleetCommand, FleetCommandKind, FleetEvent, FleetEventKind, HostMetrics};
 
 use crate::{
-    committed_on, label_value, node_capacity, parse_quantity, plan, plan_workload_release,
+    committed_on, label_value, node_capacity, parse_quantity, plan, plan_workload_release, refusal,
     shadow_event, AgentError, Op, PlaceholderSettings, SHADOW_ANNOTATION, SHADOW_LABEL,
     WORKLOAD_LABEL,
 };
@@ -74,7 +74,7 @@ fn api_error(context: &str, e: kube::Error) -> AgentError {
 }
 
 /// The API server's refusal, if `e` is one (a 4xx answer).
-fn refusal(e: &kube::Error) -> Option<String> {
+fn refusal_reason(e: &kube::Error) -> Option<String> {
     match e {
         kube::Error::Api(s) if (400..500).contains(&s.code) => Some(format!(
             "Kubernetes refused: {}{}",
@@ -202,7 +202,7 @@ impl Cluster {
                 let template = if needs_template {
                     match self.template(&cmd.workload_id).await? {
                         Ok(t) => t,
-                        Err(why) => return Ok(refused(cmd, why, now)),
+                        Err(why) => return Ok(refusal(cmd, why, now)),
                     }
                 } else {
                     None
@@ -218,7 +218,7 @@ impl Cluster {
         };
         for op in &plan.ops {
             if let Some(why) = self.apply(op).await? {
-                return Ok(refused(cmd, why, now));
+                return Ok(refusal(cmd, why, now));
             }
         }
         Ok(plan.answer)
@@ -237,7 +237,7 @@ impl Cluster {
                     Ok(_) => Ok(None),
                     // A retried command whose pod was made before the answer was published.
                     Err(e) if status_code(&e) == Some(409) => Ok(None),
-                    Err(e) => refusal(&e)
+                    Err(e) => refusal_reason(&e)
                         .map_or_else(|| Err(api_error("creating a pod", e)), |r| Ok(Some(r))),
                 }
             }
@@ -249,7 +249,7 @@ impl Cluster {
                 {
                     Ok(_) => Ok(None),
                     Err(e) if status_code(&e) == Some(404) => Ok(None),
-                    Err(e) => refusal(&e)
+                    Err(e) => refusal_reason(&e)
                         .map_or_else(|| Err(api_error("deleting a pod", e)), |r| Ok(Some(r))),
                 }
             }
@@ -419,20 +419,6 @@ impl Cluster {
             self.placeholders(),
             kube::runtime::watcher::Config::default().labels(MANAGED),
         )
-    }
-}
-
-fn refused(cmd: &FleetCommand, reason: String, now: i64) -> FleetEvent {
-    FleetEvent {
-        event_id: format!("{}-answer", cmd.command_id),
-        command_id: Some(cmd.command_id.clone()),
-        kind: FleetEventKind::Refused,
-        host_id: cmd.host_id.clone(),
-        shadow_id: cmd.shadow_id.clone(),
-        workload_id: Some(cmd.workload_id.clone()),
-        resources: cmd.resources,
-        reason,
-        occurred_at: now,
     }
 }
 

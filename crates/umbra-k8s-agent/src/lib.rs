@@ -436,10 +436,15 @@ fn answer(
     }
 }
 
+/// The fleet's `REFUSED` answer to `cmd`, with the reason.
+pub fn refusal(cmd: &FleetCommand, reason: String, at: i64) -> FleetEvent {
+    answer(cmd, FleetEventKind::Refused, &cmd.host_id, reason, at)
+}
+
 fn refused(cmd: &FleetCommand, reason: String, at: i64) -> Plan {
     Plan {
         ops: Vec::new(),
-        answer: answer(cmd, FleetEventKind::Refused, &cmd.host_id, reason, at),
+        answer: refusal(cmd, reason, at),
     }
 }
 

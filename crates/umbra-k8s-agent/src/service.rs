@@ -12,18 +12,16 @@ use std::time::Duration;
 use futures::StreamExt;
 use kube::runtime::watcher::Event;
 use rdkafka::consumer::Consumer;
-use rdkafka::message::{Message, OwnedHeaders};
-use rdkafka::producer::FutureProducer;
+use rdkafka::message::Message;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use umbra_fleet::Ledger;
-use umbra_schemas::{FleetCommand, FleetEvent, HostKey, HostMetrics};
+use umbra_fleet::{FleetOutputs, Ledger};
+use umbra_schemas::{FleetCommand, FleetEvent, HostKey};
 use umbra_stream::config::ServiceConfig;
 use umbra_stream::dlq::dead_letter;
-use umbra_stream::metrics::Metrics;
-use umbra_stream::processor::{send, send_dead_letter, Input, Output};
+use umbra_stream::processor::{send_dead_letter, Input};
 use umbra_stream::service::Runtime;
-use umbra_stream::telemetry::{with_headers, TraceCtx};
+use umbra_stream::telemetry::TraceCtx;
 use umbra_stream::{kafka, StreamError};
 
 use crate::cluster::{news, Cluster};
@@ -84,55 +82,18 @@ impl AgentSettings {
 /// Full configuration of the agent.
 pub type Config = ServiceConfig<AgentSettings>;
 
-struct Outputs {
-    producer: FutureProducer,
-    events: Output<HostKey, FleetEvent>,
-    metrics_out: Output<HostKey, HostMetrics>,
-    metrics: Metrics,
-}
-
-impl Outputs {
-    /// Publishes events in order, folding each into the ledger once acknowledged.
-    async fn events(
-        &self,
-        ledger: &mut Ledger,
-        events: &[FleetEvent],
-        trace: &TraceCtx,
-    ) -> Result<(), StreamError> {
-        for e in events {
-            let emit = self.events.record(
-                &HostKey {
-                    host_id: e.host_id.clone(),
-                },
-                e,
-            )?;
-            send(
-                &self.producer,
-                &emit,
-                with_headers(OwnedHeaders::new(), &trace.send(self.events.topic())),
-            )
-            .await?;
-            ledger.apply(e);
-            self.metrics
-                .produced
-                .with_label_values(&[self.events.topic()])
-                .inc();
-        }
-        Ok(())
+/// Publishes `events` in order, folding each into the ledger once all are acknowledged.
+async fn publish(
+    out: &FleetOutputs,
+    ledger: &mut Ledger,
+    events: &[FleetEvent],
+    trace: &TraceCtx,
+) -> Result<(), StreamError> {
+    out.events(events, trace).await?;
+    for e in events {
+        ledger.apply(e);
     }
-
-    async fn host_metrics(&self, samples: &[HostMetrics]) -> Result<(), StreamError> {
-        for m in samples {
-            let emit = self.metrics_out.record(
-                &HostKey {
-                    host_id: m.host_id.clone(),
-                },
-                m,
-            )?;
-            send(&self.producer, &emit, OwnedHeaders::new()).await?;
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 /// Carries out `cmd`, retrying while the API fails (not while it refuses), and refuses the
@@ -159,17 +120,11 @@ async fn execute(
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
-    Ok(FleetEvent {
-        event_id: format!("{}-answer", cmd.command_id),
-        command_id: Some(cmd.command_id.clone()),
-        kind: umbra_schemas::FleetEventKind::Refused,
-        host_id: cmd.host_id.clone(),
-        shadow_id: cmd.shadow_id.clone(),
-        workload_id: Some(cmd.workload_id.clone()),
-        resources: cmd.resources,
-        reason: format!("Kubernetes API unavailable after {attempts} attempts: {last}"),
-        occurred_at: now(),
-    })
+    Ok(crate::refusal(
+        cmd,
+        format!("Kubernetes API unavailable after {attempts} attempts: {last}"),
+        now(),
+    ))
 }
 
 /// Runs the agent until `shutdown`, against the cluster `kube::Client::try_default` finds
@@ -196,13 +151,7 @@ pub async fn run_with_client(
     let commands_topic = rt.config.topic("umbra.fleet.commands");
     let commands: Input<HostKey, FleetCommand> =
         Input::new(rt.registry.clone(), commands_topic.clone()).await?;
-    let out = Outputs {
-        producer: rt.producer.clone(),
-        events: Output::new(rt.registry.clone(), events_topic.clone()).await?,
-        metrics_out: Output::new(rt.registry.clone(), rt.config.topic("umbra.host.metrics"))
-            .await?,
-        metrics: rt.metrics.clone(),
-    };
+    let out = FleetOutputs::new(&rt).await?;
     let started = rt
         .readiness
         .gate(format!("restore {events_topic} and re-list"));
@@ -229,8 +178,7 @@ pub async fn run_with_client(
         .relist(&ledger, clock.now_ms())
         .await
         .map_err(|e| StreamError::Internal(format!("first re-list: {e}")))?;
-    out.events(&mut ledger, &relisted, &TraceCtx::root("k8s relist"))
-        .await?;
+    publish(&out, &mut ledger, &relisted, &TraceCtx::root("k8s relist")).await?;
     tracing::info!(
         hosts = ledger.hosts().len(),
         shadows = ledger.shadows().len(),
@@ -295,7 +243,7 @@ pub async fn run_with_client(
                         if answer.kind == umbra_schemas::FleetEventKind::Refused {
                             tracing::warn!(command_id = %cmd.command_id, reason = %answer.reason, "command refused");
                         }
-                        if let Err(e) = out.events(&mut ledger, std::slice::from_ref(&answer), &trace).await { break Err(e) }
+                        if let Err(e) = publish(&out, &mut ledger, std::slice::from_ref(&answer), &trace).await { break Err(e) }
                         commands_counter.with_label_values(&["executed"]).inc();
                     }
                 }
@@ -318,12 +266,12 @@ pub async fn run_with_client(
                     None => { watch = Box::pin(cluster.watch()); None }
                 };
                 if let Some(e) = found {
-                    if let Err(e) = out.events(&mut ledger, &[e], &TraceCtx::root("k8s pod watch")).await { break Err(e) }
+                    if let Err(e) = publish(&out, &mut ledger, &[e], &TraceCtx::root("k8s pod watch")).await { break Err(e) }
                 }
             }
             _ = relist_tick.tick() => {
                 match cluster.relist(&ledger, clock.now_ms()).await {
-                    Ok(events) => if let Err(e) = out.events(&mut ledger, &events, &TraceCtx::root("k8s relist")).await { break Err(e) },
+                    Ok(events) => if let Err(e) = publish(&out, &mut ledger, &events, &TraceCtx::root("k8s relist")).await { break Err(e) },
                     Err(e) => { api_errors.with_label_values(&["relist"]).inc(); tracing::warn!(error = %e, "re-list failed; next time"); }
                 }
             }
