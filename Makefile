@@ -13,7 +13,7 @@ SERVICES := ingest forecast shadow-manager interceptor rebalancer
 DEMO_PROCESSES := $(SERVICES) fleet-sim
 TARGET_DIR := $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null | $(PYTHON) -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null || echo target)
 
-.PHONY: bench-forecast bench-venv bench-shadow bench-interceptor bench-ingest
+.PHONY: bench-forecast bench-venv bench-shadow bench-interceptor bench-ingest bench-scaleup sweep
 .PHONY: test-tools chaos
 .PHONY: all build test unit-test integration-test test-stack-up test-stack-down bench lint demo bench-replay run run-down status venv clean
 
@@ -69,7 +69,7 @@ chaos:
 	$(TARGET_DIR)/debug/umbra chaos --out chaos-report.md
 
 # Benchmarks print their figures next to a baseline measured in the same run.
-bench: bench-forecast bench-shadow bench-interceptor bench-ingest
+bench: bench-forecast bench-shadow bench-interceptor bench-ingest bench-scaleup
 	$(CARGO) build --release -p umbra-bench --bin umbra-bench
 	$(TARGET_DIR)/release/umbra-bench
 
@@ -109,13 +109,14 @@ $(BENCH_VENV)/.installed:
 	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check 'statsforecast>=1.7' 'prophet>=1.1.5'
 	touch $@
 
-# Rolling-origin forecast evaluation: `make bench-forecast DATA=DIR JSON=FILE [VMS=N] [ORIGINS=N]`.
+# Rolling-origin forecast evaluation: `make bench-forecast DATA=DIR JSON=FILE [FORECAST_VMS=N] [ORIGINS=N]`.
+# (Its own VM count: the demo's VMS is 50.)
 DATA ?= ../shared/data/bitbrains-rnd
-VMS ?= 3
+FORECAST_VMS ?= 3
 ORIGINS ?= 14
 bench-forecast: bench-venv
 	$(CARGO) build --release -p umbra-bench --bin bench-forecast
-	$(TARGET_DIR)/release/bench-forecast --data $(DATA) --vms $(VMS) --origins $(ORIGINS) \
+	$(TARGET_DIR)/release/bench-forecast --data $(DATA) --vms $(FORECAST_VMS) --origins $(ORIGINS) \
 	  --python $(BENCH_VENV)/bin/python $(if $(JSON),--json $(JSON))
 
 lint:
@@ -129,11 +130,23 @@ lint:
 VMS ?= 50
 SEED ?= 1
 LIVE_MINUTES ?= 4
-DATA ?= ../shared/data/bitbrains-rnd
 demo:
 	$(CARGO) build --release --workspace --bins
 	env -u KAFKA_BOOTSTRAP_SERVERS -u SCHEMA_REGISTRY_URL $(TARGET_DIR)/release/umbra replay \
 	  --data $(DATA) --vms $(VMS) --seed $(SEED) --live-minutes $(LIVE_MINUTES) --out demo-report
+
+# The hit-rate-against-reserve curve alone, offline on the same plan (no broker, no services):
+# umbra's pooled scale-up rule at each budget against every baseline at the same reserves.
+# `make sweep [VMS=N SEED=S DATA=DIR]`; report in sweep-report/.
+sweep:
+	$(CARGO) build --release -p umbra-cli --bin umbra
+	$(TARGET_DIR)/release/umbra replay --sweep --data $(DATA) --vms $(VMS) --seed $(SEED) --out sweep-report
+
+# The scale-up model's crate chosen by measurement: gradient boosting (forust-ml) against a
+# logistic regression (linfa-logistic), Brier scores and fit times, seeds 1-3.
+bench-scaleup:
+	$(CARGO) build --release -p umbra-bench --bin bench-scaleup
+	$(TARGET_DIR)/release/bench-scaleup --data $(DATA) --vms $(VMS)
 
 # The same evaluation headless, for benchmarking: `make bench-replay [VMS=N SEED=S DATA=DIR]`.
 bench-replay:

@@ -48,12 +48,6 @@ use umbra_stream::registry::{HttpRegistry, SchemaRegistry};
 
 const STEP_S: i64 = 300;
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
-/// Replica CPU: this quantile of a VM's history (see [`ReplicaModel::sized_from`]).
-const REPLICA_QUANTILE: f64 = 0.7;
-/// Smallest replica, millicores: tiny VMs would otherwise flap on noise.
-const MIN_REPLICA_MILLICORES: f64 = 200.0;
-/// Replicas a VM's busiest hours need at most.
-const MAX_REPLICAS: f64 = 8.0;
 
 /// Arguments of `umbra replay`.
 #[derive(clap::Args, Debug, Clone)]
@@ -128,6 +122,15 @@ pub struct ReplayArgs {
     /// No live progress line.
     #[arg(long)]
     pub quiet: bool,
+    /// Only the offline sweep (no broker, no services): umbra's pooled scale-up rule at the
+    /// budgets of `--budgets` and every baseline at the same reserves, the hit-rate-against-
+    /// reserve curve in `--out` (docs/scale-up.md). Without it the pipeline's replay runs and
+    /// the curve is added to its report.
+    #[arg(long)]
+    pub sweep: bool,
+    /// Reserve budgets of the sweep, as shares of used CPU.
+    #[arg(long, value_delimiter = ',', default_values_t = umbra_replay::sweep::BUDGETS.to_vec())]
+    pub budgets: Vec<f64>,
     /// Leave the broker and registry running afterwards, to inspect the topics (the services
     /// are stopped either way); `umbra dev down --state-dir <state-dir>` stops them.
     #[arg(long)]
@@ -190,18 +193,7 @@ fn plan(a: &ReplayArgs) -> anyhow::Result<Plan> {
     };
     hs.sort_by(by_time);
     ls.sort_by(by_time);
-    // A replica covers most of a VM's history; its busiest hours need at most
-    // MAX_REPLICAS of them (an HPA's maxReplicas), so an idle VM with rare bursts does not
-    // ask for dozens of tiny replicas at once.
-    let models: Vec<ReplicaModel> = history
-        .iter()
-        .map(|h| {
-            let mut m = ReplicaModel::sized_from(h, REPLICA_QUANTILE, MIN_REPLICA_MILLICORES, 300);
-            let peak = ReplicaModel::sized_from(h, 0.999, 0.0, 300).cpu_millicores;
-            m.cpu_millicores = m.cpu_millicores.max((peak / MAX_REPLICAS).ceil());
-            m
-        })
-        .collect();
+    let models: Vec<ReplicaModel> = umbra_replay::replay_models(&history);
     let events = scale_events(&live, STEP_S, &models);
     let mut fleet = FleetShape::sized_for(
         &live,
@@ -506,6 +498,9 @@ struct Measured {
 pub async fn run(a: ReplayArgs) -> anyhow::Result<()> {
     let shutdown = umbra_stream::shutdown::install();
     let begun = Instant::now();
+    if a.sweep {
+        return run_sweep(&a, begun);
+    }
     eprintln!("planning: {} VMs of {}", a.vms, a.data.display());
     let p = plan(&a)?;
     let ups = p.events.iter().filter(|e| e.change == Change::Up).count();
@@ -571,6 +566,91 @@ pub async fn run(a: ReplayArgs) -> anyhow::Result<()> {
     println!(
         "report: {}  (summary.json beside it; {:.1} min in all)",
         a.out.join("report.html").display(),
+        begun.elapsed().as_secs_f64() / 60.0
+    );
+    Ok(())
+}
+
+/// The offline sweep of the same plan: prints umbra against the static pools per budget.
+fn offline_sweep(a: &ReplayArgs) -> anyhow::Result<(String, umbra_replay::sweep::SweepResult)> {
+    if a.budgets.is_empty() || a.budgets.iter().any(|b| !(*b > 0.0)) {
+        bail!("--budgets must be positive shares of used CPU");
+    }
+    let plan = umbra_replay::TracePlan::load(
+        &a.data,
+        a.vms,
+        a.seed,
+        a.from_day,
+        a.history_days,
+        a.live_days,
+    )
+    .with_context(|| format!("reading {}", a.data.display()))?;
+    let (history, live) = plan.step_traces();
+    let settings = umbra_replay::sweep::SweepSettings {
+        budgets: a.budgets.clone(),
+        sim: umbra_replay::pool::SimSettings {
+            ready_delay_s: a.startup_s,
+        },
+        ..Default::default()
+    };
+    let r = umbra_replay::sweep::sweep(&history, &live, &settings)?;
+    let title = format!(
+        "{} VMs of {} (seed {}), {} days of history, {} live days: {} requests, {:.0} core-hours used",
+        plan.ids.len(),
+        a.data.display(),
+        a.seed,
+        a.history_days,
+        a.live_days,
+        r.requests,
+        r.used_core_hours
+    );
+    Ok((title, r))
+}
+
+fn print_sweep(r: &umbra_replay::sweep::SweepResult) {
+    println!(
+        "\n{:<8} {:>14} {:>12} {:>18}  static pool",
+        "budget", "umbra reserve", "umbra hits", "best static hits"
+    );
+    for x in &r.against_static {
+        println!(
+            "{:<8} {:>13.3}x {:>11.1}% {:>17.1}%  {}",
+            x.budget,
+            x.umbra_reserve_ratio,
+            x.umbra_hit_rate * 100.0,
+            x.static_hit_rate * 100.0,
+            x.static_setting
+        );
+    }
+    for p in r.curve.iter().filter(|p| p.budget.is_none()) {
+        println!(
+            "{:<22} reserve {:>6.3}x  hits {:>5.1}%  ({})",
+            p.policy,
+            p.reserve_ratio,
+            p.hit_rate * 100.0,
+            p.setting
+        );
+    }
+    let s = &r.scale_up;
+    println!(
+        "scale-up probabilities, Brier over {} workload-steps: model {:.4}, base rate {:.4}, time-of-day profile {:.4}",
+        s.scored, s.brier_model, s.brier_base_rate, s.brier_seasonal_profile
+    );
+}
+
+fn run_sweep(a: &ReplayArgs, begun: Instant) -> anyhow::Result<()> {
+    eprintln!(
+        "sweep: {} VMs of {}, seed {}, offline",
+        a.vms,
+        a.data.display(),
+        a.seed
+    );
+    let (title, r) = offline_sweep(a)?;
+    print_sweep(&r);
+    let report = umbra_replay::report::write_sweep(&a.out, &title, &r)?;
+    println!(
+        "report: {}  (summary.json beside it; {:.1} min in all)",
+        report.display(),
         begun.elapsed().as_secs_f64() / 60.0
     );
     Ok(())
@@ -851,9 +931,14 @@ async fn evaluate(
     .await;
     procs.stop();
     let o = lock(&obs);
-    let summary = summarize(a, p, &o, &measured);
+    let mut summary = summarize(a, p, &o, &measured);
     print_misses(&o, &measured);
     drop(o);
+    // The curve of every policy at every budget, from the offline core on the same plan.
+    let (_, sweep) = offline_sweep(a)?;
+    print_sweep(&sweep);
+    summary.curve = sweep.curve.clone();
+    summary.sweep = Some(sweep);
     let data = report_data(a, p, &lock(&obs), &measured);
     write_report(&a.out, &summary, &data)?;
     Ok(summary)
@@ -1308,6 +1393,8 @@ fn summarize(a: &ReplayArgs, p: &Plan, o: &Observed, m: &Measured) -> Summary {
             duplicated,
         },
         overcommitted_hosts: m.overcommitted.len(),
+        curve: Vec::new(),
+        sweep: None,
     }
 }
 

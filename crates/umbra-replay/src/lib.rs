@@ -12,7 +12,11 @@
 //!   request and reserves exactly when it is needed), and the two sizings of static headroom the
 //!   comparison calls for ([`static_equal_reserve`], [`static_equal_hits`]).
 
+pub mod pool;
 pub mod report;
+pub mod scaleup;
+pub mod steps;
+pub mod sweep;
 
 use serde::{Deserialize, Serialize};
 use umbra_forecasting::data::{bitbrains_rows, vm_id, BitbrainsRow};
@@ -88,6 +92,98 @@ pub fn workloads_from_dir(
         out.push(workload_from_rows(&vm_id(f), &rows, start, 300, steps));
     }
     Ok(out)
+}
+
+/// Replica CPU: this quantile of a VM's history (see [`ReplicaModel::sized_from`]).
+pub const REPLICA_QUANTILE: f64 = 0.7;
+/// Smallest replica, millicores: tiny VMs would otherwise flap on noise.
+pub const MIN_REPLICA_MILLICORES: f64 = 200.0;
+/// Replicas a VM's busiest hours need at most (an HPA's maxReplicas).
+pub const MAX_REPLICAS: f64 = 8.0;
+
+/// The replay's replica model of each workload from its history: a replica covers most of the
+/// history ([`REPLICA_QUANTILE`], at least [`MIN_REPLICA_MILLICORES`]) and the busiest hours
+/// need at most [`MAX_REPLICAS`] of them, so that an idle VM with rare bursts does not ask for
+/// dozens of tiny replicas at once.
+pub fn replay_models(history: &[Workload]) -> Vec<ReplicaModel> {
+    history
+        .iter()
+        .map(|h| {
+            let mut m = ReplicaModel::sized_from(h, REPLICA_QUANTILE, MIN_REPLICA_MILLICORES, 300);
+            let peak = ReplicaModel::sized_from(h, 0.999, 0.0, 300).cpu_millicores;
+            m.cpu_millicores = m.cpu_millicores.max((peak / MAX_REPLICAS).ceil());
+            m
+        })
+        .collect()
+}
+
+/// History and live part of a seeded choice of VMs from a Bitbrains-format folder.
+#[derive(Debug, Clone)]
+pub struct TracePlan {
+    /// Workload ids (VM names), in name order.
+    pub ids: Vec<String>,
+    /// The history, on 5-minute steps.
+    pub history: Vec<Workload>,
+    /// The live part that follows it.
+    pub live: Vec<Workload>,
+    /// Replica model per workload, from its history.
+    pub models: Vec<ReplicaModel>,
+    /// Unix seconds of the history's first step.
+    pub origin_s: i64,
+    /// Unix seconds of the live part's first step.
+    pub live_start_s: i64,
+}
+
+impl TracePlan {
+    /// `vms` VMs of `dir` chosen by `seed` ([`select_files`]), `history_days` then
+    /// `live_days` from `from_day` days after the earliest trace's start.
+    pub fn load(
+        dir: &std::path::Path,
+        vms: usize,
+        seed: u64,
+        from_day: f64,
+        history_days: f64,
+        live_days: f64,
+    ) -> Result<Self, umbra_forecasting::data::DataError> {
+        let files = umbra_forecasting::data::bitbrains_files(dir)?;
+        let mut rows = Vec::new();
+        for f in select_files(&files, vms, seed) {
+            rows.push((vm_id(&f), bitbrains_rows(&f)?));
+        }
+        let first = rows
+            .iter()
+            .filter_map(|(_, r)| r.first().map(|x| x.time_s))
+            .min()
+            .unwrap_or(0);
+        let origin_s = first.div_euclid(300) * 300 + (from_day * 86_400.0) as i64;
+        let hist_steps = (history_days * 288.0).round() as usize;
+        let live_steps = (live_days * 288.0).round() as usize;
+        let live_start_s = origin_s + hist_steps as i64 * 300;
+        let history: Vec<Workload> = rows
+            .iter()
+            .map(|(id, r)| workload_from_rows(id, r, origin_s, 300, hist_steps))
+            .collect();
+        let live = rows
+            .iter()
+            .map(|(id, r)| workload_from_rows(id, r, live_start_s, 300, live_steps))
+            .collect();
+        Ok(Self {
+            ids: rows.into_iter().map(|(id, _)| id).collect(),
+            models: replay_models(&history),
+            history,
+            live,
+            origin_s,
+            live_start_s,
+        })
+    }
+
+    /// The history and the live part on the step grid, each with its own requests.
+    pub fn step_traces(&self) -> (steps::StepTrace, steps::StepTrace) {
+        (
+            steps::StepTrace::new(&self.history, &self.models, 300, self.origin_s),
+            steps::StepTrace::new(&self.live, &self.models, 300, self.live_start_s),
+        )
+    }
 }
 
 /// How one workload is served: replicas of a fixed size, scaled on CPU like an HPA with a CPU

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::sweep::{CurvePoint, SweepResult};
+
 /// Errors writing the report.
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
@@ -91,6 +93,13 @@ pub struct Summary {
     pub decisions: DecisionCounts,
     /// Hosts ever committed beyond capacity (must be 0).
     pub overcommitted_hosts: usize,
+    /// Hit rate against reserve for every policy, from the offline sweep (docs/scale-up.md).
+    #[serde(default)]
+    pub curve: Vec<CurvePoint>,
+    /// The sweep behind the curve: umbra against static pools per budget, and the scale-up
+    /// probabilities' score.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<SweepResult>,
 }
 
 /// A time series to plot: (seconds since the start, value).
@@ -371,7 +380,164 @@ pub fn write_report(
     for (name, svg) in &plots {
         let _ = write!(html, "<h2>{name}</h2>{svg}");
     }
+    if !summary.curve.is_empty() {
+        let svg = svg_curve(&summary.curve)?;
+        write(dir.join("curve.svg"), &svg)?;
+        let _ = write!(
+            html,
+            "<h2>Hit rate against reserve (offline sweep)</h2>{svg}"
+        );
+    }
+    if let Some(r) = &summary.sweep {
+        html.push_str(&sweep_html(r));
+    }
     html.push_str("</body></html>\n");
+    write(dir.join("report.html"), &html)
+}
+
+/// Policy colours of the curve plot, umbra first.
+const CURVE_POLICIES: &[(&str, RGBColor)] = &[
+    ("umbra", RGBColor(0, 90, 200)),
+    ("static-one-size", RGBColor(200, 60, 40)),
+    ("static-size-classes", RGBColor(230, 140, 0)),
+    ("static-per-workload", RGBColor(120, 60, 160)),
+    ("keep-alive-10m", RGBColor(40, 150, 80)),
+    ("keep-alive-1h", RGBColor(20, 100, 50)),
+    ("oracle", RGBColor(60, 60, 60)),
+];
+
+/// Hit rate against reserve ratio (log scale), a line per policy with budgets and a marker per
+/// single-setting policy.
+pub fn svg_curve(points: &[CurvePoint]) -> Result<String, ReportError> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (900, 560)).into_drawing_area();
+        let e = plot_err("hit rate against reserve");
+        root.fill(&WHITE).map_err(|x| e(x.to_string()))?;
+        let lo = points
+            .iter()
+            .map(|p| p.reserve_ratio)
+            .filter(|r| *r > 0.0)
+            .fold(1.0f64, f64::min)
+            .max(1e-3)
+            * 0.7;
+        let hi = points
+            .iter()
+            .map(|p| p.reserve_ratio)
+            .fold(1.0f64, f64::max)
+            * 1.3;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                "hit rate against reserve (share of used CPU held and not claimed)",
+                ("sans-serif", 18),
+            )
+            .margin(14)
+            .x_label_area_size(40)
+            .y_label_area_size(55)
+            .build_cartesian_2d((lo..hi).log_scale(), 0.0..1.02)
+            .map_err(|x| e(x.to_string()))?;
+        chart
+            .configure_mesh()
+            .x_desc("reserve / used CPU")
+            .y_desc("hit rate")
+            .label_style(("sans-serif", 14))
+            .draw()
+            .map_err(|x| e(x.to_string()))?;
+        for (name, colour) in CURVE_POLICIES {
+            let mut mine: Vec<(f64, f64)> = points
+                .iter()
+                .filter(|p| p.policy == *name)
+                .map(|p| (p.reserve_ratio.max(lo), p.hit_rate))
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            mine.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let style = colour.stroke_width(2);
+            chart
+                .draw_series(LineSeries::new(mine.clone(), style))
+                .map_err(|x| e(x.to_string()))?
+                .label(*name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+            chart
+                .draw_series(mine.iter().map(|p| Circle::new(*p, 4, colour.filled())))
+                .map_err(|x| e(x.to_string()))?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 14))
+            .draw()
+            .map_err(|x| e(x.to_string()))?;
+        root.present().map_err(|x| e(x.to_string()))?;
+    }
+    Ok(svg)
+}
+
+/// The curve's table: per budget, umbra against the best static pool at no more reserve.
+fn sweep_html(r: &SweepResult) -> String {
+    let mut html = String::new();
+    let _ = write!(
+        html,
+        "<h2>umbra against the strongest static pool</h2><p>{} requests, {:.0} core-hours used. \
+         Static pools: counts tuned in hindsight, at no more reserve than umbra held.</p><table><tr>\
+         <th>budget</th><th>umbra reserve</th><th>umbra hit rate</th><th>best static hit rate</th><th>static pool</th></tr>",
+        r.requests, r.used_core_hours
+    );
+    for a in &r.against_static {
+        let _ = write!(
+            html,
+            "<tr><td>{:.2}</td><td>{:.3}</td><td>{:.1}%</td><td>{:.1}%</td><td>{}</td></tr>",
+            a.budget,
+            a.umbra_reserve_ratio,
+            a.umbra_hit_rate * 100.0,
+            a.static_hit_rate * 100.0,
+            escape(&a.static_setting)
+        );
+    }
+    let s = &r.scale_up;
+    let _ = write!(
+        html,
+        "</table><h2>Scale-up probabilities</h2><p>Brier score over {} workload-steps: model {:.4}, \
+         base rate {:.4}, time-of-day profile {:.4}.</p><table><tr><th>predicted</th><th>steps</th>\
+         <th>mean predicted</th><th>observed</th></tr>",
+        s.scored, s.brier_model, s.brier_base_rate, s.brier_seasonal_profile
+    );
+    for b in &s.reliability {
+        let _ = write!(
+            html,
+            "<tr><td>{:.2}–{:.2}</td><td>{}</td><td>{:.3}</td><td>{:.3}</td></tr>",
+            b.from, b.to, b.count, b.predicted, b.observed
+        );
+    }
+    html.push_str("</table>");
+    html
+}
+
+/// The sweep alone (`umbra replay --sweep`): `summary.json` with the curve, `curve.svg` and
+/// `report.html` in `dir`.
+pub fn write_sweep(dir: &Path, title: &str, r: &SweepResult) -> Result<PathBuf, ReportError> {
+    std::fs::create_dir_all(dir).map_err(|source| ReportError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let summary = serde_json::json!({ "curve": r.curve, "sweep": r });
+    write(
+        dir.join("summary.json"),
+        &serde_json::to_string_pretty(&summary)?,
+    )?;
+    let svg = svg_curve(&r.curve)?;
+    write(dir.join("curve.svg"), &svg)?;
+    let html = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>umbra sweep</title>\
+         <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}\
+         td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}</style></head><body>\
+         <h1>umbra: hit rate against reserve</h1><p>{}</p>{svg}{}</body></html>\n",
+        escape(title),
+        sweep_html(r)
+    );
     write(dir.join("report.html"), &html)
 }
 
@@ -413,6 +579,8 @@ mod tests {
                 duplicated: 0,
             },
             overcommitted_hosts: 0,
+            curve: vec![],
+            sweep: None,
         };
         let t: Vec<f64> = (0..50).map(|i| i as f64 * 300.0).collect();
         let data = ReportData {

@@ -258,15 +258,6 @@ impl Core {
                 r.requested_at, s.max_future_ms
             ));
         }
-        if !w.known.contains(&r.workload_id)
-            && !w.table.contains_key(&r.workload_id)
-            && w.ledger.held(&r.workload_id).is_zero()
-        {
-            return Some(format!(
-                "unknown workload '{}': umbra has no usage history, forecast, shadow or placement for it",
-                r.workload_id
-            ));
-        }
         None
     }
 
@@ -276,10 +267,18 @@ impl Core {
         r: &WorkloadRequest,
         w: &'w World<'_>,
     ) -> Result<(&'w ShadowEntry, &'w umbra_schemas::ShadowCandidate), String> {
-        let e = w
-            .table
-            .get(&r.workload_id)
-            .ok_or_else(|| "no shadow was staged for this workload".to_string())?;
+        let e = w.table.get(&r.workload_id).ok_or_else(|| {
+            // A workload umbra has never seen is not an error: it gets standard allocation
+            // and its decision says why no shadow could have been there.
+            if !w.known.contains(&r.workload_id) && w.ledger.held(&r.workload_id).is_zero() {
+                format!(
+                    "new workload '{}': umbra has no history for it yet, so no shadow was predicted",
+                    r.workload_id
+                )
+            } else {
+                "no shadow was staged for this workload".to_string()
+            }
+        })?;
         let tol = self.settings.window_tolerance_ms;
         if r.requested_at < e.predicted_start - tol || r.requested_at >= e.predicted_end + tol {
             return Err(format!(

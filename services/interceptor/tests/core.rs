@@ -286,6 +286,26 @@ fn standard_placement_follows_the_fleet_and_retries_refusals() {
 }
 
 #[test]
+fn a_workload_never_seen_gets_standard_allocation_with_a_note() {
+    let mut env = Env::new(2, res(4_000, 16));
+    let mut core = Core::new(Settings::default());
+    let r = request("first", "brand-new", res(1_000, 1));
+    let step = core.decide(&r, &env.world());
+    let Step::Place(_) = &step else {
+        panic!("a new workload is placed, not rejected: {step:?}")
+    };
+    env.fleet(&step, false);
+    let steps = core.follow_up(&env.world());
+    let d = decided(&steps[0].1).expect("decided");
+    assert_eq!(d.outcome, Outcome::Standard);
+    assert!(
+        d.reason.contains("new workload 'brand-new'") && d.reason.contains("standard allocation"),
+        "{}",
+        d.reason
+    );
+}
+
+#[test]
 fn nothing_fits_is_rejected_with_the_fleets_reasons() {
     let mut env = Env::new(2, res(2_000, 4));
     env.known.insert("w".into());
@@ -375,10 +395,6 @@ fn every_kind_of_bad_request_gets_its_reason() {
                 ..request("f", "w", res(1, 1))
             },
             "in the future",
-        ),
-        (
-            request("g", "nobody", res(1, 1)),
-            "unknown workload 'nobody'",
         ),
     ];
     for (r, why) in cases {

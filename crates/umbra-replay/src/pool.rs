@@ -1,0 +1,876 @@
+//! Pooled shadows (docs/scale-up.md): slots of a size class that serve any request they fit,
+//! the rule that holds the k-th slot of a class while it pays, the controller that holds a
+//! reserve budget, and the slot simulator every policy of the comparison runs on.
+//!
+//! The simulator's rules are the same for every policy: before each step a policy sets how
+//! many slots each of its pools holds (decided from what was known at the end of the previous
+//! step); a new slot is ready `ready_delay_s` after it is staged, so a claimed slot is refilled
+//! at the next decision and ready one delay later; at the step, each request takes its
+//! workload's own ready slot if it has one, else the smallest ready slot of a class it fits,
+//! else standard allocation (a miss). What a policy reserves is every slot it holds and no
+//! request claimed, over time.
+
+use serde::{Deserialize, Serialize};
+
+use crate::scaleup::KMAX;
+use crate::steps::StepTrace;
+use crate::Placeholder;
+
+/// Upper bounds of the size classes, millicores: a replica belongs to the first class whose
+/// bound it does not exceed; the last class takes the rest.
+pub const CLASS_BOUNDS_MILLICORES: &[f64] = &[250.0, 600.0, 1_200.0, 2_300.0];
+
+/// A pool of interchangeable slots.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PoolSpec {
+    /// Size of each slot.
+    pub slot: Placeholder,
+    /// `Some(w)`: slots only workload `w` claims (its shadows); `None`: a pool any request
+    /// that fits may claim.
+    pub workload: Option<usize>,
+}
+
+/// The size classes of a trace's workloads: per workload its class, per class its slot (the
+/// largest replica among its members, so every member fits).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SizeClasses {
+    /// Class of each workload.
+    pub class_of: Vec<usize>,
+    /// Slot of each class, smallest first.
+    pub slots: Vec<Placeholder>,
+}
+
+impl SizeClasses {
+    /// Classes by [`CLASS_BOUNDS_MILLICORES`]; classes nobody belongs to are left out.
+    pub fn of(sizes: &[Placeholder]) -> Self {
+        let raw = |s: &Placeholder| {
+            CLASS_BOUNDS_MILLICORES
+                .iter()
+                .position(|b| s.cpu_millicores <= *b)
+                .unwrap_or(CLASS_BOUNDS_MILLICORES.len())
+        };
+        let mut used: Vec<usize> = sizes.iter().map(raw).collect();
+        used.sort_unstable();
+        used.dedup();
+        let class_of: Vec<usize> = sizes
+            .iter()
+            .map(|s| used.iter().position(|c| *c == raw(s)).unwrap_or(0))
+            .collect();
+        let mut slots = vec![
+            Placeholder {
+                cpu_millicores: 0.0,
+                memory_bytes: 0.0
+            };
+            used.len()
+        ];
+        for (s, c) in sizes.iter().zip(&class_of) {
+            slots[*c].cpu_millicores = slots[*c].cpu_millicores.max(s.cpu_millicores);
+            slots[*c].memory_bytes = slots[*c].memory_bytes.max(s.memory_bytes);
+        }
+        Self { class_of, slots }
+    }
+
+    /// The classes as pools anyone who fits may claim.
+    pub fn pools(&self) -> Vec<PoolSpec> {
+        self.slots
+            .iter()
+            .map(|s| PoolSpec {
+                slot: *s,
+                workload: None,
+            })
+            .collect()
+    }
+}
+
+/// How many slots each pool should hold at each step.
+pub trait SlotPolicy {
+    /// The pools, fixed for the run.
+    fn pools(&self) -> Vec<PoolSpec>;
+    /// Slots per pool for step `i`, decided at the end of step `i - 1`.
+    fn targets(&mut self, i: usize, out: &mut [usize]);
+    /// What step `i` cost: core-seconds held in slots and not claimed, and the core-seconds the
+    /// workloads used.
+    fn observe(&mut self, _i: usize, _reserve_core_s: f64, _used_core_s: f64) {}
+}
+
+/// Settings every policy shares.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SimSettings {
+    /// From staging a slot to its being ready, seconds (also the refill time of a claimed slot).
+    pub ready_delay_s: f64,
+}
+
+impl Default for SimSettings {
+    fn default() -> Self {
+        Self {
+            ready_delay_s: 30.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    id: u64,
+    ready_at_s: f64,
+}
+
+/// What a policy did over a trace.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SimOutcome {
+    /// Requests.
+    pub requests: u64,
+    /// Requests placed at once on a ready slot.
+    pub hits: u64,
+    /// Requests that took a slot still being staged (waiting for it to be ready; not hits).
+    pub staged_hits: u64,
+    /// Their waits, seconds, summed.
+    pub staged_wait_s: f64,
+    /// Held in slots and never claimed, core-hours.
+    pub reserve_core_hours: f64,
+    /// The same in GiB-hours of memory.
+    pub reserve_gib_hours: f64,
+    /// CPU the workloads used, core-hours.
+    pub used_core_hours: f64,
+    /// Slots staged (a slot that stays across steps is staged once).
+    pub staged: u64,
+    /// Per step: the cores held in slots and not claimed.
+    pub reserve_cores: Vec<f64>,
+}
+
+impl SimOutcome {
+    /// hits / requests.
+    pub fn hit_rate(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.hits as f64 / self.requests as f64
+        }
+    }
+
+    /// Reserve over used CPU.
+    pub fn reserve_ratio(&self) -> f64 {
+        self.reserve_core_hours / self.used_core_hours.max(1e-9)
+    }
+}
+
+const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+
+/// Runs `policy` over `trace`.
+pub fn simulate(trace: &StepTrace, policy: &mut dyn SlotPolicy, s: &SimSettings) -> SimOutcome {
+    let pools = policy.pools();
+    let step = trace.step_s as f64;
+    let mut held: Vec<Vec<Slot>> = vec![Vec::new(); pools.len()];
+    let mut targets = vec![0usize; pools.len()];
+    let mut next_id = 0u64;
+    let mut out = SimOutcome {
+        requests: trace.requests(),
+        ..SimOutcome::default()
+    };
+    // Pools a request may claim, in the order it tries them: its workload's own, then the
+    // shared pools by size.
+    let mut shared: Vec<usize> = (0..pools.len())
+        .filter(|p| pools[*p].workload.is_none())
+        .collect();
+    shared.sort_by(|a, b| {
+        pools[*a]
+            .slot
+            .cpu_millicores
+            .total_cmp(&pools[*b].slot.cpu_millicores)
+            .then(
+                pools[*a]
+                    .slot
+                    .memory_bytes
+                    .total_cmp(&pools[*b].slot.memory_bytes),
+            )
+    });
+    let mut own: Vec<Vec<usize>> = vec![Vec::new(); trace.workloads()];
+    for (p, spec) in pools.iter().enumerate() {
+        if let Some(w) = spec.workload {
+            own[w].push(p);
+        }
+    }
+    // Smaller requests choose first, so that they do not take the only slot a larger one fits.
+    let mut order: Vec<usize> = (0..trace.workloads()).collect();
+    order.sort_by(|a, b| {
+        trace.sizes[*a]
+            .cpu_millicores
+            .total_cmp(&trace.sizes[*b].cpu_millicores)
+            .then(a.cmp(b))
+    });
+    for i in 0..trace.steps() {
+        let decided_s = (i as f64 - 1.0) * step;
+        let t = i as f64 * step;
+        policy.targets(i, &mut targets);
+        for (p, slots) in held.iter_mut().enumerate() {
+            // Fewer: the newest go first (slots keep their identity while they are wanted).
+            slots.truncate(targets[p].min(slots.len()));
+            while slots.len() < targets[p] {
+                slots.push(Slot {
+                    id: next_id,
+                    ready_at_s: decided_s + s.ready_delay_s,
+                });
+                next_id += 1;
+                out.staged += 1;
+            }
+        }
+        for &w in &order {
+            let size = trace.sizes[w];
+            for _ in 0..trace.ups[w][i] {
+                let fits = |p: &usize| {
+                    size.cpu_millicores <= pools[*p].slot.cpu_millicores
+                        && size.memory_bytes <= pools[*p].slot.memory_bytes
+                };
+                let candidates = || own[w].iter().chain(shared.iter()).filter(|p| fits(p));
+                let ready = candidates().find_map(|p| {
+                    held[*p]
+                        .iter()
+                        .position(|x| x.ready_at_s <= t)
+                        .map(|k| (*p, k))
+                });
+                if let Some((p, k)) = ready {
+                    held[p].remove(k);
+                    out.hits += 1;
+                    continue;
+                }
+                // A slot still staging beats standard allocation when it will be ready sooner.
+                let staging = candidates()
+                    .filter_map(|p| {
+                        held[*p]
+                            .iter()
+                            .enumerate()
+                            .min_by(|a, b| a.1.ready_at_s.total_cmp(&b.1.ready_at_s))
+                            .map(|(k, x)| (*p, k, x.ready_at_s))
+                    })
+                    .min_by(|a, b| a.2.total_cmp(&b.2));
+                if let Some((p, k, ready_at)) = staging {
+                    held[p].remove(k);
+                    out.staged_hits += 1;
+                    out.staged_wait_s += ready_at - t;
+                }
+            }
+        }
+        let (mut cores, mut gib) = (0.0, 0.0);
+        for (p, slots) in held.iter().enumerate() {
+            cores += slots.len() as f64 * pools[p].slot.cpu_millicores / 1000.0;
+            gib += slots.len() as f64 * pools[p].slot.memory_bytes / GIB;
+        }
+        let used = trace.used_core_s(i);
+        out.reserve_cores.push(cores);
+        out.reserve_core_hours += cores * step / 3600.0;
+        out.reserve_gib_hours += gib * step / 3600.0;
+        out.used_core_hours += used / 3600.0;
+        policy.observe(i, cores * step, used);
+    }
+    // Identity is kept in `Slot::id`; read it so that tests can see it through `staged`.
+    debug_assert!(held.iter().flatten().all(|s| s.id < next_id));
+    out
+}
+
+/// Holds a reserve budget (a share of used CPU) over a run. The threshold that spends a budget
+/// best is one threshold for the whole run (a slot is worth holding at one time exactly when it
+/// is worth holding at another), so the controller does not chase each step's reserve: at the
+/// start of each period it finds, by bisection, the threshold at which the rule replayed on the
+/// steps just before (their probabilities and their requests, all known by then) would have
+/// held the period's budget, which is the budget plus what the run so far left unspent or
+/// minus what it overspent, within half and twice the budget.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetController {
+    budget: f64,
+    reserve: f64,
+    used: f64,
+}
+
+impl BudgetController {
+    /// Lowest and highest threshold, in probability of use per core held.
+    pub const BOUNDS: (f64, f64) = (1e-7, 10.0);
+
+    /// A controller for `budget` (reserve over used CPU).
+    pub fn new(budget: f64) -> Self {
+        Self {
+            budget,
+            reserve: 0.0,
+            used: 0.0,
+        }
+    }
+
+    /// The reserve ratio held so far.
+    pub fn ratio(&self) -> f64 {
+        self.reserve / self.used.max(1e-9)
+    }
+
+    /// What the run held and used, core-seconds.
+    pub fn observe(&mut self, reserve_core_s: f64, used_core_s: f64) {
+        self.reserve += reserve_core_s;
+        self.used += used_core_s;
+    }
+
+    /// The budget for a period expected to use `expected_used_core_s`.
+    pub fn period_budget(&self, expected_used_core_s: f64) -> f64 {
+        let left = self.budget * self.used - self.reserve;
+        (self.budget + left / expected_used_core_s.max(1e-9))
+            .clamp(self.budget / 2.0, self.budget * 2.0)
+    }
+
+    /// The threshold at which `reserve_ratio(theta)` (falling as theta rises) comes closest to
+    /// `budget` from below.
+    pub fn threshold_for(budget: f64, mut reserve_ratio: impl FnMut(f64) -> f64) -> f64 {
+        let (mut lo, mut hi) = (Self::BOUNDS.0.ln(), Self::BOUNDS.1.ln());
+        if reserve_ratio(lo.exp()) <= budget {
+            return lo.exp();
+        }
+        for _ in 0..40 {
+            let mid = (lo + hi) / 2.0;
+            if reserve_ratio(mid.exp()) > budget {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        hi.exp()
+    }
+}
+
+/// What sets umbra's trade-off between hits and reserve: the one setting of the rule.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TradeOff {
+    /// Hold reserve at this share of used CPU ([`budget_thresholds`]).
+    Budget(f64),
+    /// A miss costs this many core-seconds: the k-th slot is held while P(N ≥ k) × the cost
+    /// outweighs the slot's cores over the step.
+    MissCost(f64),
+}
+
+/// Per size class and step, P(N ≥ k) of the class's requests for k = 0..=kmax (from the
+/// members' probabilities, taken as independent).
+pub fn class_tails(
+    p_up: &[Vec<f64>],
+    tails: &[[f64; KMAX + 2]],
+    classes: &SizeClasses,
+    kmax: usize,
+) -> Vec<Vec<Vec<f64>>> {
+    let steps = p_up.first().map_or(0, Vec::len);
+    let n_classes = classes.slots.len();
+    let mut out = vec![Vec::with_capacity(steps); n_classes];
+    let mut dist = vec![0.0f64; kmax + 1];
+    let mut next = vec![0.0f64; kmax + 1];
+    for i in 0..steps {
+        for (c, per_class) in out.iter_mut().enumerate() {
+            dist.iter_mut().for_each(|d| *d = 0.0);
+            dist[0] = 1.0;
+            for (w, _) in classes
+                .class_of
+                .iter()
+                .enumerate()
+                .filter(|(_, cw)| **cw == c)
+            {
+                let p = p_up[w][i].clamp(0.0, 1.0);
+                let t = &tails[w];
+                // The workload's own count: 0 with 1 - p, k with p × P(N = k | N ≥ 1).
+                next.iter_mut().for_each(|d| *d = 0.0);
+                for (have, d) in dist.iter().enumerate() {
+                    if *d == 0.0 {
+                        continue;
+                    }
+                    next[have] += d * (1.0 - p);
+                    for k in 1..=KMAX {
+                        let pk = p * (t[k] - t[k + 1]);
+                        let to = (have + k).min(kmax);
+                        next[to] += d * pk;
+                    }
+                }
+                std::mem::swap(&mut dist, &mut next);
+            }
+            // Tail: P(N ≥ k).
+            let mut tail = vec![0.0; kmax + 1];
+            let mut acc = 0.0;
+            for k in (0..=kmax).rev() {
+                acc += dist[k];
+                tail[k] = acc.min(1.0);
+            }
+            per_class.push(tail);
+        }
+    }
+    out
+}
+
+/// umbra's pooled rule: per class and step, hold the k-th slot while P(N ≥ k) per core of the
+/// slot clears the threshold in force at the step (a miss cost of C core-seconds is a threshold
+/// of step seconds / C; a budget gives a threshold per period, [`budget_thresholds`]).
+#[derive(Debug, Clone)]
+pub struct PooledScaleUp {
+    classes: SizeClasses,
+    /// `[class][step][k]`: P(N ≥ k) (steps counted from the trace's start).
+    tails: Vec<Vec<Vec<f64>>>,
+    /// Threshold per step (the last one holds past the end).
+    thresholds: Vec<f64>,
+}
+
+impl PooledScaleUp {
+    /// The rule over precomputed class tails ([`class_tails`]) with one threshold throughout.
+    pub fn fixed(classes: SizeClasses, tails: Vec<Vec<Vec<f64>>>, theta: f64) -> Self {
+        Self::scheduled(classes, tails, vec![theta])
+    }
+
+    /// The rule for a miss cost of `cost` core-seconds, on steps of `step_s` seconds.
+    pub fn miss_cost(
+        classes: SizeClasses,
+        tails: Vec<Vec<Vec<f64>>>,
+        step_s: f64,
+        cost: f64,
+    ) -> Self {
+        Self::fixed(classes, tails, step_s / cost.max(1e-9))
+    }
+
+    /// The rule with a threshold per step.
+    pub fn scheduled(
+        classes: SizeClasses,
+        tails: Vec<Vec<Vec<f64>>>,
+        thresholds: Vec<f64>,
+    ) -> Self {
+        Self {
+            classes,
+            tails,
+            thresholds,
+        }
+    }
+
+    /// Slots of class `c` at step `i` for threshold `theta`.
+    pub fn slots_for(&self, c: usize, i: usize, theta: f64) -> usize {
+        let cores = self.classes.slots[c].cpu_millicores / 1000.0;
+        self.tails[c].get(i).map_or(0, |t| {
+            t.iter()
+                .skip(1)
+                .take_while(|p| **p / cores >= theta)
+                .count()
+        })
+    }
+}
+
+impl SlotPolicy for PooledScaleUp {
+    fn pools(&self) -> Vec<PoolSpec> {
+        self.classes.pools()
+    }
+
+    fn targets(&mut self, i: usize, out: &mut [usize]) {
+        let theta = self
+            .thresholds
+            .get(i)
+            .or(self.thresholds.last())
+            .copied()
+            .unwrap_or(f64::INFINITY);
+        for (c, o) in out.iter_mut().enumerate() {
+            *o = self.slots_for(c, i, theta);
+        }
+    }
+}
+
+/// Thresholds per step of `trace[from..]` that hold `budget` with [`BudgetController`]:
+/// recalibrated every `period` steps on the `window` steps before (as far back as `trace`
+/// goes). `tails` are the class tails of the whole `trace`.
+pub fn budget_thresholds(
+    classes: &SizeClasses,
+    tails: &[Vec<Vec<f64>>],
+    trace: &StepTrace,
+    from: usize,
+    budget: f64,
+    period: usize,
+    window: usize,
+    sim: &SimSettings,
+) -> Vec<f64> {
+    let cut = |r: std::ops::Range<usize>| -> Vec<Vec<Vec<f64>>> {
+        tails.iter().map(|c| c[r.clone()].to_vec()).collect()
+    };
+    let mut thresholds: Vec<f64> = Vec::new();
+    let mut start = from;
+    while start < trace.steps() {
+        let end = (start + period.max(1)).min(trace.steps());
+        // What the run so far held, replayed with the thresholds it had.
+        let mut controller = BudgetController::new(budget);
+        if start > from {
+            let done = trace.slice(from..start);
+            let o = simulate(
+                &done,
+                &mut PooledScaleUp::scheduled(
+                    classes.clone(),
+                    cut(from..start),
+                    thresholds.clone(),
+                ),
+                sim,
+            );
+            controller.observe(o.reserve_core_hours * 3600.0, o.used_core_hours * 3600.0);
+        }
+        let past = start.saturating_sub(window)..start;
+        let theta = if past.is_empty() {
+            0.05
+        } else {
+            let seen = trace.slice(past.clone());
+            let seen_tails = cut(past.clone());
+            let used: f64 = past.clone().map(|i| trace.used_core_s(i)).sum();
+            let period_used = used / past.len() as f64 * (end - start) as f64;
+            let b = controller.period_budget(period_used);
+            BudgetController::threshold_for(b, |theta| {
+                simulate(
+                    &seen,
+                    &mut PooledScaleUp::fixed(classes.clone(), seen_tails.clone(), theta),
+                    sim,
+                )
+                .reserve_ratio()
+            })
+        };
+        thresholds.extend(std::iter::repeat_n(theta, end - start));
+        start = end;
+    }
+    thresholds
+}
+
+/// A fixed number of slots per pool at every step (balloon pods, CapacityBuffers).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StaticPools {
+    /// The pools.
+    pub pools: Vec<PoolSpec>,
+    /// Slots per pool.
+    pub counts: Vec<usize>,
+}
+
+impl SlotPolicy for StaticPools {
+    fn pools(&self) -> Vec<PoolSpec> {
+        self.pools.clone()
+    }
+
+    fn targets(&mut self, _i: usize, out: &mut [usize]) {
+        out.copy_from_slice(&self.counts);
+    }
+}
+
+/// Slots per workload per step given in advance (the oracle's: exactly the requests to come).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scheduled {
+    /// One pool per workload.
+    pub pools: Vec<PoolSpec>,
+    /// `[w][i]`: slots of workload `w` at step `i`.
+    pub counts: Vec<Vec<u32>>,
+}
+
+impl Scheduled {
+    /// The oracle: each workload's own slots, exactly as many as it will ask for.
+    pub fn oracle(trace: &StepTrace) -> Self {
+        Self {
+            pools: per_workload_pools(trace),
+            counts: trace.ups.clone(),
+        }
+    }
+}
+
+impl SlotPolicy for Scheduled {
+    fn pools(&self) -> Vec<PoolSpec> {
+        self.pools.clone()
+    }
+
+    fn targets(&mut self, i: usize, out: &mut [usize]) {
+        for (o, c) in out.iter_mut().zip(&self.counts) {
+            *o = c[i] as usize;
+        }
+    }
+}
+
+/// One pool per workload, of its replica's size.
+pub fn per_workload_pools(trace: &StepTrace) -> Vec<PoolSpec> {
+    trace
+        .sizes
+        .iter()
+        .enumerate()
+        .map(|(w, s)| PoolSpec {
+            slot: *s,
+            workload: Some(w),
+        })
+        .collect()
+}
+
+/// Keep-alive (Knative's scale-to-zero grace, Azure Functions' keep-alive): a released replica
+/// stays, ready, for `keep_s` seconds and its workload's next request takes it.
+pub fn keep_alive(trace: &StepTrace, keep_s: f64) -> SimOutcome {
+    let step = trace.step_s as f64;
+    let keep_steps = (keep_s / step).ceil() as usize;
+    let mut out = SimOutcome {
+        requests: trace.requests(),
+        ..SimOutcome::default()
+    };
+    // Per workload: the steps at which its kept replicas expire.
+    let mut kept: Vec<Vec<usize>> = vec![Vec::new(); trace.workloads()];
+    for i in 0..trace.steps() {
+        let mut cores = 0.0;
+        let mut gib = 0.0;
+        for (w, k) in kept.iter_mut().enumerate() {
+            k.retain(|until| *until > i);
+            for _ in 0..trace.ups[w][i] {
+                // The most recently released goes back first.
+                if k.pop().is_some() {
+                    out.hits += 1;
+                }
+            }
+            for _ in 0..trace.downs[w][i] {
+                k.push(i + keep_steps);
+            }
+            cores += k.len() as f64 * trace.sizes[w].cpu_millicores / 1000.0;
+            gib += k.len() as f64 * trace.sizes[w].memory_bytes / GIB;
+        }
+        out.reserve_cores.push(cores);
+        out.reserve_core_hours += cores * step / 3600.0;
+        out.reserve_gib_hours += gib * step / 3600.0;
+        out.used_core_hours += trace.used_core_s(i) / 3600.0;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ph(cpu: f64) -> Placeholder {
+        Placeholder {
+            cpu_millicores: cpu,
+            memory_bytes: GIB,
+        }
+    }
+
+    /// Workloads of the given replica sizes with the given requests per step, 1 core used each.
+    fn trace(sizes: &[f64], ups: &[&[u32]]) -> StepTrace {
+        let steps = ups[0].len();
+        StepTrace {
+            step_s: 300,
+            origin_s: 0,
+            ids: (0..sizes.len()).map(|w| format!("w{w}")).collect(),
+            sizes: sizes.iter().map(|s| ph(*s)).collect(),
+            cpu: vec![vec![1_000.0; steps]; sizes.len()],
+            ups: ups.iter().map(|u| u.to_vec()).collect(),
+            downs: vec![vec![0; steps]; sizes.len()],
+            running: vec![vec![1; steps]; sizes.len()],
+        }
+    }
+
+    #[test]
+    fn size_classes_hold_their_largest_member() {
+        let c = SizeClasses::of(&[ph(200.0), ph(500.0), ph(300.0), ph(5_000.0)]);
+        assert_eq!(c.class_of, vec![0, 1, 1, 2]);
+        assert_eq!(
+            c.slots.iter().map(|s| s.cpu_millicores).collect::<Vec<_>>(),
+            vec![200.0, 500.0, 5_000.0]
+        );
+    }
+
+    #[test]
+    fn a_slot_serves_only_requests_it_fits_and_the_own_shadow_goes_first() {
+        // w0 small, w1 large; one shared small slot and one shared large slot, plus w1's own.
+        let t = trace(&[200.0, 1_000.0], &[&[0, 1], &[0, 2]]);
+        let small = PoolSpec {
+            slot: ph(200.0),
+            workload: None,
+        };
+        let large = PoolSpec {
+            slot: ph(1_000.0),
+            workload: None,
+        };
+        let own = PoolSpec {
+            slot: ph(1_000.0),
+            workload: Some(1),
+        };
+        // Only a small slot: the large requests miss, the small one hits.
+        let mut p = StaticPools {
+            pools: vec![small],
+            counts: vec![3],
+        };
+        let o = simulate(&t, &mut p, &SimSettings::default());
+        assert_eq!((o.requests, o.hits), (3, 1));
+        // A large slot serves a small request when no small one is left.
+        let mut p = StaticPools {
+            pools: vec![large],
+            counts: vec![1],
+        };
+        assert_eq!(simulate(&t, &mut p, &SimSettings::default()).hits, 1);
+        // w1's own shadow first, then the shared large slot; the small request takes the small
+        // slot, not the large one a large request needs.
+        let mut p = StaticPools {
+            pools: vec![large, own, small],
+            counts: vec![1, 1, 1],
+        };
+        let o = simulate(&t, &mut p, &SimSettings::default());
+        assert_eq!(o.hits, 3);
+        // After the claims, the step's reserve is what is left: nothing.
+        assert_eq!(o.reserve_cores[1], 0.0);
+        // Step 0 held 1 + 1 + 0.2 cores unclaimed.
+        assert!((o.reserve_cores[0] - 2.2).abs() < 1e-9);
+    }
+
+    #[test]
+    fn slots_staged_late_are_claimed_as_staged_not_as_hits() {
+        let t = trace(&[1_000.0], &[&[0, 1, 0]]);
+        let mut p = StaticPools {
+            pools: per_workload_pools(&t),
+            counts: vec![1],
+        };
+        // Ready 400 s after staging: the slot staged at -300 s is ready at 100 s, in time.
+        let o = simulate(
+            &t,
+            &mut p,
+            &SimSettings {
+                ready_delay_s: 400.0,
+            },
+        );
+        assert_eq!((o.hits, o.staged_hits), (1, 0));
+        // Ready 700 s after staging: at 300 s it is still staging, 100 s to go.
+        let o = simulate(
+            &t,
+            &mut p,
+            &SimSettings {
+                ready_delay_s: 700.0,
+            },
+        );
+        assert_eq!((o.hits, o.staged_hits), (0, 1));
+        assert!((o.staged_wait_s - 100.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn slots_keep_their_identity_while_they_are_wanted() {
+        // The rule wants 2, 2, 3, 1, 1 slots: staged 2, then 1 more, then none (no refit
+        // re-stages a slot it keeps).
+        struct Wants(Vec<usize>);
+        impl SlotPolicy for Wants {
+            fn pools(&self) -> Vec<PoolSpec> {
+                vec![PoolSpec {
+                    slot: ph(1_000.0),
+                    workload: None,
+                }]
+            }
+            fn targets(&mut self, i: usize, out: &mut [usize]) {
+                out[0] = self.0[i];
+            }
+        }
+        let t = trace(&[1_000.0], &[&[0, 0, 0, 0, 0]]);
+        let o = simulate(&t, &mut Wants(vec![2, 2, 3, 1, 1]), &SimSettings::default());
+        assert_eq!(o.staged, 3);
+        assert_eq!(o.reserve_cores, vec![2.0, 2.0, 3.0, 1.0, 1.0]);
+        // A claimed slot is refilled at the next decision.
+        let t = trace(&[1_000.0], &[&[0, 1, 1, 0]]);
+        let o = simulate(&t, &mut Wants(vec![1, 1, 1, 1]), &SimSettings::default());
+        assert_eq!((o.hits, o.staged), (2, 3));
+    }
+
+    #[test]
+    fn the_oracle_hits_everything_and_reserves_nothing() {
+        let t = trace(&[200.0, 1_000.0], &[&[0, 1, 0, 3], &[2, 0, 0, 1]]);
+        let o = simulate(&t, &mut Scheduled::oracle(&t), &SimSettings::default());
+        assert_eq!((o.hits, o.requests), (7, 7));
+        assert_eq!(o.reserve_core_hours, 0.0);
+    }
+
+    #[test]
+    fn keep_alive_hands_a_released_replica_back() {
+        let mut t = trace(&[1_000.0], &[&[0, 0, 1, 0, 0, 0, 1]]);
+        t.downs[0] = vec![0, 1, 0, 1, 0, 0, 0];
+        // Kept 10 minutes: the release at step 1 serves step 2; the one at step 3 expires at 5.
+        let o = keep_alive(&t, 600.0);
+        assert_eq!(o.hits, 1);
+        assert_eq!(o.reserve_cores, vec![0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0]);
+        assert_eq!(keep_alive(&t, 3_600.0).hits, 2);
+    }
+
+    #[test]
+    fn the_budget_controller_holds_its_budget_on_a_synthetic_stream() {
+        // Twenty workloads of four sizes, each asking for a replica with a probability that
+        // drifts over the week (and the rule told exactly that probability).
+        let steps = 9 * 288;
+        let n = 20;
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut uniform = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let p: Vec<Vec<f64>> = (0..n)
+            .map(|w| {
+                (0..steps)
+                    .map(|i| {
+                        0.02 * (1.0 + (w as f64 + i as f64 / 200.0).sin()) * (1.0 + (w % 3) as f64)
+                    })
+                    .collect()
+            })
+            .collect();
+        let sizes: Vec<f64> = (0..n)
+            .map(|w| [200.0, 500.0, 1_000.0, 2_000.0][w % 4])
+            .collect();
+        let mut t = trace(&sizes, &vec![&[0u32][..]; n]);
+        t.ups = p
+            .iter()
+            .map(|pw| pw.iter().map(|x| u32::from(uniform() < *x)).collect())
+            .collect();
+        t.cpu = vec![vec![1_000.0; steps]; n];
+        t.downs = vec![vec![0; steps]; n];
+        t.running = vec![vec![1; steps]; n];
+        let mut tail = [0.0; KMAX + 2];
+        tail[0] = 1.0;
+        tail[1] = 1.0;
+        let classes = SizeClasses::of(&t.sizes);
+        let tails = class_tails(&p, &vec![tail; n], &classes, 20);
+        let from = 2 * 288;
+        let live = t.slice(from..steps);
+        let live_tails: Vec<Vec<Vec<f64>>> = tails.iter().map(|c| c[from..].to_vec()).collect();
+        let mut last_hits = 0;
+        // (At most five slots per class can ever be wanted here: a reserve of about 0.7 of use.)
+        for budget in [0.05, 0.2, 0.5] {
+            let thetas = budget_thresholds(
+                &classes,
+                &tails,
+                &t,
+                from,
+                budget,
+                288,
+                2 * 288,
+                &SimSettings::default(),
+            );
+            assert_eq!(thetas.len(), steps - from);
+            let o = simulate(
+                &live,
+                &mut PooledScaleUp::scheduled(classes.clone(), live_tails.clone(), thetas),
+                &SimSettings::default(),
+            );
+            let r = o.reserve_ratio();
+            assert!((r / budget - 1.0).abs() < 0.15, "budget {budget}: held {r}");
+            assert!(o.hits > last_hits, "a larger budget buys more hits");
+            last_hits = o.hits;
+        }
+    }
+
+    #[test]
+    fn the_threshold_search_finds_the_budget() {
+        // Reserve ratio 0.02 / theta: a budget of 0.2 needs theta = 0.1.
+        let theta = BudgetController::threshold_for(0.2, |t| 0.02 / t);
+        assert!((theta / 0.1 - 1.0).abs() < 1e-6, "{theta}");
+        let mut c = BudgetController::new(0.2);
+        c.observe(100.0, 1_000.0);
+        // Underspent by 100 core-s: the next 1000 core-s may hold 0.3 of use, within 2x.
+        assert!((c.period_budget(1_000.0) - 0.3).abs() < 1e-12);
+        assert_eq!(c.period_budget(10.0), 0.4);
+    }
+
+    #[test]
+    fn class_tails_add_up_the_members() {
+        // Two members, each asks for one replica with probability 0.5: P(N >= 1) = 0.75,
+        // P(N >= 2) = 0.25.
+        let mut tail = [0.0; KMAX + 2];
+        tail[0] = 1.0;
+        tail[1] = 1.0;
+        let classes = SizeClasses::of(&[ph(500.0), ph(500.0)]);
+        let t = class_tails(&[vec![0.5], vec![0.5]], &[tail, tail], &classes, 10);
+        assert!((t[0][0][1] - 0.75).abs() < 1e-12);
+        assert!((t[0][0][2] - 0.25).abs() < 1e-12);
+        assert_eq!(t[0][0][3], 0.0);
+        let mut rule = PooledScaleUp::miss_cost(classes, t, 300.0, 3_000.0);
+        // theta = 300 / 3000 = 0.1 per core; slot 0.5 cores: 0.75/0.5 and 0.25/0.5 both pass.
+        let mut out = [0];
+        rule.targets(0, &mut out);
+        assert_eq!(out, [2]);
+        assert_eq!(rule.slots_for(0, 0, 1.0), 1);
+    }
+}
