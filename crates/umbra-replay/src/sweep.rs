@@ -8,8 +8,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::pool::{
-    budget_thresholds, class_tails, keep_alive, per_workload_pools, simulate, PoolSpec,
-    PooledScaleUp, Scheduled, SimOutcome, SimSettings, SizeClasses, StaticPools, TradeOff,
+    budget_thresholds, class_base_rates, class_tails, floor_tails, keep_alive, per_workload_pools,
+    simulate, PoolSpec, PooledScaleUp, Scheduled, SimOutcome, SimSettings, SizeClasses,
+    StaticPools, TradeOff,
 };
 use crate::scaleup::{
     brier, reliability, ModelSettings, ReliabilityBin, ScaleUpError, ScaleUpModel, KMAX,
@@ -31,8 +32,14 @@ pub struct SweepSettings {
     pub model: ModelSettings,
     /// Refit the model every this many steps of the live part (re-scoring is every step).
     pub refit_every_steps: usize,
-    /// Steps before the live part on which the budget controller warms up.
+    /// Steps before the live part scored out of sample, on which the budget controller first
+    /// calibrates its threshold.
     pub warmup_steps: usize,
+    /// Steps before each recalibration the budget controller looks back on (from the warm-up
+    /// on, everything seen: a short window swings the threshold with each day's activity).
+    pub calibration_window_steps: usize,
+    /// Weight of each class's base rate under the model's class tails ([`floor_tails`]).
+    pub base_rate_floor: f64,
     /// Largest number of requests of one class in one step the rule considers.
     pub class_kmax: usize,
 }
@@ -44,7 +51,9 @@ impl Default for SweepSettings {
             sim: SimSettings::default(),
             model: ModelSettings::default(),
             refit_every_steps: 288,
-            warmup_steps: 2 * 288,
+            warmup_steps: 7 * 288,
+            calibration_window_steps: usize::MAX,
+            base_rate_floor: 0.1,
             class_kmax: 40,
         }
     }
@@ -260,7 +269,7 @@ pub fn umbra_rule(
                 from,
                 b,
                 s.refit_every_steps,
-                s.warmup_steps,
+                s.calibration_window_steps,
                 &s.sim,
             );
             PooledScaleUp::scheduled(classes.clone(), live_tails, thresholds)
@@ -283,7 +292,12 @@ pub fn sweep(
         .max(288.min(live_from));
     let (p, tails) = rolling_probabilities(&joined, warm_from, s)?;
     let classes = SizeClasses::of(&live.sizes);
-    let all_tails = class_tails(&p, &tails, &classes, s.class_kmax);
+    let mut all_tails = class_tails(&p, &tails, &classes, s.class_kmax);
+    floor_tails(
+        &mut all_tails,
+        &class_base_rates(history, &classes, s.class_kmax),
+        s.base_rate_floor,
+    );
     let split = live_from - warm_from;
     // The warm-up and the live part as one timeline, with the tails of both.
     let timeline = joined.slice(warm_from..joined.steps());
