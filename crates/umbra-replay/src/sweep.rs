@@ -423,3 +423,86 @@ pub fn score(history: &StepTrace, live: &StepTrace, p: &[Vec<f64>]) -> ScaleUpSc
         reliability: reliability(&pm, &y, &[0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0]),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A short real trace: 8 VMs, 6 days of history, 2 live days.
+    fn short() -> (StepTrace, StepTrace) {
+        let dir = umbra_forecasting::data::shared_data_dir().join("bitbrains-rnd");
+        let plan = crate::TracePlan::load(&dir, 8, 1, 0.0, 6.0, 2.0).expect("the shared data");
+        plan.step_traces()
+    }
+
+    fn settings() -> SweepSettings {
+        SweepSettings {
+            budgets: vec![0.1, 1.0],
+            warmup_steps: 2 * 288,
+            model: ModelSettings {
+                iterations: 40,
+                ..ModelSettings::default()
+            },
+            ..SweepSettings::default()
+        }
+    }
+
+    #[test]
+    fn the_sweep_is_the_same_twice_and_names_every_policy() {
+        let (history, live) = short();
+        assert!(
+            live.requests() > 10,
+            "two live days of eight VMs ask for replicas"
+        );
+        let a = sweep(&history, &live, &settings()).expect("the sweep runs");
+        let b = sweep(&history, &live, &settings()).expect("the sweep runs");
+        assert_eq!(
+            serde_json::to_string(&a).expect("json"),
+            serde_json::to_string(&b).expect("json"),
+            "a seed gives the same result twice"
+        );
+        for name in [
+            "umbra",
+            "static-one-size",
+            "static-size-classes",
+            "static-per-workload",
+            "keep-alive-10m",
+            "keep-alive-1h",
+            "oracle",
+        ] {
+            assert!(
+                a.curve.iter().any(|p| p.policy == name),
+                "{name} is on the curve"
+            );
+        }
+        for p in &a.curve {
+            assert!(
+                (0.0..=1.0).contains(&p.hit_rate) && p.reserve_ratio >= 0.0,
+                "{p:?}"
+            );
+        }
+        let oracle = a
+            .curve
+            .iter()
+            .find(|p| p.policy == "oracle")
+            .expect("oracle");
+        assert_eq!((oracle.hit_rate, oracle.reserve_ratio), (1.0, 0.0));
+        // More budget, more hits; the static pools at a budget hold no more than it.
+        let umbra: Vec<&CurvePoint> = a.curve.iter().filter(|p| p.policy == "umbra").collect();
+        assert!(umbra[1].hit_rate >= umbra[0].hit_rate, "{umbra:?}");
+        assert!(umbra[1].reserve_ratio > umbra[0].reserve_ratio, "{umbra:?}");
+        for p in a
+            .curve
+            .iter()
+            .filter(|p| p.policy.starts_with("static-") && p.budget.is_some())
+        {
+            assert!(p.reserve_ratio <= p.budget.unwrap_or(0.0) + 1e-9, "{p:?}");
+        }
+        assert_eq!(a.scale_up.scored, 8 * 2 * 288);
+        assert!(
+            a.scale_up.brier_model < a.scale_up.brier_base_rate,
+            "{:?}",
+            a.scale_up
+        );
+    }
+}
