@@ -93,7 +93,14 @@ fn main() {
             .fit(&Dataset::new(x_train, y_train))
             .expect("the logistic regression fits");
         let lr_s = t.elapsed().as_secs_f64();
-        let p_lr = lr.predict_probabilities(&x_test).to_vec();
+        // linfa calls one of the two labels positive by its own order: turn its probability
+        // into P(a request) whichever it chose.
+        let positive_is_request = lr.labels().pos.class;
+        let p_lr: Vec<f64> = lr
+            .predict_probabilities(&x_test)
+            .iter()
+            .map(|p| if positive_is_request { *p } else { 1.0 - p })
+            .collect();
 
         let base = score(&history, &live, &p_gbm);
         println!(
