@@ -1,4 +1,4 @@
-//! `umbra replay` (and `make demo`): the evaluation of DESIGN.md §4 through the real pipeline.
+//! `umbra replay` (and `make demo`): the evaluation of docs/demo.md through the real pipeline.
 //!
 //! 1. Plan, without Kafka: a seeded choice of VMs from a Bitbrains-format folder, two weeks of
 //!    history and a live week on 5-minute steps, a replica size per VM from its history, the

@@ -1,4 +1,4 @@
-//! Trace replay evaluation (DESIGN.md §4): how workload requests come from a usage trace, and
+//! Trace replay evaluation (docs/demo.md, docs/scale-up.md): how workload requests come from a usage trace, and
 //! the baseline policies umbra's pipeline is compared with on the same requests.
 //!
 //! - [`scale_events`]: each workload is served by replicas of a fixed size (per workload, from

@@ -60,7 +60,7 @@ const fn table(name: &'static str, key: SchemaFile, value: SchemaFile) -> Topic 
     }
 }
 
-/// Every topic of DESIGN.md §1. Requests, claims, decisions, forecasts and the shadow table
+/// Every topic of docs/topics.md. Requests, claims, decisions, forecasts and the shadow table
 /// share the workload key and partition count, so they are co-partitioned by workload id.
 pub const TOPICS: &[Topic] = &[
     stream("umbra.usage.raw", files::WORKLOAD_KEY, files::USAGE_SAMPLE),

@@ -1,4 +1,4 @@
-//! librdkafka clients configured the way DESIGN.md §2 asks.
+//! librdkafka clients configured as docs/architecture.md describes.
 
 use std::time::Duration;
 
