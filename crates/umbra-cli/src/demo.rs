@@ -573,7 +573,7 @@ pub async fn run(a: ReplayArgs) -> anyhow::Result<()> {
 
 /// The offline sweep of the same plan: prints umbra against the static pools per budget.
 fn offline_sweep(a: &ReplayArgs) -> anyhow::Result<(String, umbra_replay::sweep::SweepResult)> {
-    if a.budgets.is_empty() || a.budgets.iter().any(|b| !(*b > 0.0)) {
+    if a.budgets.is_empty() || a.budgets.iter().any(|b| b.is_nan() || *b <= 0.0) {
         bail!("--budgets must be positive shares of used CPU");
     }
     let plan = umbra_replay::TracePlan::load(

@@ -382,6 +382,8 @@ pub fn floor_tails(tails: &mut [Vec<Vec<f64>>], base: &[Vec<f64>], weight: f64) 
     }
 }
 
+// Steps index the workloads' probabilities `[w][i]` across workloads, not one array.
+#[allow(clippy::needless_range_loop)]
 /// Per size class and step, P(N ≥ k) of the class's requests for k = 0..=kmax (from the
 /// members' probabilities, taken as independent).
 pub fn class_tails(
@@ -509,6 +511,7 @@ impl SlotPolicy for PooledScaleUp {
 /// Thresholds per step of `trace[from..]` that hold `budget` with [`BudgetController`]:
 /// recalibrated every `period` steps on the `window` steps before (as far back as `trace`
 /// goes). `tails` are the class tails of the whole `trace`.
+#[allow(clippy::too_many_arguments)]
 pub fn budget_thresholds(
     classes: &SizeClasses,
     tails: &[Vec<Vec<f64>>],

@@ -121,6 +121,9 @@ pub struct AgainstStatic {
     pub static_setting: String,
 }
 
+/// `[w][i]`: P(a request) per workload and step; per workload: P(N ≥ k | N ≥ 1).
+pub type Probabilities = (Vec<Vec<f64>>, Vec<[f64; KMAX + 2]>);
+
 /// P(a request) per workload and live step, from a model refitted every `refit_every_steps`
 /// on everything before, plus the burst tails of the last fit. `trace` is history then live;
 /// probabilities are returned for `from..trace.steps()`.
@@ -128,7 +131,7 @@ pub fn rolling_probabilities(
     trace: &StepTrace,
     from: usize,
     s: &SweepSettings,
-) -> Result<(Vec<Vec<f64>>, Vec<[f64; KMAX + 2]>), ScaleUpError> {
+) -> Result<Probabilities, ScaleUpError> {
     let mut p: Vec<Vec<f64>> = vec![Vec::new(); trace.workloads()];
     let mut tails = Vec::new();
     let mut start = from;
@@ -387,7 +390,7 @@ pub fn score(history: &StepTrace, live: &StepTrace, p: &[Vec<f64>]) -> ScaleUpSc
     let hour = (3_600 / history.step_s) as usize;
     let (mut pm, mut pb, mut ps, mut y) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let origin_step = history.origin_s.div_euclid(history.step_s) as usize;
-    for w in 0..live.workloads() {
+    for (w, pw) in p.iter().enumerate().take(live.workloads()) {
         let hu = &history.ups[w];
         let base = hu.iter().filter(|u| **u > 0).count() as f64 / hu.len().max(1) as f64;
         // Share of history steps with a request at each step of day, smoothed over ±1 hour.
@@ -409,7 +412,7 @@ pub fn score(history: &StepTrace, live: &StepTrace, p: &[Vec<f64>]) -> ScaleUpSc
             .collect();
         let live_origin = origin_step + hu.len();
         for (i, u) in live.ups[w].iter().enumerate() {
-            pm.push(p[w][i]);
+            pm.push(pw[i]);
             pb.push(base);
             ps.push(profile[(live_origin + i) % per_day]);
             y.push(if *u > 0 { 1.0 } else { 0.0 });
