@@ -232,9 +232,12 @@ impl ScaleUpModel {
         s: &ModelSettings,
     ) -> Result<Self, ScaleUpError> {
         let steps_per_day = (86_400 / t.step_s) as usize;
-        let from = train
-            .start
-            .max(steps_per_day.min(train.end.saturating_sub(1)));
+        // The first day's rows have no daily profile yet; skip them when there is more to learn from.
+        let from = if train.len() > 2 * steps_per_day {
+            train.start.max(steps_per_day)
+        } else {
+            train.start.max(1)
+        };
         let range = from..train.end;
         let y = labels(t, range.clone());
         if y.iter().all(|v| *v == 0.0) {

@@ -13,7 +13,8 @@ use crate::pool::{
     StaticPools, TradeOff,
 };
 use crate::scaleup::{
-    brier, reliability, ModelSettings, ReliabilityBin, ScaleUpError, ScaleUpModel, KMAX,
+    brier, burst_tails, reliability, ModelSettings, ReliabilityBin, ScaleUpError, ScaleUpModel,
+    KMAX,
 };
 use crate::steps::StepTrace;
 use crate::Placeholder;
@@ -137,11 +138,22 @@ pub fn rolling_probabilities(
     let mut start = from;
     while start < trace.steps() {
         let end = (start + s.refit_every_steps.max(1)).min(trace.steps());
-        let model = ScaleUpModel::fit(trace, 0..start, &s.model)?;
-        for (w, chunk) in model.p_up(trace, start..end).into_iter().enumerate() {
-            p[w].extend(chunk);
+        match ScaleUpModel::fit(trace, 0..start, &s.model) {
+            Ok(model) => {
+                for (w, chunk) in model.p_up(trace, start..end).into_iter().enumerate() {
+                    p[w].extend(chunk);
+                }
+                tails = (0..trace.workloads()).map(|w| *model.tail(w)).collect();
+            }
+            // Nothing asked for a replica yet: nothing to expect.
+            Err(ScaleUpError::NoTrainingData(_)) => {
+                for pw in &mut p {
+                    pw.extend(std::iter::repeat_n(0.0, end - start));
+                }
+                tails = burst_tails(trace, 0..start, s.model.tail_prior);
+            }
+            Err(e) => return Err(e),
         }
-        tails = (0..trace.workloads()).map(|w| *model.tail(w)).collect();
         start = end;
     }
     Ok((p, tails))
@@ -290,9 +302,10 @@ pub fn sweep(
 ) -> Result<SweepResult, ScaleUpError> {
     let joined = history.then(live);
     let live_from = history.steps();
+    // At least two days to learn from before the first scored step.
     let warm_from = live_from
         .saturating_sub(s.warmup_steps)
-        .max(288.min(live_from));
+        .max((2 * 288).min(live_from));
     let (p, tails) = rolling_probabilities(&joined, warm_from, s)?;
     let classes = SizeClasses::of(&live.sizes);
     let mut all_tails = class_tails(&p, &tails, &classes, s.class_kmax);
@@ -507,5 +520,16 @@ mod tests {
             "{:?}",
             a.scale_up
         );
+    }
+
+    #[test]
+    fn the_sweep_runs_on_three_days_of_history() {
+        // The integration test's replay: 4 VMs of seed 3, 3 days of history, a live day.
+        let dir = umbra_forecasting::data::shared_data_dir().join("bitbrains-rnd");
+        let plan = crate::TracePlan::load(&dir, 4, 3, 0.0, 3.0, 1.0).expect("the shared data");
+        let (history, live) = plan.step_traces();
+        let r = sweep(&history, &live, &settings()).expect("a short history is enough");
+        assert_eq!(r.scale_up.scored, 4 * 288);
+        assert!(r.curve.iter().any(|p| p.policy == "umbra"));
     }
 }
