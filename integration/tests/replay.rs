@@ -53,6 +53,18 @@ async fn a_short_replay_decides_every_request_once_and_writes_the_report() {
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("summary.json")).expect("summary.json"))
             .expect("summary.json parses");
+    // The offline sweep's curve rides along, every policy on it, umbra's row with its
+    // rejected and undecided requests.
+    let curve = summary["curve"].as_array().expect("a curve");
+    for policy in ["umbra", "static-size-classes", "keep-alive-1h", "oracle"] {
+        assert!(
+            curve.iter().any(|p| p["policy"] == policy),
+            "{policy} on the curve"
+        );
+    }
+    assert!(
+        summary["policies"][0]["rejected"].is_u64() && summary["policies"][0]["undecided"].is_u64()
+    );
     let d = &summary["decisions"];
     let requests = d["requests"].as_u64().expect("requests");
     assert!(requests > 0, "the trace made no requests: {summary}");

@@ -1293,6 +1293,8 @@ fn row(r: PolicyResult, used: f64, overload_minutes: f64) -> PolicyRow {
         unclaimed_gib_hours: r.unclaimed_gib_hours,
         overload_minutes,
         rebalances: 0,
+        rejected: 0,
+        undecided: 0,
     }
 }
 
@@ -1302,7 +1304,7 @@ fn summarize(a: &ReplayArgs, p: &Plan, o: &Observed, m: &Measured) -> Summary {
     // umbra: a hit starts at once (its decision latency); a standard placement waits the
     // simulator's start-up delay as well.
     let mut delays = Vec::new();
-    let (mut hits, mut decided, mut duplicated) = (0, 0, 0);
+    let (mut hits, mut decided, mut duplicated, mut rejected) = (0, 0, 0, 0);
     for (id, _) in &m.requests {
         let Some(ds) = o.decisions.get(id) else {
             continue;
@@ -1318,7 +1320,8 @@ fn summarize(a: &ReplayArgs, p: &Plan, o: &Observed, m: &Measured) -> Summary {
                 delays.push(latency_s(d, p.speed));
             }
             Outcome::Standard => delays.push(latency_s(d, p.speed) + a.startup_s),
-            _ => {}
+            Outcome::Rejected => rejected += 1,
+            Outcome::Unknown => {}
         }
     }
     let requests = m.requests.len();
@@ -1340,6 +1343,8 @@ fn summarize(a: &ReplayArgs, p: &Plan, o: &Observed, m: &Measured) -> Summary {
         unclaimed_gib_hours: reserved_gib_h,
         overload_minutes: m.overload_steps as f64 * STEP_S as f64 / 60.0,
         rebalances: o.reshadows,
+        rejected,
+        undecided: requests - decided,
     };
     let duration_s = p.steps as i64 * STEP_S;
     let (overload, _) =
@@ -1525,7 +1530,7 @@ fn print_misses(o: &Observed, m: &Measured) {
 
 fn print_summary(s: &Summary) {
     println!(
-        "\n{:<22} {:>8} {:>8} {:>9} {:>9} {:>10} {:>11} {:>11} {:>9} {:>10}",
+        "\n{:<22} {:>8} {:>8} {:>9} {:>9} {:>10} {:>11} {:>11} {:>9} {:>10} {:>8} {:>9}",
         "policy",
         "requests",
         "hit rate",
@@ -1535,11 +1540,13 @@ fn print_summary(s: &Summary) {
         "unclaim c-h",
         "unclaim G-h",
         "overload",
-        "rebalances"
+        "rebalances",
+        "rejected",
+        "undecided"
     );
     for r in &s.policies {
         println!(
-            "{:<22} {:>8} {:>7.1}% {:>9.2} {:>9.2} {:>10.1} {:>11.1} {:>11.1} {:>8.0}m {:>10}",
+            "{:<22} {:>8} {:>7.1}% {:>9.2} {:>9.2} {:>10.1} {:>11.1} {:>11.1} {:>8.0}m {:>10} {:>8} {:>9}",
             r.policy,
             r.requests,
             r.hit_rate * 100.0,
@@ -1549,7 +1556,9 @@ fn print_summary(s: &Summary) {
             r.unclaimed_core_hours,
             r.unclaimed_gib_hours,
             r.overload_minutes,
-            r.rebalances
+            r.rebalances,
+            r.rejected,
+            r.undecided
         );
     }
     println!(

@@ -60,6 +60,13 @@ pub struct PolicyRow {
     pub overload_minutes: f64,
     /// Shadows moved off overloaded hosts.
     pub rebalances: usize,
+    /// Requests refused (umbra: by the interceptor or the fleet; the offline baselines place
+    /// every request without an admission check, so 0).
+    #[serde(default)]
+    pub rejected: usize,
+    /// Requests with no decision when the run ended.
+    #[serde(default)]
+    pub undecided: usize,
 }
 
 /// Forecast accuracy over the replay.
@@ -348,13 +355,13 @@ pub fn write_report(
          td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th:first-child,td:first-child{{text-align:left}}</style>\
          </head><body><h1>umbra trace replay</h1><p>{}</p><h2>Policies on the same trace and fleet</h2><table><tr>\
          <th>policy</th><th>requests</th><th>hit rate</th><th>delay p50 (s)</th><th>delay p99 (s)</th>\
-         <th>used core-h</th><th>unclaimed core-h</th><th>unclaimed GiB-h</th><th>overload min</th><th>rebalances</th></tr>",
+         <th>used core-h</th><th>unclaimed core-h</th><th>unclaimed GiB-h</th><th>overload min</th><th>rebalances</th><th>rejected</th><th>undecided</th></tr>",
         escape(&data.title)
     );
     for p in &summary.policies {
         let _ = write!(
             html,
-            "<tr><td>{}</td><td>{}</td><td>{:.1}%</td><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td><td>{:.0}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{:.1}%</td><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td><td>{:.0}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             escape(&p.policy),
             p.requests,
             p.hit_rate * 100.0,
@@ -364,7 +371,9 @@ pub fn write_report(
             p.unclaimed_core_hours,
             p.unclaimed_gib_hours,
             p.overload_minutes,
-            p.rebalances
+            p.rebalances,
+            p.rejected,
+            p.undecided
         );
     }
     let _ = write!(
@@ -566,6 +575,8 @@ mod tests {
             unclaimed_gib_hours: 3.0,
             overload_minutes: 0.0,
             rebalances: 2,
+            rejected: 1,
+            undecided: 0,
         };
         let summary = Summary {
             policies: vec![row("umbra", 0.93), row("reactive", 0.0), row("oracle", 1.0)],
@@ -640,6 +651,8 @@ mod tests {
             "unclaimed_gib_hours",
             "overload_minutes",
             "rebalances",
+            "rejected",
+            "undecided",
         ] {
             assert!(
                 v["policies"][0].get(key).is_some(),
