@@ -110,7 +110,6 @@ impl Default for SimSettings {
 
 #[derive(Debug, Clone, Copy)]
 struct Slot {
-    id: u64,
     ready_at_s: f64,
 }
 
@@ -161,7 +160,6 @@ pub fn simulate(trace: &StepTrace, policy: &mut dyn SlotPolicy, s: &SimSettings)
     let step = trace.step_s as f64;
     let mut held: Vec<Vec<Slot>> = vec![Vec::new(); pools.len()];
     let mut targets = vec![0usize; pools.len()];
-    let mut next_id = 0u64;
     let mut out = SimOutcome {
         requests: trace.requests(),
         ..SimOutcome::default()
@@ -206,10 +204,8 @@ pub fn simulate(trace: &StepTrace, policy: &mut dyn SlotPolicy, s: &SimSettings)
             slots.truncate(targets[p].min(slots.len()));
             while slots.len() < targets[p] {
                 slots.push(Slot {
-                    id: next_id,
                     ready_at_s: decided_s + s.ready_delay_s,
                 });
-                next_id += 1;
                 out.staged += 1;
             }
         }
@@ -261,8 +257,6 @@ pub fn simulate(trace: &StepTrace, policy: &mut dyn SlotPolicy, s: &SimSettings)
         out.used_core_hours += used / 3600.0;
         policy.observe(i, cores * step, used);
     }
-    // Identity is kept in `Slot::id`; read it so that tests can see it through `staged`.
-    debug_assert!(held.iter().flatten().all(|s| s.id < next_id));
     out
 }
 

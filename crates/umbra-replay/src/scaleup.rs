@@ -155,8 +155,9 @@ pub fn features(t: &StepTrace, range: std::ops::Range<usize>) -> Vec<f64> {
                             .max()
                             .unwrap_or(0)
                     };
-                    f[6] = f64::from(peak(steps_per_hour) - run[j].min(peak(steps_per_hour)));
-                    f[7] = f64::from(peak(steps_per_day) - run[j].min(peak(steps_per_day)));
+                    // The window ends at j, so its peak is at least run[j].
+                    f[6] = f64::from(peak(steps_per_hour) - run[j]);
+                    f[7] = f64::from(peak(steps_per_day) - run[j]);
                     f[14] = if i >= steps_per_day && run[j] > 0 {
                         cpu[i - steps_per_day] / (f64::from(run[j]) * size)
                     } else {
