@@ -130,43 +130,38 @@ impl StepTrace {
     /// `self` followed by `next` (the same workloads, `next` starting where `self` ends): the
     /// history and the live week as one causal timeline for the scale-up model.
     pub fn then(&self, next: &StepTrace) -> StepTrace {
-        let cat = |a: &[Vec<f64>], b: &[Vec<f64>]| -> Vec<Vec<f64>> {
+        fn cat<T: Clone>(a: &[Vec<T>], b: &[Vec<T>]) -> Vec<Vec<T>> {
             a.iter()
                 .zip(b)
                 .map(|(x, y)| [x.as_slice(), y].concat())
                 .collect()
-        };
-        let cat_u = |a: &[Vec<u32>], b: &[Vec<u32>]| -> Vec<Vec<u32>> {
-            a.iter()
-                .zip(b)
-                .map(|(x, y)| [x.as_slice(), y].concat())
-                .collect()
-        };
+        }
         StepTrace {
             step_s: self.step_s,
             origin_s: self.origin_s,
             ids: self.ids.clone(),
             sizes: self.sizes.clone(),
             cpu: cat(&self.cpu, &next.cpu),
-            ups: cat_u(&self.ups, &next.ups),
-            downs: cat_u(&self.downs, &next.downs),
-            running: cat_u(&self.running, &next.running),
+            ups: cat(&self.ups, &next.ups),
+            downs: cat(&self.downs, &next.downs),
+            running: cat(&self.running, &next.running),
         }
     }
 
     /// Steps `range` of the trace (the live part of a joined timeline, a window before now).
     pub fn slice(&self, range: std::ops::Range<usize>) -> StepTrace {
-        let cut_f = |a: &[Vec<f64>]| a.iter().map(|x| x[range.clone()].to_vec()).collect();
-        let cut_u = |a: &[Vec<u32>]| a.iter().map(|x| x[range.clone()].to_vec()).collect();
+        fn cut<T: Clone>(a: &[Vec<T>], r: &std::ops::Range<usize>) -> Vec<Vec<T>> {
+            a.iter().map(|x| x[r.clone()].to_vec()).collect()
+        }
         StepTrace {
             step_s: self.step_s,
             origin_s: self.origin_s + range.start as i64 * self.step_s,
             ids: self.ids.clone(),
             sizes: self.sizes.clone(),
-            cpu: cut_f(&self.cpu),
-            ups: cut_u(&self.ups),
-            downs: cut_u(&self.downs),
-            running: cut_u(&self.running),
+            cpu: cut(&self.cpu, &range),
+            ups: cut(&self.ups, &range),
+            downs: cut(&self.downs, &range),
+            running: cut(&self.running, &range),
         }
     }
 }

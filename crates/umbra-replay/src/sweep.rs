@@ -174,7 +174,7 @@ fn outcome_point(policy: &str, budget: Option<f64>, o: &SimOutcome, setting: Str
 type StaticPath = Vec<(Vec<usize>, SimOutcome)>;
 
 /// One pool of the largest replica's size, 0, 1, 2, … slots until the reserve passes `max_ratio`.
-fn one_size_path(live: &StepTrace, sim: &SimSettings, max_ratio: f64) -> (PoolSpec, StaticPath) {
+fn one_size_path(live: &StepTrace, sim: &SimSettings, max_ratio: f64) -> StaticPath {
     let slot = live.sizes.iter().fold(
         Placeholder {
             cpu_millicores: 0.0,
@@ -205,16 +205,12 @@ fn one_size_path(live: &StepTrace, sim: &SimSettings, max_ratio: f64) -> (PoolSp
             break;
         }
     }
-    (pool, path)
+    path
 }
 
 /// Pools by size class with counts tuned in hindsight: from none, add the slot that buys the
 /// most hits per core-hour of reserve, until the reserve passes `max_ratio` or no slot adds a hit.
-fn size_class_path(
-    live: &StepTrace,
-    sim: &SimSettings,
-    max_ratio: f64,
-) -> (Vec<PoolSpec>, StaticPath) {
+fn size_class_path(live: &StepTrace, sim: &SimSettings, max_ratio: f64) -> StaticPath {
     let pools = SizeClasses::of(&live.sizes).pools();
     let run = |counts: &[usize]| {
         simulate(
@@ -246,7 +242,7 @@ fn size_class_path(
         current = o;
         path.push((counts.clone(), current.clone()));
     }
-    (pools, path)
+    path
 }
 
 /// The point of `path` with the most hits at a reserve ratio of at most `ratio`.
@@ -321,8 +317,13 @@ pub fn sweep(
     let max_ratio = s.budgets.iter().copied().fold(0.0, f64::max) * 1.2;
     let mut curve = Vec::new();
     let mut against = Vec::new();
-    let (_, one_size) = one_size_path(live, &s.sim, max_ratio);
-    let (_, by_class) = size_class_path(live, &s.sim, max_ratio);
+    let statics = [
+        ("static-one-size", one_size_path(live, &s.sim, max_ratio)),
+        (
+            "static-size-classes",
+            size_class_path(live, &s.sim, max_ratio),
+        ),
+    ];
     for &b in &s.budgets {
         let u = umbra_rule(
             &classes,
@@ -333,21 +334,17 @@ pub fn sweep(
             s,
         );
         curve.push(outcome_point("umbra", Some(b), &u, format!("budget {b}")));
-        for (name, path) in [
-            ("static-one-size", &one_size),
-            ("static-size-classes", &by_class),
-        ] {
+        for (name, path) in &statics {
             if let Some((counts, o)) = best_within(path, b) {
                 curve.push(outcome_point(name, Some(b), o, format!("slots {counts:?}")));
             }
         }
-        let best_static = [
-            ("static-one-size", &one_size),
-            ("static-size-classes", &by_class),
-        ]
-        .into_iter()
-        .filter_map(|(name, path)| best_within(path, u.reserve_ratio()).map(|(c, o)| (name, c, o)))
-        .max_by(|a, b| a.2.hits.cmp(&b.2.hits));
+        let best_static = statics
+            .iter()
+            .filter_map(|(name, path)| {
+                best_within(path, u.reserve_ratio()).map(|(c, o)| (name, c, o))
+            })
+            .max_by(|a, b| a.2.hits.cmp(&b.2.hits));
         against.push(AgainstStatic {
             budget: b,
             umbra_reserve_ratio: u.reserve_ratio(),
