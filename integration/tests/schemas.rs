@@ -54,8 +54,10 @@ async fn every_schema_round_trips_through_registry_and_broker() -> anyhow::Resul
     round_trip::<HostKey, FleetCommand>(&stack, &t("umbra.fleet.commands")).await?;
     round_trip::<HostKey, FleetEvent>(&stack, &t("umbra.fleet.events")).await?;
     round_trip::<WorkloadKey, ReshadowRequest>(&stack, &t("umbra.reshadow.requests")).await?;
+    round_trip::<WorkloadKey, WorkloadScale>(&stack, &t("umbra.workload.scale")).await?;
+    round_trip::<WorkloadKey, ScaleUpForecast>(&stack, &t("umbra.scaleup.forecasts")).await?;
     // Every catalog topic was exercised above.
-    assert_eq!(TOPICS.len(), 13);
+    assert_eq!(TOPICS.len(), 15);
     let subjects: Vec<String> = reqwest::get(format!("{}/subjects", stack.registry_url))
         .await?
         .json()

@@ -22,6 +22,7 @@ fn entry(workload: &str, version: i64) -> ShadowEntry {
     let mut e = ShadowEntry::example();
     e.workload_id = workload.into();
     e.version = version;
+    e.pool_labels = None;
     e
 }
 

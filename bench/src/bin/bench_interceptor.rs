@@ -70,6 +70,7 @@ fn row(w: &str, hosts: &[String], now_ms: i64) -> ShadowEntry {
         .collect();
     ShadowEntry {
         replicas: 1,
+        pool_labels: None,
         workload_id: w.to_string(),
         version: 1,
         state: ShadowState::Active,

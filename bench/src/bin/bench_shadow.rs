@@ -133,6 +133,7 @@ fn placement(workloads: usize, hosts: usize) {
         ledger: &ledger,
         claims: &claims,
         reshadows: &[],
+        scale_ups: &HashMap::new(),
     };
 
     // umbra: one pass places everything (K = 3).
@@ -274,6 +275,7 @@ fn entry(i: usize) -> ShadowEntry {
         .collect();
     ShadowEntry {
         replicas: 1,
+        pool_labels: None,
         workload_id: w,
         version: 1,
         state: ShadowState::Active,

@@ -128,6 +128,10 @@ pub struct ReplayArgs {
     /// the curve is added to its report.
     #[arg(long)]
     pub sweep: bool,
+    /// umbra's reserve budget in the pipeline (a share of used CPU): the pooled rule's one
+    /// setting, held by the forecast service's budget controller (docs/scale-up.md).
+    #[arg(long, default_value_t = 0.2)]
+    pub budget: f64,
     /// Reserve budgets of the sweep, as shares of used CPU.
     #[arg(long, value_delimiter = ',', default_values_t = umbra_replay::sweep::BUDGETS.to_vec())]
     pub budgets: Vec<f64>,
@@ -150,6 +154,13 @@ struct Plan {
     live_start_ms: i64,
     steps: usize,
     speed: f64,
+    /// The history and the live part on the step grid, as the offline sweep reads them: the
+    /// replica counts the replay publishes and the history's requests (the label stream).
+    traces: (
+        umbra_replay::steps::StepTrace,
+        umbra_replay::steps::StepTrace,
+    ),
+    history_start_ms: i64,
 }
 
 fn plan(a: &ReplayArgs) -> anyhow::Result<Plan> {
@@ -205,7 +216,19 @@ fn plan(a: &ReplayArgs) -> anyhow::Result<Plan> {
     if a.hosts > 0 {
         fleet.hosts = a.hosts;
     }
+    let traces = umbra_replay::TracePlan::load(
+        &a.data,
+        a.vms,
+        a.seed,
+        a.from_day,
+        a.history_days,
+        a.live_days,
+    )
+    .with_context(|| format!("reading {}", a.data.display()))?
+    .step_traces();
     Ok(Plan {
+        traces,
+        history_start_ms: t0 * 1000,
         ids: rows.into_iter().map(|(id, _)| id).collect(),
         history,
         live,
@@ -420,21 +443,27 @@ fn service_config(
             1_000_000_000_000i64,
             a.seed
         ),
-        "ingest" => "[service]\nmax_future_ms = 86400000\n".to_string(),
+        // A bucket closes as soon as the next one begins: the scale-up model scores a step
+        // from the point of the step before.
+        "ingest" => "[service]\nmax_future_ms = 86400000\nallowed_lateness_ms = 0\n".to_string(),
         // Refits every six hours of trace: a forecast is about 50 KB (three horizons), and
         // hourly refits of every workload would have the broker (and each reader of the topic:
         // shadow manager, interceptor, rebalancer, this driver) spend most of its time on them.
         "forecast" => format!(
-            "[service]\nrefit_interval_ms = {}\nbacktest_origins = 3\nmodels = [{}]\n",
+            "[service]\nrefit_interval_ms = {}\nbacktest_origins = 3\nmodels = [{}]\n[service.scale_up]\nready_delay_s = {}\nmax_wait_ms = {}\n[service.scale_up.trade_off]\nbudget = {}\n",
             wall_ms(6.0 * 3_600_000.0).max(500),
             a.models
                 .iter()
                 .map(|m| format!("\"{m}\""))
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            a.startup_s,
+            STEP_S * 1000,
+            a.budget
         ),
+        // The pooled policy only: pool rows from the scale-up forecasts.
         "shadow-manager" => format!(
-            "[service]\ncandidates = {}\nquantile = \"{}\"\nlead_time_ms = 1800000\nrelease_grace_ms = 600000\ncommand_timeout_ms = {}\nreconcile_interval_ms = 100\n",
+            "[service]\nworkload_rows = false\ncandidates = {}\nquantile = \"{}\"\nlead_time_ms = 1800000\nrelease_grace_ms = 600000\ncommand_timeout_ms = {}\nreconcile_interval_ms = 100\n",
             a.candidates,
             match a.quantile.as_str() {
                 "upper95" => "upper95",
@@ -454,6 +483,72 @@ fn service_config(
         _ => String::new(),
     };
     format!("{common}{service}")
+}
+
+/// Replica counts of `trace`'s steps `range` where they change (every workload at its first
+/// step), as the autoscaler would report them: the scale-up model reads what the running
+/// replicas serve from them.
+fn scale_emits(
+    p: &Plan,
+    trace: &umbra_replay::steps::StepTrace,
+    start_ms: i64,
+    range: std::ops::Range<usize>,
+    last: &mut HashMap<usize, u32>,
+    out: &Output<WorkloadKey, WorkloadScale>,
+) -> anyhow::Result<Vec<Emit>> {
+    let mut emits = Vec::new();
+    for (w, id) in trace.ids.iter().enumerate() {
+        let Some(m) = p.ids.iter().position(|x| x == id).map(|k| &p.models[k]) else {
+            continue;
+        };
+        for i in range.clone() {
+            let n = trace.running[w][i];
+            if last.get(&w) == Some(&n) {
+                continue;
+            }
+            last.insert(w, n);
+            emits.push(out.record(
+                &WorkloadKey {
+                    workload_id: id.clone(),
+                },
+                &WorkloadScale {
+                    workload_id: id.clone(),
+                    observed_at: start_ms + i as i64 * STEP_S * 1000,
+                    replicas: n as i32,
+                    replica: replica_resources(m),
+                    labels: HashMap::new(),
+                },
+            )?);
+        }
+    }
+    Ok(emits)
+}
+
+/// Commits `group`'s offsets on `topic` at its end: what is already on the topic (the
+/// history's requests) was answered before umbra ran, so the interceptor starts after it.
+async fn start_group_at_end(kafka: &KafkaSettings, group: &str, topic: &str) -> anyhow::Result<()> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let mut c = rdkafka::ClientConfig::new();
+    c.set("bootstrap.servers", &kafka.bootstrap_servers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false");
+    let consumer: BaseConsumer = c.create()?;
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for t in md.topics() {
+            for part in t.partitions() {
+                let (_, high) =
+                    consumer.fetch_watermarks(&topic, part.id(), Duration::from_secs(10))?;
+                tpl.add_partition_offset(&topic, part.id(), rdkafka::Offset::Offset(high))?;
+            }
+        }
+        consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync)?;
+        Ok(())
+    })
+    .await??;
+    Ok(())
 }
 
 /// Sends every emit, a bounded number in flight.
@@ -679,6 +774,8 @@ async fn evaluate(
         Output::new(registry.clone(), topic("umbra.workload.requests")).await?;
     let commands: Output<HostKey, FleetCommand> =
         Output::new(registry.clone(), topic("umbra.fleet.commands")).await?;
+    let scale: Output<WorkloadKey, WorkloadScale> =
+        Output::new(registry.clone(), topic("umbra.workload.scale")).await?;
     let raw_emit = |s: &UsageSample| {
         raw.record(
             &WorkloadKey {
@@ -800,8 +897,49 @@ async fn evaluate(
             .collect::<Result<_, _>>()?,
     )
     .await?;
+    // The history's replica counts and requests: what the scale-up model learns from.
+    let (hist, _) = &p.traces;
+    let mut emits = scale_emits(
+        p,
+        hist,
+        p.history_start_ms,
+        0..hist.steps(),
+        &mut HashMap::new(),
+        &scale,
+    )?;
+    let mut history_requests = 0;
+    for (w, id) in hist.ids.iter().enumerate() {
+        let Some(m) = p.ids.iter().position(|x| x == id).map(|k| &p.models[k]) else {
+            continue;
+        };
+        for (i, n) in hist.ups[w].iter().enumerate() {
+            for k in 0..*n {
+                history_requests += 1;
+                emits.push(requests.record(
+                    &WorkloadKey {
+                        workload_id: id.clone(),
+                    },
+                    &WorkloadRequest {
+                        request_id: format!("history-{id}-{i:04}-{k}"),
+                        workload_id: id.clone(),
+                        labels: [("source".to_string(), "umbra replay".to_string())].into(),
+                        resources: replica_resources(m),
+                        requested_at: p.history_start_ms + i as i64 * STEP_S * 1000,
+                    },
+                )?);
+            }
+        }
+    }
+    send_all(&producer, emits).await?;
+    start_group_at_end(
+        &kafka,
+        &format!("{prefix}interceptor"),
+        &topic("umbra.workload.requests"),
+    )
+    .await
+    .context("starting the interceptor after the history's requests")?;
     eprintln!(
-        "history: {} raw samples sent in {:.1} s",
+        "history: {} raw samples and {history_requests} requests sent in {:.1} s",
         p.history_samples.len(),
         t.elapsed().as_secs_f64()
     );
@@ -913,7 +1051,7 @@ async fn evaluate(
         eprintln!("note: start-up took longer than the warm-up; the live week started without it");
     }
     let measured = live_week(
-        a, p, &obs, &clock, &producer, &raw_emit, &requests, &commands, &mut procs,
+        a, p, &obs, &clock, &producer, &raw_emit, &requests, &commands, &scale, &mut procs,
     )
     .await?;
 
@@ -939,6 +1077,28 @@ async fn evaluate(
     match offline_sweep(a) {
         Ok((_, sweep)) => {
             print_sweep(&sweep);
+            // The pipeline ran the offline core's rule at one budget: how close it came.
+            if let Some(u) = sweep
+                .curve
+                .iter()
+                .find(|c| c.policy == "umbra" && c.budget == Some(a.budget))
+            {
+                let pipeline = summary.policies.first();
+                let (hit, ratio) = pipeline.map_or((0.0, 0.0), |r| {
+                    (
+                        r.hit_rate,
+                        r.unclaimed_core_hours / r.used_core_hours.max(1e-9),
+                    )
+                });
+                println!(
+                    "conformance at budget {}: pipeline {:.1}% hits at {:.3}x reserve, offline core {:.1}% at {:.3}x (realtime replay: the pipeline decides late, so they need not agree)",
+                    a.budget,
+                    hit * 100.0,
+                    ratio,
+                    u.hit_rate * 100.0,
+                    u.reserve_ratio
+                );
+            }
             summary.curve = sweep.curve.clone();
             summary.sweep = Some(sweep);
         }
@@ -1046,9 +1206,24 @@ async fn live_week(
     raw_emit: &dyn Fn(&UsageSample) -> Result<Emit, umbra_stream::StreamError>,
     requests: &Output<WorkloadKey, WorkloadRequest>,
     commands: &Output<HostKey, FleetCommand>,
+    scale: &Output<WorkloadKey, WorkloadScale>,
     procs: &mut Procs,
 ) -> anyhow::Result<Measured> {
     let mut m = Measured::default();
+    let mut last_scale: HashMap<usize, u32> = HashMap::new();
+    // A step's requests, smaller replicas first, as the slot simulator takes them: a small
+    // request does not take the only slot a larger one fits.
+    let mut events = p.events.clone();
+    events.sort_by(|x, y| {
+        (x.t_s, x.change != Change::Up)
+            .cmp(&(y.t_s, y.change != Change::Up))
+            .then(
+                p.models[x.workload]
+                    .cpu_millicores
+                    .total_cmp(&p.models[y.workload].cpu_millicores),
+            )
+            .then(x.workload.cmp(&y.workload))
+    });
     let (mut next_sample, mut next_event) = (0usize, 0usize);
     let mut last_progress = Instant::now() - Duration::from_secs(10);
     let step_ms = STEP_S * 1000;
@@ -1070,10 +1245,17 @@ async fn live_week(
             emits.push(raw_emit(&p.live_samples[next_sample])?);
             next_sample += 1;
         }
+        emits.extend(scale_emits(
+            p,
+            &p.traces.1,
+            p.live_start_ms,
+            i..i + 1,
+            &mut last_scale,
+            scale,
+        )?);
         let now = clock.now_ms();
-        while next_event < p.events.len() && p.events[next_event].t_s * 1000 <= t - p.live_start_ms
-        {
-            let e = p.events[next_event];
+        while next_event < events.len() && events[next_event].t_s * 1000 <= t - p.live_start_ms {
+            let e = events[next_event];
             next_event += 1;
             let wl = &p.live[e.workload];
             let k = seq.entry(e.workload).or_default();

@@ -396,7 +396,8 @@ impl Simulator {
                         r.host_id, cmd.host_id
                     ));
                 }
-                if r.workload_id != cmd.workload_id {
+                // A pool's slot serves any workload; another workload's shadow does not.
+                if r.workload_id != cmd.workload_id && !umbra_schemas::is_pool_id(&r.workload_id) {
                     return Err(format!("shadow {s} belongs to workload {}", r.workload_id));
                 }
                 admit(&cmd.host_id, &cmd.resources.minus(&r.resources))

@@ -54,6 +54,7 @@ fn entry(version: i64) -> ShadowEntry {
     let mut e = ShadowEntry::example();
     e.workload_id = "w".into();
     e.version = version;
+    e.pool_labels = None;
     e
 }
 

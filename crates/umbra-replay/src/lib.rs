@@ -12,6 +12,7 @@
 //!   request and reserves exactly when it is needed), and the two sizings of static headroom the
 //!   comparison calls for ([`static_equal_reserve`], [`static_equal_hits`]).
 
+pub mod online;
 pub mod pool;
 pub mod report;
 pub mod scaleup;

@@ -431,6 +431,15 @@ pub fn class_tails(
     out
 }
 
+/// Slots a class of slots of `cores` cores holds at a step whose P(N ≥ k) is `tail[k]`: the
+/// k-th while P(N ≥ k) per core clears `theta`.
+pub fn slots_held(tail: &[f64], cores: f64, theta: f64) -> usize {
+    tail.iter()
+        .skip(1)
+        .take_while(|p| **p / cores >= theta)
+        .count()
+}
+
 /// umbra's pooled rule: per class and step, hold the k-th slot while P(N ≥ k) per core of the
 /// slot clears the threshold in force at the step (a miss cost of C core-seconds is a threshold
 /// of step seconds / C; a budget gives a threshold per period, [`budget_thresholds`]).
@@ -474,12 +483,8 @@ impl PooledScaleUp {
 
     /// Slots of class `c` at step `i` for threshold `theta`.
     pub fn slots_for(&self, c: usize, i: usize, theta: f64) -> usize {
-        let cores = self.classes.slots[c].cpu_millicores / 1000.0;
         self.tails[c].get(i).map_or(0, |t| {
-            t.iter()
-                .skip(1)
-                .take_while(|p| **p / cores >= theta)
-                .count()
+            slots_held(t, self.classes.slots[c].cpu_millicores / 1000.0, theta)
         })
     }
 }
@@ -516,50 +521,89 @@ pub fn budget_thresholds(
     window: usize,
     sim: &SimSettings,
 ) -> Vec<f64> {
-    let cut = |r: std::ops::Range<usize>| -> Vec<Vec<Vec<f64>>> {
-        tails.iter().map(|c| c[r.clone()].to_vec()).collect()
-    };
     let mut thresholds: Vec<f64> = Vec::new();
     let mut start = from;
     while start < trace.steps() {
         let end = (start + period.max(1)).min(trace.steps());
-        // What the run so far held, replayed with the thresholds it had.
-        let mut controller = BudgetController::new(budget);
-        if start > from {
-            let done = trace.slice(from..start);
-            let o = simulate(
-                &done,
-                &mut PooledScaleUp::scheduled(
-                    classes.clone(),
-                    cut(from..start),
-                    thresholds.clone(),
-                ),
-                sim,
-            );
-            controller.observe(o.reserve_core_hours * 3600.0, o.used_core_hours * 3600.0);
-        }
-        let past = start.saturating_sub(window)..start;
-        let theta = if past.is_empty() {
-            0.05
-        } else {
-            let seen = trace.slice(past.clone());
-            let seen_tails = cut(past.clone());
-            let used: f64 = past.clone().map(|i| trace.used_core_s(i)).sum();
-            let period_used = used / past.len() as f64 * (end - start) as f64;
-            let b = controller.period_budget(period_used);
-            BudgetController::threshold_for(b, |theta| {
-                simulate(
-                    &seen,
-                    &mut PooledScaleUp::fixed(classes.clone(), seen_tails.clone(), theta),
-                    sim,
-                )
-                .reserve_ratio()
-            })
+        let c = Calibration {
+            classes,
+            tails,
+            trace,
+            from,
+            budget,
+            window,
+            sim,
         };
+        // A period's expected use is scaled to the whole period, even the last one cut short
+        // by the trace's end: a service deciding step by step does not know where that is.
+        let theta = c.threshold(start, period.max(1), &thresholds);
         thresholds.extend(std::iter::repeat_n(theta, end - start));
         start = end;
     }
     thresholds
+}
+
+/// What the budget controller calibrates a period's threshold on: the class tails and the
+/// trace up to the period's start, the thresholds the run has had since `from`.
+#[derive(Debug, Clone, Copy)]
+pub struct Calibration<'a> {
+    /// The classes.
+    pub classes: &'a SizeClasses,
+    /// `[class][step][k]` from step 0 of `trace` (at least up to the period's start).
+    pub tails: &'a [Vec<Vec<f64>>],
+    /// The trace (at least up to the period's start).
+    pub trace: &'a StepTrace,
+    /// First step the rule held slots for.
+    pub from: usize,
+    /// The reserve budget.
+    pub budget: f64,
+    /// Steps before the period looked back on.
+    pub window: usize,
+    /// Ready delay and refill.
+    pub sim: &'a SimSettings,
+}
+
+impl Calibration<'_> {
+    /// The threshold for the `len` steps from `start`, given the thresholds of the steps
+    /// `from..start` (`so_far`): only steps before `start` are read, so the offline rule and a
+    /// service deciding step by step compute the same value.
+    pub fn threshold(&self, start: usize, len: usize, so_far: &[f64]) -> f64 {
+        let cut = |r: std::ops::Range<usize>| -> Vec<Vec<Vec<f64>>> {
+            self.tails.iter().map(|c| c[r.clone()].to_vec()).collect()
+        };
+        // What the run so far held, replayed with the thresholds it had.
+        let mut controller = BudgetController::new(self.budget);
+        if start > self.from {
+            let done = self.trace.slice(self.from..start);
+            let o = simulate(
+                &done,
+                &mut PooledScaleUp::scheduled(
+                    self.classes.clone(),
+                    cut(self.from..start),
+                    so_far.to_vec(),
+                ),
+                self.sim,
+            );
+            controller.observe(o.reserve_core_hours * 3600.0, o.used_core_hours * 3600.0);
+        }
+        let past = start.saturating_sub(self.window)..start;
+        if past.is_empty() {
+            return 0.05;
+        }
+        let seen = self.trace.slice(past.clone());
+        let seen_tails = cut(past.clone());
+        let used: f64 = past.clone().map(|i| self.trace.used_core_s(i)).sum();
+        let period_used = used / past.len() as f64 * len as f64;
+        let b = controller.period_budget(period_used);
+        BudgetController::threshold_for(b, |theta| {
+            simulate(
+                &seen,
+                &mut PooledScaleUp::fixed(self.classes.clone(), seen_tails.clone(), theta),
+                self.sim,
+            )
+            .reserve_ratio()
+        })
+    }
 }
 
 /// A fixed number of slots per pool at every step (balloon pods, CapacityBuffers).

@@ -7,15 +7,12 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::online::{tails_of, Scorer};
 use crate::pool::{
-    budget_thresholds, class_base_rates, class_tails, floor_tails, keep_alive, per_workload_pools,
-    simulate, PoolSpec, PooledScaleUp, Scheduled, SimOutcome, SimSettings, SizeClasses,
-    StaticPools, TradeOff,
+    budget_thresholds, keep_alive, per_workload_pools, simulate, PoolSpec, PooledScaleUp,
+    Scheduled, SimOutcome, SimSettings, SizeClasses, StaticPools, TradeOff,
 };
-use crate::scaleup::{
-    brier, burst_tails, reliability, ModelSettings, ReliabilityBin, ScaleUpError, ScaleUpModel,
-    KMAX,
-};
+use crate::scaleup::{brier, reliability, ModelSettings, ReliabilityBin, ScaleUpError};
 use crate::steps::StepTrace;
 use crate::Placeholder;
 
@@ -120,43 +117,6 @@ pub struct AgainstStatic {
     pub static_hit_rate: f64,
     /// Which static pool that was and its counts.
     pub static_setting: String,
-}
-
-/// `[w][i]`: P(a request) per workload and step; per workload: P(N ≥ k | N ≥ 1).
-pub type Probabilities = (Vec<Vec<f64>>, Vec<[f64; KMAX + 2]>);
-
-/// P(a request) per workload and live step, from a model refitted every `refit_every_steps`
-/// on everything before, plus the burst tails of the last fit. `trace` is history then live;
-/// probabilities are returned for `from..trace.steps()`.
-pub fn rolling_probabilities(
-    trace: &StepTrace,
-    from: usize,
-    s: &SweepSettings,
-) -> Result<Probabilities, ScaleUpError> {
-    let mut p: Vec<Vec<f64>> = vec![Vec::new(); trace.workloads()];
-    let mut tails = Vec::new();
-    let mut start = from;
-    while start < trace.steps() {
-        let end = (start + s.refit_every_steps.max(1)).min(trace.steps());
-        match ScaleUpModel::fit(trace, 0..start, &s.model) {
-            Ok(model) => {
-                for (w, chunk) in model.p_up(trace, start..end).into_iter().enumerate() {
-                    p[w].extend(chunk);
-                }
-                tails = (0..trace.workloads()).map(|w| *model.tail(w)).collect();
-            }
-            // Nothing asked for a replica yet: nothing to expect.
-            Err(ScaleUpError::NoTrainingData(_)) => {
-                for pw in &mut p {
-                    pw.extend(std::iter::repeat_n(0.0, end - start));
-                }
-                tails = burst_tails(trace, 0..start, s.model.tail_prior);
-            }
-            Err(e) => return Err(e),
-        }
-        start = end;
-    }
-    Ok((p, tails))
 }
 
 fn outcome_point(policy: &str, budget: Option<f64>, o: &SimOutcome, setting: String) -> CurvePoint {
@@ -297,19 +257,18 @@ pub fn sweep(
     s: &SweepSettings,
 ) -> Result<SweepResult, ScaleUpError> {
     let joined = history.then(live);
-    let live_from = history.steps();
-    // At least two days to learn from before the first scored step.
-    let warm_from = live_from
-        .saturating_sub(s.warmup_steps)
-        .max((2 * 288).min(live_from));
-    let (p, tails) = rolling_probabilities(&joined, warm_from, s)?;
-    let classes = SizeClasses::of(&live.sizes);
-    let mut all_tails = class_tails(&p, &tails, &classes, s.class_kmax);
-    floor_tails(
-        &mut all_tails,
-        &class_base_rates(history, &classes, s.class_kmax),
-        s.base_rate_floor,
-    );
+    // The rule as the forecast service runs it: begun on the history (its warm-up scored out
+    // of sample), then one step at a time.
+    let (mut scorer, mut scores) = Scorer::begin(history, s)?;
+    for i in history.steps()..joined.steps() {
+        scores.push(scorer.score(&joined, i)?);
+    }
+    let (warm_from, live_from) = (scorer.warm_from, scorer.live_from);
+    let classes = scorer.classes.clone();
+    let all_tails = tails_of(&scores);
+    let p: Vec<Vec<f64>> = (0..joined.workloads())
+        .map(|w| scores.iter().map(|x| x.p_up[w]).collect())
+        .collect();
     let split = live_from - warm_from;
     // The warm-up and the live part as one timeline, with the tails of both.
     let timeline = joined.slice(warm_from..joined.steps());

@@ -108,6 +108,16 @@ pub const TOPICS: &[Topic] = &[
         files::WORKLOAD_KEY,
         files::RESHADOW_REQUEST,
     ),
+    stream(
+        "umbra.workload.scale",
+        files::WORKLOAD_KEY,
+        files::WORKLOAD_SCALE,
+    ),
+    table(
+        "umbra.scaleup.forecasts",
+        files::WORKLOAD_KEY,
+        files::SCALEUP_FORECAST,
+    ),
 ];
 
 /// Looks a topic up by its default name.

@@ -133,6 +133,7 @@ pub(crate) fn DEMAND_FORECAST() -> DemandForecast {
 pub(crate) fn SHADOW_ENTRY() -> ShadowEntry {
     ShadowEntry {
         replicas: 1,
+        pool_labels: Some(labels()),
         workload_id: "vm-001".into(),
         version: 3,
         state: ShadowState::Active,
@@ -228,5 +229,29 @@ pub(crate) fn RESHADOW_REQUEST() -> ReshadowRequest {
         to_host_id: Some("host-03".into()),
         reason: "cpu 93% > 85% for 10m".into(),
         requested_at: T0,
+    }
+}
+pub(crate) fn WORKLOAD_SCALE() -> WorkloadScale {
+    WorkloadScale {
+        workload_id: "vm-001".into(),
+        observed_at: T0,
+        replicas: 2,
+        replica: res(1000, 2),
+        labels: labels(),
+    }
+}
+pub(crate) fn SCALEUP_FORECAST() -> ScaleUpForecast {
+    ScaleUpForecast {
+        subject: "pool/1".into(),
+        kind: ScaleUpSubject::Pool,
+        step_start: T0 + 300_000,
+        step_seconds: 300,
+        generated_at: T0,
+        at_least: vec![0.4, 0.1, 0.01],
+        size: res(1200, 4),
+        labels: labels(),
+        members: vec!["vm-001".into(), "vm-002".into()],
+        threshold: 0.02,
+        slots: 2,
     }
 }

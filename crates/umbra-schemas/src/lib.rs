@@ -75,6 +75,8 @@ pub mod files {
     pub const FLEET_COMMAND: SchemaFile = schema_file!("fleet_command.avsc");
     pub const FLEET_EVENT: SchemaFile = schema_file!("fleet_event.avsc");
     pub const RESHADOW_REQUEST: SchemaFile = schema_file!("reshadow_request.avsc");
+    pub const WORKLOAD_SCALE: SchemaFile = schema_file!("workload_scale.avsc");
+    pub const SCALEUP_FORECAST: SchemaFile = schema_file!("scaleup_forecast.avsc");
 }
 
 /// A Rust type that travels on a topic as Avro, bound to its `.avsc` file.
@@ -115,6 +117,20 @@ bind! {
     FleetCommand => FLEET_COMMAND,
     FleetEvent => FLEET_EVENT,
     ReshadowRequest => RESHADOW_REQUEST,
+    WorkloadScale => WORKLOAD_SCALE,
+    ScaleUpForecast => SCALEUP_FORECAST,
+}
+
+/// Id of the pool of size class `class`: its subject on `umbra.scaleup.forecasts` and its row's
+/// key in the shadow table (`pool/0`, `pool/1`, ... smallest class first).
+pub fn pool_id(class: usize) -> String {
+    format!("pool/{class}")
+}
+
+/// True for the id of a pool ([`pool_id`]): its shadows are slots any fitting request may take.
+pub fn is_pool_id(id: &str) -> bool {
+    id.strip_prefix("pool/")
+        .is_some_and(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Encodes `value` as a bare Avro datum of `schema` (no framing).

@@ -48,6 +48,10 @@ avro_enum!(
     ShadowStatus { Requested, Healthy, Unhealthy, Failed, Claimed, Released }
 );
 avro_enum!(
+    /// See `scaleup_forecast.avsc`.
+    ScaleUpSubject { Workload, Pool }
+);
+avro_enum!(
     /// See `allocation_decision.avsc`.
     Outcome { ShadowHit, Standard, Rejected }
 );
@@ -245,6 +249,9 @@ pub struct ShadowEntry {
     #[serde(default = "one")]
     #[avro(default = "1")]
     pub replicas: i32,
+    #[serde(default)]
+    #[avro(default = "null")]
+    pub pool_labels: Option<HashMap<String, String>>,
 }
 fn one() -> i32 {
     1
@@ -419,4 +426,42 @@ impl Resources {
         }
         out
     }
+}
+/// See `workload_scale.avsc`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.umbra.v1")]
+#[allow(missing_docs)]
+pub struct WorkloadScale {
+    pub workload_id: String,
+    pub observed_at: i64,
+    pub replicas: i32,
+    pub replica: Resources,
+    #[serde(default)]
+    #[avro(default = "{}")]
+    pub labels: HashMap<String, String>,
+}
+/// See `scaleup_forecast.avsc`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.umbra.v1")]
+#[allow(missing_docs)]
+pub struct ScaleUpForecast {
+    pub subject: String,
+    pub kind: ScaleUpSubject,
+    pub step_start: i64,
+    pub step_seconds: i32,
+    pub generated_at: i64,
+    pub at_least: Vec<f64>,
+    pub size: Resources,
+    #[serde(default)]
+    #[avro(default = "{}")]
+    pub labels: HashMap<String, String>,
+    #[serde(default)]
+    #[avro(default = "[]")]
+    pub members: Vec<String>,
+    #[serde(default)]
+    #[avro(default = "0.0")]
+    pub threshold: f64,
+    #[serde(default)]
+    #[avro(default = "0")]
+    pub slots: i32,
 }

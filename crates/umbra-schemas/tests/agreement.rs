@@ -51,6 +51,8 @@ fn rust_types_agree_with_avsc_files() {
     check_agrees::<FleetCommand>();
     check_agrees::<FleetEvent>();
     check_agrees::<ReshadowRequest>();
+    check_agrees::<WorkloadScale>();
+    check_agrees::<ScaleUpForecast>();
 }
 
 #[test]

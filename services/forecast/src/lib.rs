@@ -10,7 +10,12 @@
 //! Refits run on a cadence (`refit_interval_ms`) for workloads with new data, and at once for
 //! workloads an arriving event concerns. Forecasts go to the compacted `umbra.forecasts`
 //! topic keyed by workload. Nothing else needs to run: forecast-only operation is this.
+//!
+//! The scale-up stage ([`scaleup`]) also reads `umbra.workload.scale` (replicas running) and
+//! `umbra.workload.requests` (the label stream) and publishes, at every step, P(N ≥ k) per
+//! workload and the slots per size-class pool to the compacted `umbra.scaleup.forecasts`.
 
+pub mod scaleup;
 mod state;
 
 use std::collections::{HashMap, HashSet};
@@ -21,7 +26,10 @@ use rdkafka::message::OwnedHeaders;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use umbra_forecasting::{Forecaster, ForecasterConfig, Model};
-use umbra_schemas::{DemandForecast, EventKey, ExternalEvent, UsagePoint, WorkloadKey};
+use umbra_schemas::{
+    DemandForecast, EventKey, ExternalEvent, ScaleUpForecast, UsagePoint, WorkloadKey,
+    WorkloadRequest, WorkloadScale,
+};
 use umbra_stream::config::ServiceConfig;
 use umbra_stream::processor::{send, Output};
 use umbra_stream::service::Runtime;
@@ -46,6 +54,8 @@ pub struct Settings {
     pub models: Vec<String>,
     /// Backtest origins per model choice (more: better-calibrated intervals, slower).
     pub backtest_origins: usize,
+    /// The scale-up stage.
+    pub scale_up: scaleup::ScaleUpSettings,
 }
 
 impl Default for Settings {
@@ -55,6 +65,7 @@ impl Default for Settings {
             history_days: 28,
             models: Model::all().iter().map(|m| m.name().to_string()).collect(),
             backtest_origins: 5,
+            scale_up: scaleup::ScaleUpSettings::default(),
         }
     }
 }
@@ -76,6 +87,11 @@ fn models(names: &[String]) -> Result<Vec<Model>, StreamError> {
 /// Runs the service until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StreamError> {
     let models = models(&config.service.models)?;
+    config
+        .service
+        .scale_up
+        .validate()
+        .map_err(StreamError::Config)?;
     let rt = Runtime::start(NAME, config, shutdown.clone()).await?;
     let settings = rt.config.service.clone();
     let forecaster = Arc::new(Forecaster::new(ForecasterConfig {
@@ -88,6 +104,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
         Output::new(rt.registry.clone(), rt.config.topic("umbra.forecasts")).await?;
     let state = Arc::new(Mutex::new(State::new(settings.history_days)));
     let s1 = state.clone();
+    // The scale-up stage's inputs wait here until the main loop takes them: a fit holds the
+    // stage for seconds, and readers must not wait on it.
+    let inbox: Arc<Mutex<Vec<Input>>> = Arc::default();
+    let i1 = inbox.clone();
+    let scale_up = settings.scale_up.enabled;
     // The latest input's trace context per workload: its next forecast continues that trace.
     let parents: Arc<Mutex<HashMap<String, String>>> = Arc::default();
     let p1 = parents.clone();
@@ -98,9 +119,40 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(p.workload_id.clone(), tp);
             }
+            if scale_up {
+                i1.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(Input::Point(p.clone()));
+            }
             s1.lock().unwrap_or_else(|e| e.into_inner()).add_point(&p)
         })
         .await?;
+    let scale_out: Option<Output<WorkloadKey, ScaleUpForecast>> = if scale_up {
+        let i2 = inbox.clone();
+        rt.follow::<WorkloadKey, WorkloadScale>("umbra.workload.scale", move |s| {
+            i2.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(Input::Scale(s))
+        })
+        .await?;
+        let i3 = inbox.clone();
+        rt.follow::<WorkloadKey, WorkloadRequest>("umbra.workload.requests", move |q| {
+            i3.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(Input::Request(q))
+        })
+        .await?;
+        Some(
+            Output::new(
+                rt.registry.clone(),
+                rt.config.topic("umbra.scaleup.forecasts"),
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    let mut stage = Some(scaleup::Stage::new(settings.scale_up.clone()));
     let s2 = state.clone();
     rt.follow::<EventKey, ExternalEvent>("umbra.events.external", move |e| {
         s2.lock().unwrap_or_else(|p| p.into_inner()).add_event(e)
@@ -120,6 +172,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
         }
         if !rt.readiness.is_ready() {
             continue;
+        }
+        if let Some(out) = &scale_out {
+            step_scale_up(&rt, &inbox, &mut stage, out).await?;
         }
         // Event arrivals refit at once; new data waits for the cadence.
         let due = last_refit.elapsed() >= Duration::from_millis(settings.refit_interval_ms);
@@ -167,6 +222,86 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
             published.insert(fc.workload_id);
         }
         tracing::info!(workloads = published.len(), "forecasts published");
+    }
+    Ok(())
+}
+
+/// An input of the scale-up stage.
+enum Input {
+    Point(UsagePoint),
+    Scale(WorkloadScale),
+    Request(WorkloadRequest),
+}
+
+/// Feeds the stage what arrived, begins it once, scores the steps that are due and publishes
+/// their forecasts (workloads and pools of a step together, acknowledged before the next).
+async fn step_scale_up(
+    rt: &Runtime<Settings>,
+    inbox: &Arc<Mutex<Vec<Input>>>,
+    stage: &mut Option<scaleup::Stage>,
+    out: &Output<WorkloadKey, ScaleUpForecast>,
+) -> Result<(), StreamError> {
+    let inputs = std::mem::take(&mut *inbox.lock().unwrap_or_else(|e| e.into_inner()));
+    let Some(mut st) = stage.take() else {
+        return Ok(());
+    };
+    let now = rt.config.clock.now_ms();
+    let begin = !st.begun();
+    let (st, published) = tokio::task::spawn_blocking(move || {
+        for i in inputs {
+            match i {
+                Input::Point(p) => st.add_point(&p),
+                Input::Scale(s) => st.add_scale(&s),
+                Input::Request(q) => st.add_request(&q),
+            }
+        }
+        let r = (|| {
+            if begin {
+                st.begin(now)?;
+            }
+            st.poll(now)
+        })();
+        (st, r)
+    })
+    .await
+    .map_err(|e| StreamError::Internal(e.to_string()))?;
+    let fits = st.fits();
+    *stage = Some(st);
+    let steps = match published {
+        Ok(s) => s,
+        // The model could not be fitted: say so and keep forecasting demand.
+        Err(e) => {
+            tracing::warn!(error = %e, "scale-up stage failed; its forecasts stop until restart");
+            *stage = None;
+            return Ok(());
+        }
+    };
+    if begin {
+        tracing::info!(fits, "scale-up stage began");
+    }
+    for step in steps {
+        let emits = step
+            .forecasts
+            .iter()
+            .map(|f| {
+                out.record(
+                    &WorkloadKey {
+                        workload_id: f.subject.clone(),
+                    },
+                    f,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        futures::future::try_join_all(
+            emits
+                .iter()
+                .map(|e| send(&rt.producer, e, OwnedHeaders::new())),
+        )
+        .await?;
+        rt.metrics
+            .produced
+            .with_label_values(&[out.topic()])
+            .inc_by(emits.len() as u64);
     }
     Ok(())
 }

@@ -134,6 +134,9 @@ pub struct Core {
 /// keys and still seeded per process (workload ids come from users).
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
+/// Most pool rows the interceptor looks for (`pool/0` up to this, exclusive).
+pub const MAX_POOLS: usize = 64;
+
 /// Command id of the expansion for `request_id`.
 pub fn expand_id(request_id: &str) -> String {
     format!("expand-{request_id}")
@@ -261,8 +264,57 @@ impl Core {
         None
     }
 
-    /// The best healthy, unclaimed shadow of the request's row, if the request matches it.
+    /// The request's own workload's ready shadow if it has one, else the smallest ready slot
+    /// of a pool whose labels it carries and whose slots it fits (docs/scale-up.md).
     fn matching_shadow<'w>(
+        &self,
+        r: &WorkloadRequest,
+        w: &'w World<'_>,
+    ) -> Result<(&'w ShadowEntry, &'w umbra_schemas::ShadowCandidate), String> {
+        let own = match self.own_shadow(r, w) {
+            Ok(hit) => return Ok(hit),
+            Err(why) => why,
+        };
+        self.pool_slot(r, w).ok_or(own)
+    }
+
+    /// The smallest pool slot the request fits, ready and unclaimed. Pools are the rows
+    /// `pool/0`, `pool/1`, ... (one per size class), so they are found without a scan.
+    fn pool_slot<'w>(
+        &self,
+        r: &WorkloadRequest,
+        w: &'w World<'_>,
+    ) -> Option<(&'w ShadowEntry, &'w umbra_schemas::ShadowCandidate)> {
+        let mut best: Option<(&ShadowEntry, &umbra_schemas::ShadowCandidate)> = None;
+        for e in (0..MAX_POOLS).map_while(|c| w.table.get(&umbra_schemas::pool_id(c))) {
+            let Some(labels) = &e.pool_labels else {
+                continue;
+            };
+            if !labels.iter().all(|(k, v)| r.labels.get(k) == Some(v))
+                || !r.resources.fits_within(&e.requirements)
+                || best.is_some_and(|(b, _)| {
+                    (b.requirements.cpu_millicores, b.requirements.memory_bytes)
+                        <= (e.requirements.cpu_millicores, e.requirements.memory_bytes)
+                })
+            {
+                continue;
+            }
+            if let Some(c) = e
+                .candidates
+                .iter()
+                .filter(|c| {
+                    c.status == ShadowStatus::Healthy && !self.claimed.contains_key(&c.shadow_id)
+                })
+                .min_by_key(|c| c.rank)
+            {
+                best = Some((e, c));
+            }
+        }
+        best
+    }
+
+    /// The best healthy, unclaimed shadow of the request's row, if the request matches it.
+    fn own_shadow<'w>(
         &self,
         r: &WorkloadRequest,
         w: &'w World<'_>,

@@ -35,6 +35,7 @@ fn entry(w: &str, hosts: &[&str], size: Resources) -> ShadowEntry {
         .collect();
     ShadowEntry {
         replicas: 1,
+        pool_labels: None,
         workload_id: w.into(),
         version: 7,
         state: ShadowState::Active,
@@ -486,4 +487,108 @@ fn an_abandoned_placement_is_decided_once_by_the_new_owner() {
     let step = new_owner.decide(&r, &env.world());
     assert_eq!(decided(&step).map(|d| d.outcome), Some(Outcome::Standard));
     assert_eq!(env.sim.ledger().held("w"), res(1_000, 1), "placed once");
+}
+
+/// Pool row `pool/<c>` with healthy slots `pool<c>-s<i>` of `size` on `hosts`, created in the
+/// fleet.
+fn stage_pool(env: &mut Env, c: usize, hosts: &[&str], size: Resources) {
+    let id = pool_id(c);
+    let mut e = entry(&id, hosts, size);
+    e.pool_labels = Some(HashMap::new());
+    e.replicas = hosts.len() as i32;
+    for (i, cand) in e.candidates.iter_mut().enumerate() {
+        cand.shadow_id = format!("pool{c}-s{i}");
+    }
+    for (i, h) in hosts.iter().enumerate() {
+        let cmd = FleetCommand {
+            command_id: format!("create-pool{c}-{i}"),
+            kind: FleetCommandKind::CreateShadow,
+            host_id: h.to_string(),
+            target_host_id: None,
+            shadow_id: Some(format!("pool{c}-s{i}")),
+            workload_id: id.clone(),
+            request_id: None,
+            resources: size,
+            issued_at: T0,
+        };
+        for ev in env.sim.execute(&cmd, T0) {
+            env.ledger.apply(&ev);
+        }
+    }
+    env.table.insert(id, e);
+}
+
+fn hit_shadow(step: &Step) -> Option<&str> {
+    decided(step)
+        .filter(|d| d.outcome == Outcome::ShadowHit)
+        .and_then(|d| d.shadow_id.as_deref())
+}
+
+#[test]
+fn a_request_takes_its_own_shadow_first_then_the_smallest_pool_slot_it_fits() {
+    let mut env = Env::new(3, res(16_000, 64));
+    stage_pool(&mut env, 0, &["host-000"], res(500, 1));
+    stage_pool(&mut env, 1, &["host-001", "host-002"], res(1_200, 2));
+    stage_pool(&mut env, 2, &["host-002"], res(4_000, 8));
+    env.table.insert(
+        "w".into(),
+        entry("w", &["host-000", "host-001", "host-002"], res(1_000, 1)),
+    );
+    stage_shadows(&mut env, res(1_000, 1));
+    let mut core = Core::new(Settings::default());
+    // Its own workload's shadow first, though a pool slot would fit.
+    let s = core.decide(&request("r1", "w", res(1_000, 1)), &env.world());
+    assert_eq!(hit_shadow(&s), Some("w-s0"), "{s:?}");
+    env.fleet(&s, false);
+    // Another workload of 1 core: not the 500m slot, the smallest that fits (1.2 cores).
+    let s = core.decide(&request("r2", "other", res(1_000, 1)), &env.world());
+    assert_eq!(hit_shadow(&s), Some("pool1-s0"), "{s:?}");
+    let Step::Decide {
+        claim: Some(claim),
+        command: Some(cmd),
+        ..
+    } = &s
+    else {
+        panic!("a hit claims and expands: {s:?}")
+    };
+    assert_eq!(claim.shadow_id, "pool1-s0");
+    assert_eq!(
+        cmd.workload_id, "other",
+        "the slot becomes the requesting workload"
+    );
+    env.fleet(&s, false);
+    assert_eq!(env.ledger.held("other"), res(1_000, 1));
+    // The next takes the pool's other slot, then the larger class once that one is spent.
+    let s = core.decide(&request("r3", "other", res(1_000, 1)), &env.world());
+    assert_eq!(hit_shadow(&s), Some("pool1-s1"));
+    let s = core.decide(&request("r4", "other", res(1_000, 1)), &env.world());
+    assert_eq!(hit_shadow(&s), Some("pool2-s0"));
+    // Nothing left that fits: standard allocation.
+    let s = core.decide(&request("r5", "other", res(1_000, 1)), &env.world());
+    assert!(matches!(s, Step::Place(_)), "{s:?}");
+}
+
+#[test]
+fn a_pool_slot_serves_only_requests_that_fit_it_and_carry_its_labels() {
+    let mut env = Env::new(3, res(16_000, 64));
+    stage_pool(&mut env, 0, &["host-000"], res(1_200, 2));
+    env.table.get_mut("pool/0").expect("staged").pool_labels =
+        Some(HashMap::from([("tier".to_string(), "web".to_string())]));
+    let mut core = Core::new(Settings::default());
+    let mut web = request("r1", "a", res(1_000, 1));
+    web.labels.insert("tier".into(), "web".into());
+    let big = {
+        let mut r = request("r2", "a", res(1_500, 1));
+        r.labels = web.labels.clone();
+        r
+    };
+    let s = core.decide(&big, &env.world());
+    assert!(matches!(s, Step::Place(_)), "too large for the slot: {s:?}");
+    let s = core.decide(&request("r3", "a", res(1_000, 1)), &env.world());
+    assert!(
+        matches!(s, Step::Place(_)),
+        "without the pool's labels: {s:?}"
+    );
+    let s = core.decide(&web, &env.world());
+    assert_eq!(hit_shadow(&s), Some("pool0-s0"), "{s:?}");
 }

@@ -28,6 +28,7 @@ fn view(cap: i64, used: i64, committed: i64) -> HostView {
 fn entry(w: &str, hosts: &[&str], size: i64) -> ShadowEntry {
     ShadowEntry {
         replicas: 1,
+        pool_labels: None,
         workload_id: w.into(),
         version: 1,
         state: ShadowState::Active,

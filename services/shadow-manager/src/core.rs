@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 use umbra_fleet::{Ledger, ShadowEnd, ShadowHealth};
 use umbra_schemas::{
     Claim, DemandForecast, FleetCommand, FleetCommandKind, HostHealth, HostState, Interval,
-    ReshadowRequest, Resources, ShadowCandidate, ShadowEntry, ShadowState, ShadowStatus,
+    ReshadowRequest, Resources, ScaleUpForecast, ScaleUpSubject, ShadowCandidate, ShadowEntry,
+    ShadowState, ShadowStatus,
 };
 
 /// Which forecast value sizes a shadow.
@@ -91,6 +92,13 @@ pub struct Settings {
     /// `candidates + replicas - 1` shadows on distinct hosts, and as many requests may claim
     /// one each).
     pub max_replicas_per_row: u32,
+    /// Stage workload rows from demand forecasts (the per-workload policy). Pool rows, from
+    /// the scale-up forecasts of pools, are staged either way; `false` leaves only them (the
+    /// pooled policy of docs/scale-up.md).
+    pub workload_rows: bool,
+    /// A pool forecast older than this many of its steps holds no slots (its forecaster has
+    /// stopped), in steps.
+    pub pool_forecast_max_age_steps: i64,
 }
 
 impl Default for Settings {
@@ -113,6 +121,8 @@ impl Default for Settings {
             reconcile_interval_ms: 500,
             replica_shadows: true,
             max_replicas_per_row: 8,
+            workload_rows: true,
+            pool_forecast_max_age_steps: 3,
         }
     }
 }
@@ -432,6 +442,8 @@ pub struct Inputs<'a> {
     pub claims: &'a HashMap<String, Claim>,
     /// Re-shadow requests received since the last pass.
     pub reshadows: &'a [ReshadowRequest],
+    /// Latest scale-up forecast per subject (pools hold slots; workload subjects are ignored).
+    pub scale_ups: &'a HashMap<String, ScaleUpForecast>,
 }
 
 /// A row a pass may rewrite: as it was (none for a new row), as it should be, and why.
@@ -594,10 +606,17 @@ impl Manager {
         for r in inp.reshadows {
             reshadows.entry(r.workload_id.as_str()).or_default().push(r);
         }
+        let workload_rows = self.settings.workload_rows;
         let workloads: std::collections::BTreeSet<String> = inp
             .forecasts
             .keys()
-            .chain(self.table.keys())
+            .filter(|_| workload_rows)
+            .chain(
+                self.table
+                    .iter()
+                    .filter(|(_, e)| e.pool_labels.is_none())
+                    .map(|(k, _)| k),
+            )
             .cloned()
             .collect();
         for w in workloads {
@@ -606,6 +625,7 @@ impl Manager {
             let d = inp
                 .forecasts
                 .get(&w)
+                .filter(|_| workload_rows)
                 .and_then(|f| self.cached_demand(f, &held, replica, now));
             let rs = reshadows.remove(w.as_str()).unwrap_or_default();
             match self.table.get(&w).cloned() {
@@ -619,6 +639,7 @@ impl Manager {
                             predicted_end: d.end,
                             requirements: d.requirement,
                             replicas: d.replicas as i32,
+                            pool_labels: None,
                             candidates: Vec::new(),
                             host_ranking: Vec::new(),
                             reason: String::new(),
@@ -644,6 +665,28 @@ impl Manager {
                         touched.push(t);
                     }
                 }
+            }
+        }
+        let pools: std::collections::BTreeSet<String> = inp
+            .scale_ups
+            .iter()
+            .filter(|(_, f)| f.kind == ScaleUpSubject::Pool)
+            .map(|(k, _)| k)
+            .chain(
+                self.table
+                    .iter()
+                    .filter(|(_, e)| e.pool_labels.is_some())
+                    .map(|(k, _)| k),
+            )
+            .cloned()
+            .collect();
+        for p in pools {
+            let f = inp
+                .scale_ups
+                .get(&p)
+                .filter(|f| f.kind == ScaleUpSubject::Pool);
+            if let Some(t) = self.update_pool(&p, f, inp, &mut slots, &mut out, new_id) {
+                touched.push(t);
             }
         }
         // Ranks and headroom are computed once every placement of the pass is known, so that
@@ -691,64 +734,7 @@ impl Manager {
         let mut e = old.clone();
         let mut reasons: Vec<String> = Vec::new();
         let mut avoid: HashSet<String> = HashSet::new();
-        // What the fleet and the interceptor say about each shadow.
-        let size = e.requirements;
-        for c in &mut e.candidates {
-            let was = c.status;
-            if let Some(claim) = inp.claims.get(&c.shadow_id) {
-                if was != ShadowStatus::Claimed {
-                    c.status = ShadowStatus::Claimed;
-                    reasons.push(format!("claimed by request {}", claim.request_id));
-                }
-                continue;
-            }
-            if was == ShadowStatus::Claimed {
-                continue;
-            }
-            match (
-                inp.ledger.shadow(&c.shadow_id),
-                inp.ledger.ended(&c.shadow_id),
-            ) {
-                (Some(r), _) => {
-                    c.status = match r.health {
-                        ShadowHealth::Created => ShadowStatus::Requested,
-                        ShadowHealth::Healthy => ShadowStatus::Healthy,
-                        ShadowHealth::Unhealthy => ShadowStatus::Unhealthy,
-                    };
-                    if r.host_id != c.host_id {
-                        c.host_id = r.host_id.clone();
-                    }
-                }
-                (None, Some(ShadowEnd::Expanded)) => c.status = ShadowStatus::Claimed,
-                (None, Some(ShadowEnd::Released)) => c.status = ShadowStatus::Released,
-                (None, Some(ShadowEnd::Failed(why) | ShadowEnd::Refused(why))) => {
-                    c.status = ShadowStatus::Failed;
-                    reasons.push(format!("shadow on {} failed: {why}", c.host_id));
-                    avoid.insert(c.host_id.clone());
-                }
-                (None, None) => {
-                    // Not answered yet: send again after the timeout, give up after the limit.
-                    let cid = create_id(&c.shadow_id);
-                    if inp.ledger.answered(&cid) || !self.due(&cid, now) {
-                        continue;
-                    }
-                    let attempts = self.sent.get(&cid).map_or(0, |s| s.1);
-                    let kind = if attempts >= self.settings.max_command_attempts {
-                        c.status = ShadowStatus::Failed;
-                        reasons.push(format!(
-                            "no answer from {} after {attempts} attempts",
-                            c.host_id
-                        ));
-                        avoid.insert(c.host_id.clone());
-                        FleetCommandKind::ReleaseShadow
-                    } else {
-                        FleetCommandKind::CreateShadow
-                    };
-                    let cmd = self.command(kind, &c.shadow_id, &c.host_id, &w, size, now);
-                    out.push(cmd);
-                }
-            }
-        }
+        self.observe_candidates(&mut e, inp, out, &mut reasons, &mut avoid);
         // Once a claimed shadow has become the workload, what the workload holds includes it
         // (the demand above was computed from that): the claimed candidate leaves the row,
         // and the others stay staged if the forecast still asks for more (a workload scaling
@@ -881,6 +867,201 @@ impl Manager {
         Some((Some(old), e, reasons))
     }
 
+    /// What the fleet and the interceptor say about each shadow of `e`: statuses, failures
+    /// (their hosts avoided), and creations re-sent after the timeout or given up.
+    fn observe_candidates(
+        &mut self,
+        e: &mut ShadowEntry,
+        inp: &Inputs<'_>,
+        out: &mut Vec<Action>,
+        reasons: &mut Vec<String>,
+        avoid: &mut HashSet<String>,
+    ) {
+        let now = inp.now;
+        let size = e.requirements;
+        let w = e.workload_id.clone();
+        for c in &mut e.candidates {
+            let was = c.status;
+            if let Some(claim) = inp.claims.get(&c.shadow_id) {
+                if was != ShadowStatus::Claimed {
+                    c.status = ShadowStatus::Claimed;
+                    reasons.push(format!("claimed by request {}", claim.request_id));
+                }
+                continue;
+            }
+            if was == ShadowStatus::Claimed {
+                continue;
+            }
+            match (
+                inp.ledger.shadow(&c.shadow_id),
+                inp.ledger.ended(&c.shadow_id),
+            ) {
+                (Some(r), _) => {
+                    c.status = match r.health {
+                        ShadowHealth::Created => ShadowStatus::Requested,
+                        ShadowHealth::Healthy => ShadowStatus::Healthy,
+                        ShadowHealth::Unhealthy => ShadowStatus::Unhealthy,
+                    };
+                    if r.host_id != c.host_id {
+                        c.host_id = r.host_id.clone();
+                    }
+                }
+                (None, Some(ShadowEnd::Expanded)) => c.status = ShadowStatus::Claimed,
+                (None, Some(ShadowEnd::Released)) => c.status = ShadowStatus::Released,
+                (None, Some(ShadowEnd::Failed(why) | ShadowEnd::Refused(why))) => {
+                    c.status = ShadowStatus::Failed;
+                    reasons.push(format!("shadow on {} failed: {why}", c.host_id));
+                    avoid.insert(c.host_id.clone());
+                }
+                (None, None) => {
+                    // Not answered yet: send again after the timeout, give up after the limit.
+                    let cid = create_id(&c.shadow_id);
+                    if inp.ledger.answered(&cid) || !self.due(&cid, now) {
+                        continue;
+                    }
+                    let attempts = self.sent.get(&cid).map_or(0, |s| s.1);
+                    let kind = if attempts >= self.settings.max_command_attempts {
+                        c.status = ShadowStatus::Failed;
+                        reasons.push(format!(
+                            "no answer from {} after {attempts} attempts",
+                            c.host_id
+                        ));
+                        avoid.insert(c.host_id.clone());
+                        FleetCommandKind::ReleaseShadow
+                    } else {
+                        FleetCommandKind::CreateShadow
+                    };
+                    let cmd = self.command(kind, &c.shadow_id, &c.host_id, &w, size, now);
+                    out.push(cmd);
+                }
+            }
+        }
+    }
+
+    /// One pool row: as many live slots as the pool's forecast holds for its step (the newest
+    /// released first when it wants fewer, so slots keep their identity), claimed slots
+    /// dropped once they are workloads, and the row deleted when it holds nothing.
+    fn update_pool(
+        &mut self,
+        id: &str,
+        f: Option<&ScaleUpForecast>,
+        inp: &Inputs<'_>,
+        slots: &mut BTreeMap<String, HostSlot>,
+        out: &mut Vec<Action>,
+        new_id: &mut dyn FnMut(&str, &str) -> String,
+    ) -> Option<Touched> {
+        let now = inp.now;
+        let fresh = f.filter(|f| {
+            let step = i64::from(f.step_seconds.max(1)) * 1000;
+            now < f.step_start + step * self.settings.pool_forecast_max_age_steps.max(1)
+        });
+        let want = fresh.map_or(0, |f| f.slots.max(0) as usize);
+        let old = self.table.get(id).cloned();
+        let mut e = match (&old, fresh) {
+            (Some(o), _) => o.clone(),
+            (None, Some(f)) if want > 0 => ShadowEntry {
+                workload_id: id.to_string(),
+                version: now.max(1),
+                state: ShadowState::Pending,
+                predicted_start: f.step_start,
+                predicted_end: f.step_start + i64::from(f.step_seconds) * 1000,
+                requirements: f.size,
+                candidates: Vec::new(),
+                host_ranking: Vec::new(),
+                reason: String::new(),
+                updated_at: now,
+                replicas: 0,
+                pool_labels: Some(f.labels.clone()),
+            },
+            _ => return None,
+        };
+        let mut reasons = Vec::new();
+        let mut avoid = HashSet::new();
+        self.observe_candidates(&mut e, inp, out, &mut reasons, &mut avoid);
+        let before = e.candidates.len();
+        e.candidates.retain(|c| {
+            (is_live(c.status) || c.status == ShadowStatus::Claimed)
+                && !matches!(inp.ledger.ended(&c.shadow_id), Some(ShadowEnd::Expanded))
+        });
+        if e.candidates.len() < before {
+            reasons.push("claimed slots became workloads".into());
+        }
+        let release =
+            |m: &mut Self, c: &ShadowCandidate, size: Resources, out: &mut Vec<Action>| {
+                let a = m.command(
+                    FleetCommandKind::ReleaseShadow,
+                    &c.shadow_id,
+                    &c.host_id,
+                    id,
+                    size,
+                    now,
+                );
+                out.push(a);
+            };
+        if let Some(f) = fresh {
+            if f.size != e.requirements {
+                let size = e.requirements;
+                let (gone, kept): (Vec<_>, Vec<_>) =
+                    e.candidates.drain(..).partition(|c| is_live(c.status));
+                for c in &gone {
+                    release(self, c, size, out);
+                }
+                e.candidates = kept;
+                reasons.push(format!(
+                    "slot resized from {}m to {}m",
+                    size.cpu_millicores, f.size.cpu_millicores
+                ));
+                e.requirements = f.size;
+            }
+            e.pool_labels = Some(f.labels.clone());
+            e.predicted_start = f.step_start;
+            e.predicted_end = f.step_start + i64::from(f.step_seconds) * 1000;
+        }
+        let live: Vec<usize> = (0..e.candidates.len())
+            .filter(|k| is_live(e.candidates[*k].status))
+            .collect();
+        if live.len() > want {
+            let size = e.requirements;
+            for k in live[want..].iter().rev() {
+                let c = e.candidates.remove(*k);
+                release(self, &c, size, out);
+            }
+            reasons.push(format!("{want} slots held"));
+        } else if live.len() < want {
+            let mut staged = 0;
+            for _ in live.len()..want {
+                let Some((h, _)) = choose_hosts(slots, &e.requirements, 1, &avoid).pop() else {
+                    reasons.push(format!(
+                        "{} of {want} slots: no host can hold {}m CPU, {} B memory",
+                        live.len() + staged,
+                        e.requirements.cpu_millicores,
+                        e.requirements.memory_bytes
+                    ));
+                    break;
+                };
+                self.add_candidate(&mut e, &h, slots, out, new_id, now);
+                staged += 1;
+            }
+            reasons.push(format!("{want} slots held"));
+        }
+        e.replicas = want as i32;
+        if e.candidates.is_empty() && want == 0 {
+            self.table.remove(id);
+            out.push(Action::Delete(id.to_string()));
+            return None;
+        }
+        e.state = if e
+            .candidates
+            .iter()
+            .any(|c| c.status == ShadowStatus::Healthy)
+        {
+            ShadowState::Active
+        } else {
+            ShadowState::Pending
+        };
+        Some((old, e, reasons))
+    }
+
     fn materially_changed(a: &ShadowEntry, b: &ShadowEntry) -> bool {
         a.state != b.state
             || a.replicas != b.replicas
@@ -972,12 +1153,16 @@ impl Manager {
             c.health_score = ((score * status_factor(c.status)) * 1000.0).round() / 1000.0;
             c.headroom = (head * 1000.0).round() / 1000.0;
         }
-        e.candidates.sort_by(|a, b| {
-            b.health_score
-                .total_cmp(&a.health_score)
-                .then(b.headroom.total_cmp(&a.headroom))
-                .then_with(|| a.host_id.cmp(&b.host_id))
-        });
+        // A pool's slots are interchangeable: they keep the order they were staged in (the
+        // newest go first when the pool shrinks).
+        if e.pool_labels.is_none() {
+            e.candidates.sort_by(|a, b| {
+                b.health_score
+                    .total_cmp(&a.health_score)
+                    .then(b.headroom.total_cmp(&a.headroom))
+                    .then_with(|| a.host_id.cmp(&b.host_id))
+            });
+        }
         for (i, c) in e.candidates.iter_mut().enumerate() {
             c.rank = i as i32;
         }

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use umbra_fleet::Ledger;
 use umbra_schemas::{
     Claim, DemandForecast, FleetCommand, FleetEvent, HostKey, HostState, ReshadowRequest,
-    ShadowEntry, WorkloadKey,
+    ScaleUpForecast, ShadowEntry, WorkloadKey,
 };
 use umbra_stream::config::ServiceConfig;
 use umbra_stream::processor::{send, Output};
@@ -69,6 +69,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
         .table::<WorkloadKey, DemandForecast>("umbra.forecasts")
         .await?;
     let host_state = rt.table::<HostKey, HostState>("umbra.host.state").await?;
+    let scale_ups = rt
+        .table::<WorkloadKey, ScaleUpForecast>("umbra.scaleup.forecasts")
+        .await?;
     // The latest forecast's trace context per workload: the pass's writes for a workload
     // continue the trace of the forecast they follow from.
     let parents: Arc<Mutex<HashMap<String, String>>> = Arc::default();
@@ -149,6 +152,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
         let actions = {
             let forecasts = forecasts.read();
             let hosts = host_state.read();
+            let pools = scale_ups.read();
             let mut folded = folded.lock().unwrap_or_else(|p| p.into_inner());
             let reshadows = std::mem::take(&mut folded.reshadows);
             let inputs = Inputs {
@@ -158,6 +162,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
                 ledger: &folded.ledger,
                 claims: &folded.claims,
                 reshadows: &reshadows,
+                scale_ups: pools.rows(),
             };
             manager.reconcile(&inputs, &mut |_, _| uuid::Uuid::new_v4().to_string())
         };

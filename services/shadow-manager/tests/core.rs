@@ -6,8 +6,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use proptest::prelude::*;
 use umbra_fleet::{Ledger, SimSettings, Simulator};
 use umbra_schemas::{
-    Claim, DemandForecast, FleetEvent, ForecastPoint, Horizon, HorizonForecast, HostHealth,
-    HostState, Interval, ReshadowRequest, Resources, ShadowState, ShadowStatus,
+    Claim, DemandForecast, FleetCommand, FleetCommandKind, FleetEvent, ForecastPoint, Horizon,
+    HorizonForecast, HostHealth, HostState, Interval, ReshadowRequest, Resources, ScaleUpForecast,
+    ScaleUpSubject, ShadowState, ShadowStatus,
 };
 use umbra_shadow_manager::core::{choose_hosts, demand, host_slots, HostSlot};
 use umbra_shadow_manager::{Action, Inputs, Manager, Settings};
@@ -187,7 +188,7 @@ proptest! {
         let plan = |ledger: &Ledger| {
             let mut m = Manager::new(settings.clone(), HashMap::new());
             let actions = m.reconcile(
-                &Inputs { now: T0, forecasts: &forecasts, host_state: &states, ledger, claims: &HashMap::new(), reshadows: &[] },
+                &Inputs { now: T0, forecasts: &forecasts, host_state: &states, ledger, claims: &HashMap::new(), reshadows: &[], scale_ups: &HashMap::new() },
                 &mut counter_ids(),
             );
             (m.table().clone(), actions)
@@ -237,6 +238,7 @@ struct World {
     duplicate_every: usize,
     commands_seen: usize,
     reshadows: Vec<ReshadowRequest>,
+    scale_ups: HashMap<String, ScaleUpForecast>,
 }
 
 impl World {
@@ -277,6 +279,7 @@ impl World {
             duplicate_every: 0,
             commands_seen: 0,
             reshadows: Vec::new(),
+            scale_ups: HashMap::new(),
         }
     }
 
@@ -298,6 +301,7 @@ impl World {
                 ledger: &self.ledger,
                 claims: &self.claims,
                 reshadows: &reshadows,
+                scale_ups: &self.scale_ups,
             },
             &mut self.ids,
         );
@@ -632,4 +636,131 @@ fn reshadow_requests_move_a_shadow_once() {
     // The same request again (a replay after a restart) changes nothing.
     w.reshadows.push(request);
     assert!(w.step().is_empty());
+}
+
+fn pool_forecast(slots: i32, size: Resources, step_start: i64) -> ScaleUpForecast {
+    ScaleUpForecast {
+        subject: "pool/0".into(),
+        kind: ScaleUpSubject::Pool,
+        step_start,
+        step_seconds: 300,
+        generated_at: step_start,
+        at_least: vec![0.9; slots.max(0) as usize],
+        size,
+        labels: HashMap::new(),
+        members: vec!["w0".into(), "w1".into()],
+        threshold: 0.01,
+        slots,
+    }
+}
+
+fn pooled_world() -> World {
+    let mut w = World::new(4, 0);
+    w.manager = Manager::new(
+        Settings {
+            workload_rows: false,
+            command_timeout_ms: 5_000,
+            ..Settings::default()
+        },
+        HashMap::new(),
+    );
+    w
+}
+
+fn slot_ids(w: &World) -> Vec<String> {
+    w.manager.table()["pool/0"]
+        .candidates
+        .iter()
+        .filter(|c| c.status != ShadowStatus::Claimed)
+        .map(|c| c.shadow_id.clone())
+        .collect()
+}
+
+#[test]
+fn a_pool_row_holds_the_slots_its_forecast_asks_and_keeps_their_identity() {
+    let mut w = pooled_world();
+    w.scale_ups
+        .insert("pool/0".into(), pool_forecast(3, res(1_200, 2), T0));
+    w.run(5);
+    let e = &w.manager.table()["pool/0"];
+    assert!(e.pool_labels.is_some(), "a pool row: {e:?}");
+    assert_eq!(e.replicas, 3);
+    assert_eq!(w.healthy("pool/0"), 3);
+    assert_eq!(w.sim.ledger().shadows().len(), 3);
+    let first = slot_ids(&w);
+    // Fewer wanted: the newest go, the others stay as they were (not re-staged).
+    w.scale_ups.insert(
+        "pool/0".into(),
+        pool_forecast(1, res(1_200, 2), T0 + 300_000),
+    );
+    w.run(3);
+    assert_eq!(slot_ids(&w), first[..1].to_vec());
+    assert_eq!(w.sim.ledger().shadows().len(), 1);
+    // More again: the kept slot stays, new ones join it.
+    w.scale_ups.insert(
+        "pool/0".into(),
+        pool_forecast(2, res(1_200, 2), T0 + 600_000),
+    );
+    w.run(3);
+    let now = slot_ids(&w);
+    assert_eq!(now.len(), 2);
+    assert_eq!(now[0], first[0]);
+    assert_eq!(w.healthy("pool/0"), 2);
+}
+
+#[test]
+fn a_claimed_slot_becomes_the_workload_and_is_refilled() {
+    let mut w = pooled_world();
+    w.scale_ups
+        .insert("pool/0".into(), pool_forecast(2, res(1_200, 2), T0));
+    w.run(5);
+    let taken = w.manager.table()["pool/0"].candidates[0].clone();
+    // A request of another workload takes the slot, as the interceptor does.
+    w.claims.insert(
+        taken.shadow_id.clone(),
+        Claim {
+            shadow_id: taken.shadow_id.clone(),
+            workload_id: "w7".into(),
+            request_id: "r1".into(),
+            host_id: taken.host_id.clone(),
+            entry_version: 1,
+            claimed_at: w.now,
+        },
+    );
+    let expand = FleetCommand {
+        command_id: "expand-r1".into(),
+        kind: FleetCommandKind::ExpandShadow,
+        host_id: taken.host_id.clone(),
+        target_host_id: None,
+        shadow_id: Some(taken.shadow_id.clone()),
+        workload_id: "w7".into(),
+        request_id: Some("r1".into()),
+        resources: res(1_000, 2),
+        issued_at: w.now,
+    };
+    let ev = w.sim.execute(&expand, w.now);
+    assert!(
+        ev.iter()
+            .any(|e| e.kind == umbra_schemas::FleetEventKind::Expanded),
+        "the fleet expands a pool slot into any workload: {ev:?}"
+    );
+    w.deliver(ev);
+    w.run(5);
+    let e = &w.manager.table()["pool/0"];
+    assert!(e.candidates.iter().all(|c| c.shadow_id != taken.shadow_id));
+    assert_eq!(w.healthy("pool/0"), 2, "refilled: {e:?}");
+    assert_eq!(w.sim.ledger().held("w7"), res(1_000, 2));
+}
+
+#[test]
+fn a_stale_pool_forecast_holds_nothing_and_its_row_goes() {
+    let mut w = pooled_world();
+    w.scale_ups
+        .insert("pool/0".into(), pool_forecast(2, res(1_200, 2), T0));
+    w.run(5);
+    assert_eq!(w.healthy("pool/0"), 2);
+    // Three steps without a newer forecast: its forecaster has stopped.
+    w.run(15 * 60);
+    assert!(!w.manager.table().contains_key("pool/0"));
+    assert!(w.sim.ledger().shadows().is_empty());
 }
