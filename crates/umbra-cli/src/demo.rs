@@ -463,7 +463,7 @@ fn service_config(
         ),
         // The pooled policy only: pool rows from the scale-up forecasts.
         "shadow-manager" => format!(
-            "[service]\nworkload_rows = false\ncandidates = {}\nquantile = \"{}\"\nlead_time_ms = 1800000\nrelease_grace_ms = 600000\ncommand_timeout_ms = {}\nreconcile_interval_ms = 100\n",
+            "[service]\nworkload_rows = false\npool_forecast_max_age_steps = 288\ncandidates = {}\nquantile = \"{}\"\nlead_time_ms = 1800000\nrelease_grace_ms = 600000\ncommand_timeout_ms = {}\nreconcile_interval_ms = 100\n",
             a.candidates,
             match a.quantile.as_str() {
                 "upper95" => "upper95",

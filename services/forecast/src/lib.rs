@@ -168,7 +168,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {}
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            // The scale-up stage scores each step as soon as its inputs are in.
+            _ = tokio::time::sleep(Duration::from_millis(if scale_up { 50 } else { 200 })) => {}
         }
         if !rt.readiness.is_ready() {
             continue;

@@ -134,8 +134,9 @@ pub struct Core {
 /// keys and still seeded per process (workload ids come from users).
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-/// Most pool rows the interceptor looks for (`pool/0` up to this, exclusive).
-pub const MAX_POOLS: usize = 64;
+/// Most pool rows the interceptor looks for (`pool/0` up to this, exclusive; a pool holding no
+/// slots has no row, so every id is tried).
+pub const MAX_POOLS: usize = 16;
 
 /// Command id of the expansion for `request_id`.
 pub fn expand_id(request_id: &str) -> String {
@@ -279,14 +280,14 @@ impl Core {
     }
 
     /// The smallest pool slot the request fits, ready and unclaimed. Pools are the rows
-    /// `pool/0`, `pool/1`, ... (one per size class), so they are found without a scan.
+    /// `pool/0`, `pool/1`, ... (one per size class), so they are found by key, without a scan.
     fn pool_slot<'w>(
         &self,
         r: &WorkloadRequest,
         w: &'w World<'_>,
     ) -> Option<(&'w ShadowEntry, &'w umbra_schemas::ShadowCandidate)> {
         let mut best: Option<(&ShadowEntry, &umbra_schemas::ShadowCandidate)> = None;
-        for e in (0..MAX_POOLS).map_while(|c| w.table.get(&umbra_schemas::pool_id(c))) {
+        for e in (0..MAX_POOLS).filter_map(|c| w.table.get(&umbra_schemas::pool_id(c))) {
             let Some(labels) = &e.pool_labels else {
                 continue;
             };

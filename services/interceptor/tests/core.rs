@@ -571,8 +571,9 @@ fn a_request_takes_its_own_shadow_first_then_the_smallest_pool_slot_it_fits() {
 #[test]
 fn a_pool_slot_serves_only_requests_that_fit_it_and_carry_its_labels() {
     let mut env = Env::new(3, res(16_000, 64));
-    stage_pool(&mut env, 0, &["host-000"], res(1_200, 2));
-    env.table.get_mut("pool/0").expect("staged").pool_labels =
+    // Only the third class holds slots: smaller classes without slots have no row.
+    stage_pool(&mut env, 2, &["host-000"], res(1_200, 2));
+    env.table.get_mut("pool/2").expect("staged").pool_labels =
         Some(HashMap::from([("tier".to_string(), "web".to_string())]));
     let mut core = Core::new(Settings::default());
     let mut web = request("r1", "a", res(1_000, 1));
@@ -590,5 +591,5 @@ fn a_pool_slot_serves_only_requests_that_fit_it_and_carry_its_labels() {
         "without the pool's labels: {s:?}"
     );
     let s = core.decide(&web, &env.world());
-    assert_eq!(hit_shadow(&s), Some("pool0-s0"), "{s:?}");
+    assert_eq!(hit_shadow(&s), Some("pool2-s0"), "{s:?}");
 }

@@ -96,8 +96,8 @@ pub struct Settings {
     /// the scale-up forecasts of pools, are staged either way; `false` leaves only them (the
     /// pooled policy of docs/scale-up.md).
     pub workload_rows: bool,
-    /// A pool forecast older than this many of its steps holds no slots (its forecaster has
-    /// stopped), in steps.
+    /// A pool forecast whose step began more than this many steps ago holds no slots (its
+    /// forecaster has stopped, or lags that far), in steps.
     pub pool_forecast_max_age_steps: i64,
 }
 
@@ -122,7 +122,7 @@ impl Default for Settings {
             replica_shadows: true,
             max_replicas_per_row: 8,
             workload_rows: true,
-            pool_forecast_max_age_steps: 3,
+            pool_forecast_max_age_steps: 12,
         }
     }
 }

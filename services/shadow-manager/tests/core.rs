@@ -759,8 +759,8 @@ fn a_stale_pool_forecast_holds_nothing_and_its_row_goes() {
         .insert("pool/0".into(), pool_forecast(2, res(1_200, 2), T0));
     w.run(5);
     assert_eq!(w.healthy("pool/0"), 2);
-    // Three steps without a newer forecast: its forecaster has stopped.
-    w.run(15 * 60);
+    // Twelve steps without a newer forecast: its forecaster has stopped.
+    w.run(60 * 60);
     assert!(!w.manager.table().contains_key("pool/0"));
     assert!(w.sim.ledger().shadows().is_empty());
 }
