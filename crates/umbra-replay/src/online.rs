@@ -92,7 +92,7 @@ impl Scorer {
     /// grown, as before); refits first when a refit is due.
     pub fn score(&mut self, trace: &StepTrace, i: usize) -> Result<StepScore, ScaleUpError> {
         let every = self.settings.refit_every_steps.max(1);
-        if i >= self.warm_from && (i - self.warm_from) % every == 0 {
+        if i >= self.warm_from && (i - self.warm_from).is_multiple_of(every) {
             match ScaleUpModel::fit(trace, 0..i, &self.settings.model) {
                 Ok(m) => {
                     self.tails = (0..trace.workloads()).map(|w| *m.tail(w)).collect();
@@ -168,7 +168,7 @@ impl SlotRule {
             TradeOff::MissCost(cost) => trace.step_s as f64 / cost.max(1e-9),
             TradeOff::Budget(budget) => {
                 let period = self.settings.refit_every_steps.max(1);
-                if (i - from) % period == 0 || self.thresholds.is_empty() {
+                if (i - from).is_multiple_of(period) || self.thresholds.is_empty() {
                     let timeline = trace.slice(warm_from..(warm_from + i).min(trace.steps()));
                     Calibration {
                         classes,

@@ -35,9 +35,9 @@ fn trace(days: usize) -> StepTrace {
         running: vec![vec![0; steps]; 3],
     };
     for i in 0..steps {
-        for w in 0..3 {
+        for (w, size) in sizes.iter().enumerate() {
             let busy = (i % 288 + 41 * w) % 72 < 3;
-            t.cpu[w][i] = if busy { 1.4 } else { 0.5 } * sizes[w];
+            t.cpu[w][i] = if busy { 1.4 } else { 0.5 } * size;
             t.running[w][i] = 1 + u32::from(busy);
             if busy && (i * 5 + w) % 4 != 0 {
                 t.ups[w][i] = 1 + ((i + w) % 3 == 0) as u32;

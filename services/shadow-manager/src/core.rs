@@ -1028,8 +1028,7 @@ impl Manager {
             }
             reasons.push(format!("{want} slots held"));
         } else if live.len() < want {
-            let mut staged = 0;
-            for _ in live.len()..want {
+            for staged in 0..want - live.len() {
                 let Some((h, _)) = choose_hosts(slots, &e.requirements, 1, &avoid).pop() else {
                     reasons.push(format!(
                         "{} of {want} slots: no host can hold {}m CPU, {} B memory",
@@ -1040,7 +1039,6 @@ impl Manager {
                     break;
                 };
                 self.add_candidate(&mut e, &h, slots, out, new_id, now);
-                staged += 1;
             }
             reasons.push(format!("{want} slots held"));
         }
