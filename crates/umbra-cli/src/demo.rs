@@ -163,6 +163,16 @@ struct Plan {
     history_start_ms: i64,
 }
 
+impl Plan {
+    /// How workload `id` is served.
+    fn model_of(&self, id: &str) -> Option<&ReplicaModel> {
+        self.ids
+            .iter()
+            .position(|x| x == id)
+            .map(|k| &self.models[k])
+    }
+}
+
 fn plan(a: &ReplayArgs) -> anyhow::Result<Plan> {
     if a.vms == 0 || a.history_days < 1.0 || a.live_days <= 0.0 || a.live_minutes <= 0.0 {
         bail!("--vms must be positive, --history-days at least 1, --live-days and --live-minutes positive");
@@ -216,16 +226,7 @@ fn plan(a: &ReplayArgs) -> anyhow::Result<Plan> {
     if a.hosts > 0 {
         fleet.hosts = a.hosts;
     }
-    let traces = umbra_replay::TracePlan::load(
-        &a.data,
-        a.vms,
-        a.seed,
-        a.from_day,
-        a.history_days,
-        a.live_days,
-    )
-    .with_context(|| format!("reading {}", a.data.display()))?
-    .step_traces();
+    let traces = trace_plan(a)?.step_traces();
     Ok(Plan {
         traces,
         history_start_ms: t0 * 1000,
@@ -498,7 +499,7 @@ fn scale_emits(
 ) -> anyhow::Result<Vec<Emit>> {
     let mut emits = Vec::new();
     for (w, id) in trace.ids.iter().enumerate() {
-        let Some(m) = p.ids.iter().position(|x| x == id).map(|k| &p.models[k]) else {
+        let Some(m) = p.model_of(id) else {
             continue;
         };
         for i in range.clone() {
@@ -666,12 +667,9 @@ pub async fn run(a: ReplayArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The offline sweep of the same plan: prints umbra against the static pools per budget.
-fn offline_sweep(a: &ReplayArgs) -> anyhow::Result<(String, umbra_replay::sweep::SweepResult)> {
-    if a.budgets.is_empty() || a.budgets.iter().any(|b| b.is_nan() || *b <= 0.0) {
-        bail!("--budgets must be positive shares of used CPU");
-    }
-    let plan = umbra_replay::TracePlan::load(
+/// The replay's plan as the offline core reads it (the same VMs, days and replica sizes).
+fn trace_plan(a: &ReplayArgs) -> anyhow::Result<umbra_replay::TracePlan> {
+    umbra_replay::TracePlan::load(
         &a.data,
         a.vms,
         a.seed,
@@ -679,7 +677,15 @@ fn offline_sweep(a: &ReplayArgs) -> anyhow::Result<(String, umbra_replay::sweep:
         a.history_days,
         a.live_days,
     )
-    .with_context(|| format!("reading {}", a.data.display()))?;
+    .with_context(|| format!("reading {}", a.data.display()))
+}
+
+/// The offline sweep of the same plan: prints umbra against the static pools per budget.
+fn offline_sweep(a: &ReplayArgs) -> anyhow::Result<(String, umbra_replay::sweep::SweepResult)> {
+    if a.budgets.is_empty() || a.budgets.iter().any(|b| b.is_nan() || *b <= 0.0) {
+        bail!("--budgets must be positive shares of used CPU");
+    }
+    let plan = trace_plan(a)?;
     let (history, live) = plan.step_traces();
     let settings = umbra_replay::sweep::SweepSettings {
         budgets: a.budgets.clone(),
@@ -909,7 +915,7 @@ async fn evaluate(
     )?;
     let mut history_requests = 0;
     for (w, id) in hist.ids.iter().enumerate() {
-        let Some(m) = p.ids.iter().position(|x| x == id).map(|k| &p.models[k]) else {
+        let Some(m) = p.model_of(id) else {
             continue;
         };
         for (i, n) in hist.ups[w].iter().enumerate() {
