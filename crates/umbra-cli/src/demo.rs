@@ -47,6 +47,8 @@ use umbra_stream::reader::{RawRecord, RestoringReader};
 use umbra_stream::registry::{HttpRegistry, SchemaRegistry};
 
 const STEP_S: i64 = 300;
+/// The longest a lockstep barrier may take (the scale-up stage's first fit is the slowest).
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(600);
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
 /// Arguments of `umbra replay`.
@@ -73,9 +75,16 @@ pub struct ReplayArgs {
     /// Days replayed live.
     #[arg(long, default_value_t = 7.0)]
     pub live_days: f64,
-    /// Wall-clock minutes the live days take.
+    /// Wall-clock minutes the live days take, with `--realtime`.
     #[arg(long, default_value_t = 4.0)]
     pub live_minutes: f64,
+    /// Replay in compressed real time, as before lockstep: the trace clock runs the live days
+    /// in `--live-minutes` of wall time and decisions fall behind as far as the machine makes
+    /// them (reported in trace minutes). Without it the replay runs in lockstep: each step's
+    /// inputs go out only once the pipeline has settled on the step before, so the result
+    /// does not depend on the machine (docs/replay.md).
+    #[arg(long)]
+    pub realtime: bool,
     /// Hosts in the simulated fleet (0: enough for the busiest hour at 60%).
     #[arg(long, default_value_t = 0)]
     pub hosts: usize,
@@ -240,7 +249,12 @@ fn plan(a: &ReplayArgs) -> anyhow::Result<Plan> {
         fleet,
         live_start_ms: live_start * 1000,
         steps,
-        speed: a.live_days * 86_400.0 / (a.live_minutes * 60.0),
+        // In lockstep the trace waits for the pipeline: no compression to speak of.
+        speed: if a.realtime {
+            a.live_days * 86_400.0 / (a.live_minutes * 60.0)
+        } else {
+            1.0
+        },
     })
 }
 
@@ -248,6 +262,8 @@ fn plan(a: &ReplayArgs) -> anyhow::Result<Plan> {
 #[derive(Default)]
 struct Observed {
     ledger: Ledger,
+    /// Shadows the fleet failed to make room for a standard placement.
+    preempted: usize,
     decisions: HashMap<String, Vec<AllocationDecision>>,
     forecasts: ForecastLog,
     forecasted: HashSet<String>,
@@ -425,20 +441,30 @@ fn service_config(
     prefix: &str,
     clock: &ClockSettings,
 ) -> String {
-    let trace_ms = |wall_ms: f64| (wall_ms * p.speed).round() as i64;
-    let wall_ms = |trace_ms: f64| ((trace_ms / p.speed).round() as i64).max(20);
+    // Durations in trace time: in real time, a few wall seconds at the replay's speed; in
+    // lockstep the clock stands while the pipeline works, so only trace time matters.
+    let lockstep = clock.driven;
+    let trace_ms = |wall_ms: f64, lockstep_ms: i64| {
+        if lockstep {
+            lockstep_ms
+        } else {
+            (wall_ms * p.speed).round() as i64
+        }
+    };
     let common = format!(
-        "topic_prefix = \"{prefix}\"\nshutdown_grace_ms = 10000\n[kafka]\nbootstrap_servers = \"{bootstrap}\"\n[kafka.properties]\n\"fetch.wait.max.ms\" = \"10\"\n[registry]\nurl = \"{registry}\"\n[clock]\nspeed = {}\norigin_wall_ms = {}\norigin_trace_ms = {}\n",
-        clock.speed, clock.origin_wall_ms, clock.origin_trace_ms
+        "topic_prefix = \"{prefix}\"\nshutdown_grace_ms = 10000\n[kafka]\nbootstrap_servers = \"{bootstrap}\"\n[kafka.properties]\n\"fetch.wait.max.ms\" = \"10\"\n[registry]\nurl = \"{registry}\"\n[clock]\nspeed = {}\norigin_wall_ms = {}\norigin_trace_ms = {}\ndriven = {}\n",
+        clock.speed, clock.origin_wall_ms, clock.origin_trace_ms, clock.driven
     );
+    let ready_ms = (a.startup_s * 1000.0) as i64;
     // Durations a service compares with record times are trace time; timers are wall time.
     let service = match name {
         "fleet-sim" => format!(
             "[service]\nhosts = {}\nworkload_start_delay_ms = {}\nshadow_ready_delay_ms = {}\nmetrics_interval_ms = {}\n[service.host_capacity]\ncpu_millicores = {}\nmemory_bytes = {}\ndisk_io_bytes_per_s = {}\n[service.faults]\nseed = {}\n",
             p.fleet.hosts,
             (a.startup_s * 1000.0) as i64,
-            trace_ms(200.0).min(60_000),
-            2_000,
+            trace_ms(200.0, ready_ms).min(60_000),
+            // Host metrics once a step (lockstep: the clock's step; real time: wall seconds).
+            if lockstep { STEP_S * 1000 } else { 2_000 },
             p.fleet.cpu_millicores as i64,
             p.fleet.memory_bytes as i64,
             1_000_000_000_000i64,
@@ -447,19 +473,22 @@ fn service_config(
         // A bucket closes as soon as the next one begins: the scale-up model scores a step
         // from the point of the step before.
         "ingest" => "[service]\nmax_future_ms = 86400000\nallowed_lateness_ms = 0\n".to_string(),
-        // Refits every six hours of trace: a forecast is about 50 KB (three horizons), and
+        // Refits every six hours of trace (the service's clock): a forecast is about 50 KB
+        // (three horizons), and
         // hourly refits of every workload would have the broker (and each reader of the topic:
         // shadow manager, interceptor, rebalancer, this driver) spend most of its time on them.
         "forecast" => format!(
             "[service]\nrefit_interval_ms = {}\nbacktest_origins = 3\nmodels = [{}]\n[service.scale_up]\nready_delay_s = {}\nmax_wait_ms = {}\n[service.scale_up.trade_off]\nbudget = {}\n",
-            wall_ms(6.0 * 3_600_000.0).max(500),
+            6 * 3_600_000,
             a.models
                 .iter()
                 .map(|m| format!("\"{m}\""))
                 .collect::<Vec<_>>()
                 .join(", "),
             a.startup_s,
-            STEP_S * 1000,
+            // Lockstep: a step missing some workload's point is scored a millisecond after it
+            // begins, once the barrier at its start has brought in every point there is.
+            if lockstep { 1 } else { STEP_S * 1000 },
             a.budget
         ),
         // The pooled policy only: pool rows from the scale-up forecasts.
@@ -471,12 +500,12 @@ fn service_config(
                 "mean" => "mean",
                 _ => "upper80",
             },
-            trace_ms(2_000.0).max(10_000),
+            trace_ms(2_000.0, 2 * STEP_S * 1000).max(10_000),
         ),
         "interceptor" => format!(
             "[service]\nplacement_timeout_ms = {}\nmax_request_age_ms = {}\nwindow_tolerance_ms = 7200000\n",
-            trace_ms(2_000.0).max(5_000),
-            trace_ms(60_000.0).max(86_400_000)
+            trace_ms(2_000.0, 2 * STEP_S * 1000).max(5_000),
+            trace_ms(60_000.0, 86_400_000).max(86_400_000)
         ),
         // Moves are costly at this compression (a moved shadow is not ready for minutes of
         // trace): only for hosts over for half an hour, a few at a time, not back soon.
@@ -817,7 +846,15 @@ async fn evaluate(
             registry.clone(),
             topic("umbra.fleet.events"),
             readers.clone(),
-            move |e| lock(&o).ledger.apply(&e),
+            move |e| {
+                let mut o = lock(&o);
+                if e.kind == FleetEventKind::Failed
+                    && e.reason.starts_with(umbra_fleet::sim::PREEMPTED)
+                {
+                    o.preempted += 1;
+                }
+                o.ledger.apply(&e)
+            },
         )
         .await?;
         let o = obs.clone();
@@ -884,6 +921,7 @@ async fn evaluate(
         speed: p.speed,
         origin_wall_ms: i64::MAX / 4,
         origin_trace_ms: p.live_start_ms,
+        driven: false,
     };
     let mut procs = Procs {
         dir: a.state_dir.clone(),
@@ -1001,10 +1039,16 @@ async fn evaluate(
     // The forecast restores its history first, alone on the broker (the slowest restore);
     // the warm-up allows for it twice over, and for the others.
     let warmup_ms = 20_000 + (fit_s * 3_000.0) as i64;
+    // In lockstep the replay drives the clock: it stands at the live start until then.
     let clock = ClockSettings {
         speed: p.speed,
-        origin_wall_ms: umbra_stream::now_millis() + warmup_ms,
+        origin_wall_ms: if a.realtime {
+            umbra_stream::now_millis() + warmup_ms
+        } else {
+            0
+        },
         origin_trace_ms: p.live_start_ms,
+        driven: !a.realtime,
     };
     procs.spawn(bin_dir, "forecast", &config("forecast", &clock))?;
     procs.wait_ready(Duration::from_secs(300)).await?;
@@ -1053,13 +1097,52 @@ async fn evaluate(
             initial.len()
         );
     }
-    if umbra_stream::now_millis() > clock.origin_wall_ms {
+    if a.realtime && umbra_stream::now_millis() > clock.origin_wall_ms {
         eprintln!("note: start-up took longer than the warm-up; the live week started without it");
     }
+    let mut lockstep = if a.realtime {
+        None
+    } else {
+        let services = procs
+            .procs
+            .iter()
+            .map(|x| (x.name.clone(), x.http.clone()))
+            .collect();
+        let topics: Vec<(String, i32)> = umbra_stream::admin::pipeline_topics(prefix)
+            .into_iter()
+            .map(|t| (t.name, t.partitions))
+            .collect();
+        let mut l = crate::lockstep::Lockstep::new(&kafka, services, &topics)?;
+        l.set_clock(p.live_start_ms).await?;
+        l.settle(p.live_start_ms, SETTLE_TIMEOUT, || procs.exited(), || true)
+            .await
+            .context("settling before the live week")?;
+        Some(l)
+    };
+    let live_begun = Instant::now();
     let measured = live_week(
-        a, p, &obs, &clock, &producer, &raw_emit, &requests, &commands, &scale, &mut procs,
+        a,
+        p,
+        &obs,
+        &clock,
+        &producer,
+        &raw_emit,
+        &requests,
+        &commands,
+        &scale,
+        &mut procs,
+        lockstep.as_mut(),
     )
     .await?;
+    if let Some(l) = &lockstep {
+        eprintln!(
+            "lockstep: {} steps in {:.1} s, {} barriers ({:.1} s waiting at them)",
+            p.steps,
+            live_begun.elapsed().as_secs_f64(),
+            l.settles,
+            l.waited.as_secs_f64()
+        );
+    }
 
     // Every request answered (or 60 s), then stop the services cleanly.
     let asked: Vec<String> = measured.requests.iter().map(|(id, _)| id.clone()).collect();
@@ -1097,12 +1180,17 @@ async fn evaluate(
                     )
                 });
                 println!(
-                    "conformance at budget {}: pipeline {:.1}% hits at {:.3}x reserve, offline core {:.1}% at {:.3}x (realtime replay: the pipeline decides late, so they need not agree)",
+                    "conformance at budget {}: pipeline {:.1}% hits at {:.3}x reserve, offline core {:.1}% at {:.3}x ({})",
                     a.budget,
                     hit * 100.0,
                     ratio,
                     u.hit_rate * 100.0,
-                    u.reserve_ratio
+                    u.reserve_ratio,
+                    if a.realtime {
+                        "realtime replay: the pipeline decides late, so they need not agree"
+                    } else {
+                        "lockstep: they should agree within a point of hits and 2% of reserve"
+                    }
                 );
             }
             summary.curve = sweep.curve.clone();
@@ -1214,6 +1302,7 @@ async fn live_week(
     commands: &Output<HostKey, FleetCommand>,
     scale: &Output<WorkloadKey, WorkloadScale>,
     procs: &mut Procs,
+    mut lockstep: Option<&mut crate::lockstep::Lockstep>,
 ) -> anyhow::Result<Measured> {
     let mut m = Measured::default();
     let mut last_scale: HashMap<usize, u32> = HashMap::new();
@@ -1234,12 +1323,15 @@ async fn live_week(
     let mut last_progress = Instant::now() - Duration::from_secs(10);
     let step_ms = STEP_S * 1000;
     let mut seq: HashMap<usize, usize> = HashMap::new();
+    let ready_ms = (a.startup_s * 1000.0) as i64;
     for i in 0..p.steps {
         let t = p.live_start_ms + i as i64 * step_ms;
-        let due_wall = clock.origin_wall_ms + ((t - p.live_start_ms) as f64 / p.speed) as i64;
-        let wait = due_wall - umbra_stream::now_millis();
-        if wait > 0 {
-            tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+        if lockstep.is_none() {
+            let due_wall = clock.origin_wall_ms + ((t - p.live_start_ms) as f64 / p.speed) as i64;
+            let wait = due_wall - umbra_stream::now_millis();
+            if wait > 0 {
+                tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+            }
         }
         if let Some(e) = procs.exited() {
             bail!("during the live week: {e}");
@@ -1251,15 +1343,36 @@ async fn live_week(
             emits.push(raw_emit(&p.live_samples[next_sample])?);
             next_sample += 1;
         }
-        emits.extend(scale_emits(
+        let scales = scale_emits(
             p,
             &p.traces.1,
             p.live_start_ms,
             i..i + 1,
             &mut last_scale,
             scale,
-        )?);
-        let now = clock.now_ms();
+        )?;
+        // Lockstep, in four barriers a step: the step's samples close the step before's
+        // usage point, which the scale-up stage scores (a step whose points are all in);
+        // a millisecond later the steps still missing a point are scored with what came;
+        // the slots staged then are ready one start-up delay later, when the step's requests
+        // arrive with the replica counts they lead to. As the offline core, slots decided on
+        // a step's point are ready for the next step's requests.
+        let step_requests_from = m.requests.len();
+        let now = if let Some(l) = lockstep.as_deref_mut() {
+            l.set_clock(t).await?;
+            send_all(producer, std::mem::take(&mut emits)).await?;
+            for at in [t, t + 1, t + 1 + ready_ms] {
+                if at > t {
+                    l.set_clock(at).await?;
+                }
+                l.settle(at, SETTLE_TIMEOUT, || procs.exited(), || true)
+                    .await?;
+            }
+            t + 1 + ready_ms
+        } else {
+            clock.now_ms()
+        };
+        emits.extend(scales);
         while next_event < events.len() && events[next_event].t_s * 1000 <= t - p.live_start_ms {
             let e = events[next_event];
             next_event += 1;
@@ -1326,6 +1439,17 @@ async fn live_week(
             }
         }
         send_all(producer, emits).await?;
+        if let Some(l) = lockstep.as_deref_mut() {
+            let asked: Vec<String> = m.requests[step_requests_from..]
+                .iter()
+                .map(|(id, _)| id.clone())
+                .collect();
+            l.settle(now, SETTLE_TIMEOUT, || procs.exited(), || {
+                let o = lock(obs);
+                asked.iter().all(|r| o.decisions.contains_key(r))
+            })
+            .await?;
+        }
         observe_step(p, i, obs, &mut m);
         if !a.quiet && (last_progress.elapsed() >= Duration::from_millis(500) || i + 1 == p.steps) {
             last_progress = Instant::now();
@@ -1512,6 +1636,12 @@ fn summarize(a: &ReplayArgs, p: &Plan, o: &Observed, m: &Measured) -> Summary {
             Outcome::Unknown => {}
         }
     }
+    let mut behind: Vec<f64> = m
+        .requests
+        .iter()
+        .filter_map(|(id, _)| o.decisions.get(id).and_then(|d| d.first()))
+        .map(|d| (d.decided_at - d.requested_at).max(0) as f64 / 60_000.0)
+        .collect();
     let requests = m.requests.len();
     let reserved_core_h: f64 = m.reserved.iter().map(|r| r.1).sum::<f64>() * step_h;
     let reserved_gib_h: f64 = m.reserved.iter().map(|r| r.2).sum::<f64>() * step_h;
@@ -1583,12 +1713,16 @@ fn summarize(a: &ReplayArgs, p: &Plan, o: &Observed, m: &Measured) -> Summary {
         .forecasts
         .score(&p.history, &p.live, p.live_start_ms, STEP_S, 288);
     Summary {
+        mode: if a.realtime { "realtime" } else { "lockstep" }.into(),
         policies,
         forecast: ForecastScore { mase, coverage80 },
         decisions: DecisionCounts {
             requests,
             decided,
             duplicated,
+            behind_trace_minutes_p50: umbra_replay::percentile(&mut behind.clone(), 0.5),
+            behind_trace_minutes_p99: umbra_replay::percentile(&mut behind, 0.99),
+            preempted_shadows: o.preempted,
         },
         overcommitted_hosts: m.overcommitted.len(),
         curve: Vec::new(),
@@ -1750,12 +1884,17 @@ fn print_summary(s: &Summary) {
         );
     }
     println!(
-        "forecast MASE {:.3}, 80% interval coverage {:.2}; decisions {}/{} requests, {} duplicated; hosts ever over capacity: {}",
+        "forecast MASE {:.3}, 80% interval coverage {:.2}; decisions {}/{} requests, {} duplicated; shadows preempted by standard placements: {}; hosts ever over capacity: {}",
         s.forecast.mase,
         s.forecast.coverage80,
         s.decisions.decided,
         s.decisions.requests,
         s.decisions.duplicated,
+        s.decisions.preempted_shadows,
         s.overcommitted_hosts
+    );
+    println!(
+        "replay: {}; decisions behind the trace p50 {:.1} min, p99 {:.1} min",
+        s.mode, s.decisions.behind_trace_minutes_p50, s.decisions.behind_trace_minutes_p99
     );
 }

@@ -5,6 +5,7 @@ mod chaos;
 mod demo;
 mod dev;
 mod import;
+mod lockstep;
 mod plot;
 mod replay;
 mod tools;

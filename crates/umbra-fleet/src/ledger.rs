@@ -87,6 +87,13 @@ impl HostRecord {
             .fold(Resources::ZERO, |a, r| a.plus(r))
     }
 
+    /// Placed workloads only: what standard allocation cannot take back (shadows it can).
+    pub fn committed_by_workloads(&self) -> Resources {
+        self.workloads
+            .values()
+            .fold(Resources::ZERO, |a, r| a.plus(r))
+    }
+
     /// Capacity not committed.
     pub fn free(&self) -> Resources {
         self.capacity.minus(&self.committed())

@@ -264,7 +264,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
         "Faults injected, by kind.",
         &["fault"],
     );
-    kafka::partitions(&rt.config.kafka, &commands_topic).await?;
+    // Time alone changes the fleet (a shadow becomes ready): a driver of the clock waits
+    // for a health-check pass at its time.
+    umbra_stream::progress::act_in_passes();
+    for p in kafka::partitions(&rt.config.kafka, &commands_topic).await? {
+        umbra_stream::progress::reads(&commands_topic, p);
+    }
     let consumer = std::sync::Arc::new(kafka::group_consumer(
         &rt.config.kafka,
         &rt.config.group_id(NAME),
@@ -284,6 +289,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
     let mut metrics_tick =
         tokio::time::interval(Duration::from_millis(settings.metrics_interval_ms.max(10)));
     metrics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_metrics_ms: Option<i64> = None;
+    let mut clock_moved = umbra_stream::progress::clock_watch();
     let result: Result<(), StreamError> = loop {
         tokio::select! {
             biased;
@@ -348,12 +355,27 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
                 if let Err(e) = consumer.store_offset(msg.topic(), msg.partition(), msg.offset()) {
                     break Err(StreamError::kafka("storing offset", e));
                 }
+                umbra_stream::progress::settled(msg.topic(), msg.partition(), msg.offset() + 1);
             }
-            _ = tokio::time::sleep(Duration::from_millis(20)) => {
-                let events = sim.tick(clock.now_ms());
+            _ = async {
+                // Every 20 ms, and at once when a driven clock moves.
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                    _ = clock_moved.changed() => {}
+                }
+            } => {
+                let pass = umbra_stream::progress::begin_pass();
+                let now = clock.now_ms();
+                let events = sim.tick(now);
                 if let Err(e) = out.events(&events, &TraceCtx::root("fleet health check")).await { break Err(e) }
+                // A driven clock reports host metrics every interval of its own time.
+                if clock.driven && next_metrics_ms.is_none_or(|t| now >= t) {
+                    if let Err(e) = out.host_metrics(&sim.host_metrics(now)).await { break Err(e) }
+                    next_metrics_ms = Some(now + settings.metrics_interval_ms as i64);
+                }
+                umbra_stream::progress::end_pass(pass);
             }
-            _ = metrics_tick.tick() => {
+            _ = metrics_tick.tick(), if !clock.driven => {
                 if let Err(e) = out.host_metrics(&sim.host_metrics(clock.now_ms())).await { break Err(e) }
             }
         }

@@ -116,6 +116,9 @@ pub struct Simulator {
     rng: StdRng,
 }
 
+/// How the reason of a shadow failed to make room for a real workload begins.
+pub const PREEMPTED: &str = "preempted";
+
 fn event(kind: FleetEventKind, host: &str, now: i64) -> FleetEvent {
     FleetEvent {
         event_id: uuid::Uuid::new_v4().to_string(),
@@ -224,7 +227,13 @@ impl Simulator {
         };
         let refuse =
             |reason: String| answer(FleetEventKind::Refused, &cmd.host_id, cmd.resources, reason);
-        let e = match self.check(cmd) {
+        let checked = self.check(cmd);
+        if checked.is_ok() && cmd.kind == FleetCommandKind::PlaceWorkload {
+            for e in self.preempt_for(cmd, now) {
+                self.emit(e, &mut out);
+            }
+        }
+        let e = match checked {
             Err(reason) => refuse(reason),
             Ok(()) => match cmd.kind {
                 FleetCommandKind::CreateShadow => {
@@ -428,13 +437,59 @@ impl Simulator {
                 if cmd.resources.is_zero() {
                     return Err("empty placement".into());
                 }
-                admit(&cmd.host_id, &cmd.resources)
+                // Shadows give way to a real workload, as the Kubernetes scheduler preempts
+                // placeholder pods of negative priority: only real workloads can refuse it.
+                if !host.healthy {
+                    return Err(format!("host {} is unhealthy", cmd.host_id));
+                }
+                let excess = cmd
+                    .resources
+                    .excess_over(&host.capacity.minus(&host.committed_by_workloads()));
+                if excess.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "insufficient capacity on {} (real workloads fill it): {}",
+                        cmd.host_id,
+                        excess.join(", ")
+                    ))
+                }
             }
             FleetCommandKind::ReleaseWorkload | FleetCommandKind::Unknown => {
                 let _ = host;
                 Ok(())
             }
         }
+    }
+
+    /// The shadows on `cmd`'s host to fail so that its workload fits, largest first: as few
+    /// as the placement needs (none when it fits beside them).
+    fn preempt_for(&self, cmd: &FleetCommand, now: i64) -> Vec<FleetEvent> {
+        let Some(h) = self.ledger.host(&cmd.host_id) else {
+            return Vec::new();
+        };
+        let mut free = h.free();
+        let mut shadows: Vec<(&String, &Resources)> = h.shadows.iter().collect();
+        shadows.sort_by(|a, b| {
+            (b.1.cpu_millicores, b.1.memory_bytes, a.0).cmp(&(a.1.cpu_millicores, a.1.memory_bytes, b.0))
+        });
+        let mut out = Vec::new();
+        for (id, r) in shadows {
+            if cmd.resources.excess_over(&free).is_empty() {
+                break;
+            }
+            free = free.plus(r);
+            let mut e = event(FleetEventKind::Failed, &cmd.host_id, now);
+            e.shadow_id = Some(id.clone());
+            e.workload_id = self.ledger.shadow(id).map(|s| s.workload_id.clone());
+            e.resources = *r;
+            e.reason = format!(
+                "{PREEMPTED}: workload {} placed on the host (command {})",
+                cmd.workload_id, cmd.command_id
+            );
+            out.push(e);
+        }
+        out
     }
 
     /// Events of timers due at `now`: health checks of new shadows, workload start-ups.

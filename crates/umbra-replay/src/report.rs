@@ -87,11 +87,24 @@ pub struct DecisionCounts {
     pub decided: usize,
     /// Requests with more than one decision.
     pub duplicated: usize,
+    /// How far behind the trace decisions fell (decided minus requested, trace minutes),
+    /// median and 99th percentile: zero in lockstep, the machine's lag in real time.
+    #[serde(default)]
+    pub behind_trace_minutes_p50: f64,
+    /// See `behind_trace_minutes_p50`.
+    #[serde(default)]
+    pub behind_trace_minutes_p99: f64,
+    /// Shadows and pool slots the fleet gave up to place a request by standard allocation.
+    #[serde(default)]
+    pub preempted_shadows: usize,
 }
 
 /// `summary.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
+    /// How the pipeline was replayed: `lockstep` or `realtime` (docs/replay.md).
+    #[serde(default)]
+    pub mode: String,
     /// One row per policy, all on the same trace and fleet.
     pub policies: Vec<PolicyRow>,
     /// Forecast accuracy.
@@ -579,6 +592,7 @@ mod tests {
             undecided: 0,
         };
         let summary = Summary {
+            mode: "lockstep".into(),
             policies: vec![row("umbra", 0.93), row("reactive", 0.0), row("oracle", 1.0)],
             forecast: ForecastScore {
                 mase: 0.8,
@@ -588,6 +602,9 @@ mod tests {
                 requests: 100,
                 decided: 100,
                 duplicated: 0,
+                behind_trace_minutes_p50: 0.0,
+                behind_trace_minutes_p99: 0.0,
+                preempted_shadows: 0,
             },
             overcommitted_hosts: 0,
             curve: vec![],

@@ -256,6 +256,9 @@ pub struct ClockSettings {
     pub origin_wall_ms: i64,
     /// Trace time (ms since the epoch) at `origin_wall_ms`.
     pub origin_trace_ms: i64,
+    /// The clock stands still until a driver moves it (`POST /clock`, the lockstep replay):
+    /// it reads `origin_trace_ms` until then, and `speed` and `origin_wall_ms` are unused.
+    pub driven: bool,
 }
 
 impl Default for ClockSettings {
@@ -264,6 +267,7 @@ impl Default for ClockSettings {
             speed: 1.0,
             origin_wall_ms: 0,
             origin_trace_ms: 0,
+            driven: false,
         }
     }
 }
@@ -271,6 +275,9 @@ impl Default for ClockSettings {
 impl ClockSettings {
     /// The current time by this clock, ms since the epoch.
     pub fn now_ms(&self) -> i64 {
+        if self.driven {
+            return crate::progress::driven_now().unwrap_or(self.origin_trace_ms);
+        }
         let wall = crate::now_millis();
         if self.speed == 1.0 && self.origin_wall_ms == 0 && self.origin_trace_ms == 0 {
             return wall;
@@ -282,6 +289,10 @@ impl ClockSettings {
 
     /// The wall-clock duration of `trace_ms` of clock time.
     pub fn wall_duration(&self, trace_ms: u64) -> std::time::Duration {
+        if self.driven {
+            // Driven time passes only between the driver's steps, never while waiting.
+            return std::time::Duration::ZERO;
+        }
         std::time::Duration::from_secs_f64(trace_ms as f64 / 1000.0 / self.speed.max(1e-9))
     }
 }
@@ -466,6 +477,7 @@ mod tests {
             speed: 2_000.0,
             origin_wall_ms: wall - 1_000,
             origin_trace_ms: 1_372_636_800_000,
+            driven: false,
         };
         let t = c.now_ms();
         // One wall second after the origin is 2,000 trace seconds after it.
@@ -484,6 +496,23 @@ mod tests {
             ..c
         };
         assert_eq!(ahead.now_ms(), 1_372_636_800_000);
+    }
+
+    #[test]
+    fn a_driven_clock_stands_at_its_origin_until_driven_and_never_goes_back() {
+        let c = ClockSettings {
+            origin_trace_ms: 1_000,
+            driven: true,
+            ..ClockSettings::default()
+        };
+        // The only test of this process that drives the clock: the time is process-wide.
+        assert_eq!(c.now_ms(), 1_000);
+        crate::progress::drive_clock(5_000);
+        assert_eq!(c.now_ms(), 5_000);
+        crate::progress::drive_clock(4_000);
+        assert_eq!(c.now_ms(), 5_000, "a stale setting is ignored");
+        assert_eq!(c.wall_duration(30_000), std::time::Duration::ZERO);
+        assert!((ClockSettings::default().now_ms() - crate::now_millis()).abs() < 1_000);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `/healthz` (the process runs), `/readyz` (every readiness gate is open: tables restored,
-//! consumers started) and `/metrics` (Prometheus text).
+//! consumers started), `/metrics` (Prometheus text), and for a driver of the trace clock
+//! `GET /progress` and `POST /clock` ([`crate::progress`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
+use axum::Json;
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 
@@ -83,6 +85,21 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     )
 }
 
+async fn progress() -> Json<crate::progress::Report> {
+    Json(crate::progress::report())
+}
+
+/// The body of `POST /clock`.
+#[derive(serde::Deserialize)]
+struct SetClock {
+    now_ms: i64,
+}
+
+async fn set_clock(Json(c): Json<SetClock>) -> Json<crate::progress::Report> {
+    crate::progress::drive_clock(c.now_ms);
+    Json(crate::progress::report())
+}
+
 /// Binds `listen` and serves the endpoints, plus the service's own `extra` routes (the fleet
 /// simulator's fault API), until `shutdown`; returns the bound address.
 pub async fn serve(
@@ -106,6 +123,8 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/progress", get(progress))
+        .route("/clock", post(set_clock))
         .with_state(AppState {
             readiness,
             metrics: metrics_,

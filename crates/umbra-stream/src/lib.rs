@@ -18,6 +18,7 @@ pub mod http;
 pub mod kafka;
 pub mod metrics;
 pub mod processor;
+pub mod progress;
 pub mod reader;
 pub mod registry;
 pub mod secret;

@@ -375,6 +375,9 @@ impl<K: Record, V: Record> Processor<K, V> {
                 .store_offset(topic, msg.partition(), o)
                 .map_err(|e| StreamError::kafka("storing offset", e))?;
         }
+        // Its outputs are acknowledged; what the handler still holds (an open bucket) comes
+        // out with a later record, so the record itself is done.
+        crate::progress::settled(topic, msg.partition(), msg.offset() + 1);
         self.metrics
             .processing_seconds
             .with_label_values(&[topic])

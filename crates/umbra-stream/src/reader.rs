@@ -124,6 +124,14 @@ impl RestoringReader {
                 .all(|(p, e)| pos.get(p).copied().unwrap_or(0) >= *e)
         };
         let consumed = metrics.consumed.with_label_values(&[&self.topic]);
+        // A reader that follows reports its progress; a one-off read of a topic to its end
+        // (a writer restoring its own table) is not an input the service waits on.
+        let follows = !stop_at_end;
+        if follows {
+            for p in self.end.keys() {
+                crate::progress::reads(&self.topic, *p);
+            }
+        }
         loop {
             if caught_up(&positions) {
                 if stop_at_end {
@@ -147,6 +155,9 @@ impl RestoringReader {
                             if let Offset::Offset(o) = e.offset() {
                                 let p = positions.entry(e.partition()).or_insert(0);
                                 *p = (*p).max(o);
+                                if follows {
+                                    crate::progress::applied(&self.topic, e.partition(), *p);
+                                }
                             }
                         }
                     }
@@ -166,7 +177,11 @@ impl RestoringReader {
                         traceparent: crate::telemetry::traceparent(m.headers()),
                     };
                     drop(m);
+                    let (partition, next) = (record.partition, record.offset + 1);
                     apply(record).await;
+                    if follows {
+                        crate::progress::applied(&self.topic, partition, next);
+                    }
                 }
             }
         }

@@ -243,7 +243,10 @@ impl<S> Runtime<S> {
         consumer: &str,
     ) -> Result<Processor<K, V>, StreamError> {
         let topic = self.config.topic(default_topic);
-        kafka::partitions(&self.config.kafka, &topic).await?;
+        let partitions = kafka::partitions(&self.config.kafka, &topic).await?;
+        for p in &partitions {
+            crate::progress::reads(&topic, *p);
+        }
         Ok(Processor {
             service: self.name.to_string(),
             input: Input::new(self.registry.clone(), topic).await?,

@@ -45,7 +45,8 @@ pub const NAME: &str = "forecast";
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
-    /// How often workloads with new data are refitted, in milliseconds of wall-clock time.
+    /// How often workloads with new data are refitted, in milliseconds of the service's clock
+    /// (trace time in a replay).
     pub refit_interval_ms: u64,
     /// History kept per workload, in days.
     pub history_days: u32,
@@ -93,6 +94,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
         .validate()
         .map_err(StreamError::Config)?;
     let rt = Runtime::start(NAME, config, shutdown.clone()).await?;
+    // Its inputs take effect in passes (scoring, refits): a driver of the clock waits for one.
+    umbra_stream::progress::act_in_passes();
     let settings = rt.config.service.clone();
     let forecaster = Arc::new(Forecaster::new(ForecasterConfig {
         candidates: models,
@@ -159,34 +162,36 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
     })
     .await?;
 
-    let mut tick =
-        tokio::time::interval(Duration::from_millis(settings.refit_interval_ms.max(100)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_refit =
-        std::time::Instant::now() - Duration::from_millis(settings.refit_interval_ms);
+    // The cadence runs on the service's clock: a replay refits every so much trace time,
+    // whatever the machine's speed.
+    let mut last_refit: Option<i64> = None;
+    let mut clock_moved = umbra_stream::progress::clock_watch();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tick.tick() => {}
             // The scale-up stage scores each step as soon as its inputs are in.
             _ = tokio::time::sleep(Duration::from_millis(if scale_up { 50 } else { 200 })) => {}
+            _ = clock_moved.changed() => {}
         }
         if !rt.readiness.is_ready() {
             continue;
         }
+        let pass = umbra_stream::progress::begin_pass();
         if let Some(out) = &scale_out {
             step_scale_up(&rt, &inbox, &mut stage, out).await?;
         }
         // Event arrivals refit at once; new data waits for the cadence.
-        let due = last_refit.elapsed() >= Duration::from_millis(settings.refit_interval_ms);
+        let clock_now = rt.config.clock.now_ms();
+        let due = last_refit.is_none_or(|t| clock_now - t >= settings.refit_interval_ms as i64);
         let work: Vec<(String, History, Vec<umbra_forecasting::Event>)> = {
             let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
-            st.take_dirty(due)
+            st.take_dirty(due, clock_now)
         };
         if due {
-            last_refit = std::time::Instant::now();
+            last_refit = Some(clock_now);
         }
         if work.is_empty() {
+            umbra_stream::progress::end_pass(pass);
             continue;
         }
         let f = forecaster.clone();
@@ -222,6 +227,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
             rt.metrics.produced.with_label_values(&[out.topic()]).inc();
             published.insert(fc.workload_id);
         }
+        umbra_stream::progress::end_pass(pass);
         tracing::info!(workloads = published.len(), "forecasts published");
     }
     Ok(())

@@ -42,6 +42,15 @@ impl History {
         self.cpu.is_empty()
     }
 
+    /// Drops the buckets that had not ended before `now_ms`.
+    pub fn keep_ended_before(&mut self, now_ms: i64) {
+        let step_ms = STEP_S * 1000;
+        let ended = (now_ms - self.start_s * 1000 - 1).div_euclid(step_ms).max(0) as usize;
+        for v in [&mut self.cpu, &mut self.memory, &mut self.disk] {
+            v.truncate(ended);
+        }
+    }
+
     fn set(&mut self, bucket_s: i64, cpu: f64, memory: f64, disk: f64, max_len: usize) {
         let t = bucket_s.div_euclid(STEP_S) * STEP_S;
         if self.cpu.is_empty() {
@@ -130,8 +139,11 @@ impl State {
         self.workloads.get(id)
     }
 
-    /// Workloads to refit now: those an event concerns, and, when `due`, those with new data.
-    pub fn take_dirty(&mut self, due: bool) -> Vec<(String, History, Vec<Event>)> {
+    /// Workloads to refit now: those an event concerns, and, when `due`, those with new data;
+    /// each with its history up to the buckets that ended before `now_ms`. A bucket ending
+    /// exactly now may still be arriving: leaving it to the next refit makes what a refit
+    /// sees depend on the clock alone (the lockstep replay refits the same data every run).
+    pub fn take_dirty(&mut self, due: bool, now_ms: i64) -> Vec<(String, History, Vec<Event>)> {
         let mut ids: HashSet<String> = std::mem::take(&mut self.urgent);
         if due {
             ids.extend(std::mem::take(&mut self.dirty));
@@ -140,7 +152,8 @@ impl State {
         ids.sort();
         ids.into_iter()
             .filter_map(|id| {
-                let h = self.workloads.get(&id)?.clone();
+                let mut h = self.workloads.get(&id)?.clone();
+                h.keep_ended_before(now_ms);
                 let events = self
                     .events
                     .values()
@@ -332,12 +345,31 @@ mod tests {
     }
 
     #[test]
+    fn a_refit_sees_only_the_buckets_ended_before_now() {
+        let mut st = State::new(28);
+        let t0 = 1_372_636_800;
+        for k in 0..3 {
+            st.add_point(&point("a", t0 + k * 300, k as f64));
+        }
+        let len_at = |st: &mut State, now_s: i64| {
+            st.dirty.insert("a".into());
+            st.take_dirty(true, now_s * 1000)[0].1.len()
+        };
+        // The third bucket ends at t0 + 900: not at that instant, one millisecond later.
+        assert_eq!(len_at(&mut st, t0 + 900), 2);
+        assert_eq!(st.take_dirty(true, (t0 + 900) * 1000 + 1).len(), 0, "taken once");
+        st.dirty.insert("a".into());
+        assert_eq!(st.take_dirty(true, (t0 + 900) * 1000 + 1)[0].1.len(), 3);
+        assert_eq!(len_at(&mut st, t0), 0);
+    }
+
+    #[test]
     fn events_make_their_workloads_urgent() {
         let mut st = State::new(28);
         st.add_point(&point("a", 1_372_636_800, 1.0));
         st.add_point(&point("b", 1_372_636_800, 1.0));
         assert!(
-            st.take_dirty(false).is_empty(),
+            st.take_dirty(false, i64::MAX).is_empty(),
             "new data waits for the cadence"
         );
         let mut e = ExternalEvent::example();
@@ -353,7 +385,7 @@ mod tests {
             })
             .collect();
         assert_eq!(now, vec!["b".to_string()]);
-        assert_eq!(st.take_dirty(true).len(), 2);
+        assert_eq!(st.take_dirty(true, i64::MAX).len(), 2);
     }
 
     #[test]

@@ -363,7 +363,9 @@ impl Core {
     }
 
     /// Best fit on live host state: the healthy host with the least room left after the
-    /// placement, among those where it fits (host id breaks ties).
+    /// placement, among those where it fits (host id breaks ties). Where it fits nowhere
+    /// beside the shadows, the best fit counting real workloads only: the fleet preempts the
+    /// shadows in its way (docs/interceptor.md), so shadows never cost a request its place.
     fn best_fit(&self, need: &Resources, exclude: &[String], w: &World<'_>) -> Option<String> {
         // Every host the ledger knows, then those only host state knows; the order does not
         // matter because ties are broken by host id.
@@ -378,6 +380,18 @@ impl Core {
             .filter(|(id, _)| w.ledger.host(id).is_none())
             .map(|(id, h)| (id, None, Some(h)));
         let mut best: Option<(f64, &String)> = None;
+        let mut preempting: Option<(f64, &String)> = None;
+        let better = |room: f64, id: &String, best: Option<(f64, &String)>| match best {
+            None => true,
+            Some((b, bid)) => room < b || (room == b && id < bid),
+        };
+        let left = |c: i64, l: i64| {
+            if c > 0 {
+                (c - l) as f64 / c as f64
+            } else {
+                1.0
+            }
+        };
         for (id, lh, hs) in from_ledger.chain(from_state) {
             if hs.is_some_and(|h| h.health == HostHealth::Unhealthy) || exclude.contains(id) {
                 continue;
@@ -393,30 +407,29 @@ impl Core {
                 _ => continue,
             };
             let mut load = committed.plus(need);
-            if let Some(r) = self.reserved.get(id) {
-                load = load.plus(r);
-            }
+            let reserved = self.reserved.get(id).copied().unwrap_or_default();
+            load = load.plus(&reserved);
             if !load.fits_within(&capacity) {
+                // Counting the host's real workloads only (what the ledger knows of it).
+                if let Some(l) = lh.filter(|l| !l.shadows.is_empty()) {
+                    let real = l.committed_by_workloads().plus(need).plus(&reserved);
+                    if real.fits_within(&capacity) {
+                        let room = left(capacity.cpu_millicores, real.cpu_millicores)
+                            .min(left(capacity.memory_bytes, real.memory_bytes));
+                        if better(room, id, preempting) {
+                            preempting = Some((room, id));
+                        }
+                    }
+                }
                 continue;
             }
-            let left = |c: i64, l: i64| {
-                if c > 0 {
-                    (c - l) as f64 / c as f64
-                } else {
-                    1.0
-                }
-            };
             let room = left(capacity.cpu_millicores, load.cpu_millicores)
                 .min(left(capacity.memory_bytes, load.memory_bytes));
-            let better = match best {
-                None => true,
-                Some((b, bid)) => room < b || (room == b && id < bid),
-            };
-            if better {
+            if better(room, id, best) {
                 best = Some((room, id));
             }
         }
-        best.map(|(_, id)| id.clone())
+        best.or(preempting).map(|(_, id)| id.clone())
     }
 
     fn place(&mut self, p: Pending, now: i64) -> Step {

@@ -380,6 +380,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
                         if let Err(e) = consumer.store_offset(&requests_topic, p, store) {
                             tracing::debug!(partition = p, error = %e, "offset not stored (partition revoked?)");
                         }
+                        umbra_stream::progress::settled(&requests_topic, p, store + 1);
                     }
                 }
             }

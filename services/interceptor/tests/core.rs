@@ -307,6 +307,65 @@ fn a_workload_never_seen_gets_standard_allocation_with_a_note() {
 }
 
 #[test]
+fn shadows_give_way_to_a_request_that_fits_only_without_them() {
+    // Two hosts of 4 cores, each holding 3 cores of another workload's shadows: a 2-core
+    // request fits nowhere beside them, so the fleet preempts the shadows in its way.
+    let mut env = Env::new(2, res(4_000, 16));
+    env.known.insert("w".into());
+    for (i, h) in ["host-000", "host-001"].iter().enumerate() {
+        for k in 0..3 {
+            let c = FleetCommand {
+                command_id: format!("create-{i}-{k}"),
+                kind: FleetCommandKind::CreateShadow,
+                host_id: h.to_string(),
+                target_host_id: None,
+                shadow_id: Some(format!("other-s{i}{k}")),
+                workload_id: "other".into(),
+                request_id: None,
+                resources: res(1_000, 1),
+                issued_at: T0,
+            };
+            for ev in env.sim.execute(&c, T0) {
+                env.ledger.apply(&ev);
+            }
+        }
+    }
+    let mut core = Core::new(Settings::default());
+    let step = core.decide(&request("r", "w", res(2_000, 1)), &env.world());
+    let Step::Place(cmd) = &step else {
+        panic!("placed, not rejected: {step:?}")
+    };
+    let events = env.sim.execute(cmd, env.now);
+    let preempted: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == FleetEventKind::Failed && e.reason.starts_with(umbra_fleet::sim::PREEMPTED))
+        .collect();
+    assert_eq!(preempted.len(), 1, "one 1-core shadow makes room: {events:?}");
+    for e in &events {
+        env.ledger.apply(e);
+    }
+    let steps = core.follow_up(&env.world());
+    let d = decided(&steps[0].1).expect("decided");
+    assert_eq!(d.outcome, Outcome::Standard, "{}", d.reason);
+    assert!(env.sim.ledger().overcommitted().is_empty());
+    // The other host gives up all three of its shadows for 3.5 cores.
+    let step = core.decide(&request("r2", "w", res(3_500, 1)), &env.world());
+    let Step::Place(cmd) = &step else {
+        panic!("placed, not rejected: {step:?}")
+    };
+    assert_eq!(cmd.host_id, "host-001");
+    env.fleet(&step, false);
+    let steps = core.follow_up(&env.world());
+    assert_eq!(decided(&steps[0].1).expect("decided").outcome, Outcome::Standard);
+    assert!(env.ledger.host("host-001").expect("host").shadows.is_empty());
+    // Real workloads alone now leave 2 and 0.5 cores: 2.5 cores is rejected.
+    let step = core.decide(&request("r3", "w", res(2_500, 1)), &env.world());
+    let d = decided(&step).expect("rejected at once");
+    assert_eq!(d.outcome, Outcome::Rejected, "{}", d.reason);
+    assert!(env.sim.ledger().overcommitted().is_empty());
+}
+
+#[test]
 fn nothing_fits_is_rejected_with_the_fleets_reasons() {
     let mut env = Env::new(2, res(2_000, 4));
     env.known.insert("w".into());

@@ -38,6 +38,8 @@ pub type Config = ServiceConfig<Settings>;
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StreamError> {
     config.service.validate().map_err(StreamError::Config)?;
     let rt = Runtime::start(NAME, config, shutdown.clone()).await?;
+    // Its inputs take effect in passes: a driver of the clock waits for one.
+    umbra_stream::progress::act_in_passes();
     let s = rt.config.service.clone();
     let shadow_table = rt
         .table::<WorkloadKey, ShadowEntry>("umbra.shadow.table")
@@ -76,11 +78,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
     let mut planner = Planner::default();
     let observe_every = Duration::from_millis(s.interval_ms.min(1_000));
     let mut last_plan = 0i64;
+    let mut clock_moved = umbra_stream::progress::clock_watch();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(observe_every) => {}
+            _ = clock_moved.changed() => {}
         }
+        let pass = umbra_stream::progress::begin_pass();
         let now = rt.config.clock.now_ms();
         let moves = {
             let hosts = host_state.read();
@@ -100,6 +105,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
             .with_label_values::<&str>(&[])
             .set(planner.overloaded().len() as i64);
         if moves.is_empty() {
+            umbra_stream::progress::end_pass(pass);
             continue;
         }
         let trace = TraceCtx::root("rebalance");
@@ -121,6 +127,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
             moves_counter.with_label_values::<&str>(&[]).inc();
             rt.metrics.produced.with_label_values(&[out.topic()]).inc();
         }
+        umbra_stream::progress::end_pass(pass);
     }
     Ok(())
 }

@@ -63,6 +63,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
         Output::new(rt.registry.clone(), rt.config.topic("umbra.fleet.commands")).await?;
     let table_gate = rt.readiness.gate(format!("restore {table_topic}"));
 
+    // Its inputs take effect in reconcile passes: a driver of the clock waits for a pass.
+    umbra_stream::progress::act_in_passes();
     let notify = Arc::new(Notify::new());
     let folded = Arc::new(Mutex::new(Folded::default()));
     let forecasts = rt
@@ -140,6 +142,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
         &["status"],
     );
     let interval = Duration::from_millis(settings.reconcile_interval_ms.max(10));
+    let mut clock_moved = umbra_stream::progress::clock_watch();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -148,7 +151,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             _ = tokio::time::sleep(interval) => {}
+            _ = clock_moved.changed() => {}
         }
+        let pass = umbra_stream::progress::begin_pass();
         let actions = {
             let forecasts = forecasts.read();
             let hosts = host_state.read();
@@ -167,6 +172,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
             manager.reconcile(&inputs, &mut |_, _| uuid::Uuid::new_v4().to_string())
         };
         if actions.is_empty() {
+            umbra_stream::progress::end_pass(pass);
             continue;
         }
         let mut traces: HashMap<String, TraceCtx> = HashMap::new();
@@ -236,6 +242,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
                 rt.metrics.produced.with_label_values(&[&t]).inc_by(n);
             }
         }
+        umbra_stream::progress::end_pass(pass);
         rows_gauge.set(manager.table().len() as i64);
         let mut by_status: BTreeMap<String, i64> = [
             "requested",

@@ -1,0 +1,187 @@
+//! The lockstep replay's barrier (docs/replay.md): the trace clock of every service is driven
+//! by the replay (`POST /clock`), and it moves on only once the pipeline has settled at the
+//! current time: every service reports (`GET /progress`) every partition it reads taken up to
+//! the end offsets read from the broker, with the outputs acknowledged and, for services that
+//! act in passes, a pass at this time finished; and the end offsets did not move while the
+//! reports were read. Results then depend on the trace and the seed, not on the machine.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+use umbra_stream::config::KafkaSettings;
+use umbra_stream::progress::Report;
+
+type Ends = BTreeMap<String, BTreeMap<i32, i64>>;
+
+/// The driven clock of a set of services and the barrier between its steps.
+pub struct Lockstep {
+    services: Vec<(String, String)>,
+    http: reqwest::Client,
+    consumer: std::sync::Arc<BaseConsumer>,
+    partitions: TopicPartitionList,
+    /// Barriers passed, and their wall time in all: the replay reports the cost of lockstep.
+    pub settles: u64,
+    /// Wall time spent waiting at barriers.
+    pub waited: Duration,
+}
+
+impl Lockstep {
+    /// `services`: (name, base URL of its HTTP endpoint); `topics`: every topic of the
+    /// pipeline with its partitions.
+    pub fn new(
+        kafka: &KafkaSettings,
+        services: Vec<(String, String)>,
+        topics: &[(String, i32)],
+    ) -> anyhow::Result<Self> {
+        let consumer: BaseConsumer = umbra_stream::kafka::client_config(kafka)
+            .create()
+            .context("creating the lockstep's offsets client")?;
+        let mut partitions = TopicPartitionList::new();
+        for (t, n) in topics {
+            for p in 0..*n {
+                partitions
+                    .add_partition_offset(t, p, Offset::End)
+                    .context("listing the pipeline's partitions")?;
+            }
+        }
+        Ok(Self {
+            services,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()?,
+            consumer: std::sync::Arc::new(consumer),
+            partitions,
+            settles: 0,
+            waited: Duration::ZERO,
+        })
+    }
+
+    /// Sets every service's clock to `now_ms`.
+    pub async fn set_clock(&self, now_ms: i64) -> anyhow::Result<()> {
+        let body = serde_json::json!({ "now_ms": now_ms });
+        for (name, url) in &self.services {
+            let r = self
+                .http
+                .post(format!("{url}/clock"))
+                .json(&body)
+                .send()
+                .await
+                .with_context(|| format!("setting the clock of {name}"))?;
+            if !r.status().is_success() {
+                bail!("{name} refused the clock: {}", r.status());
+            }
+        }
+        Ok(())
+    }
+
+    /// The end offset of every partition of the pipeline, in one request per broker.
+    async fn ends(&self) -> anyhow::Result<Ends> {
+        let (consumer, tpl) = (self.consumer.clone(), self.partitions.clone());
+        let got = tokio::task::spawn_blocking(move || {
+            consumer.offsets_for_times(tpl, Duration::from_secs(10))
+        })
+        .await?
+        .context("reading end offsets")?;
+        let mut ends: Ends = BTreeMap::new();
+        for e in got.elements() {
+            let o = match e.offset() {
+                Offset::Offset(o) => o,
+                // A partition with nothing written has no offset to report.
+                _ => 0,
+            };
+            ends.entry(e.topic().to_string())
+                .or_default()
+                .insert(e.partition(), o);
+        }
+        Ok(ends)
+    }
+
+    async fn reports(&self) -> anyhow::Result<Vec<(String, Report)>> {
+        let mut out = Vec::with_capacity(self.services.len());
+        for (name, url) in &self.services {
+            let r: Report = self
+                .http
+                .get(format!("{url}/progress"))
+                .send()
+                .await
+                .with_context(|| format!("reading the progress of {name}"))?
+                .json()
+                .await
+                .with_context(|| format!("decoding the progress of {name}"))?;
+            out.push((name.clone(), r));
+        }
+        Ok(out)
+    }
+
+    /// Waits until the pipeline has settled at `now_ms` and `done()` holds (what the replay
+    /// itself waits for, as every request decided). Fails after `timeout`, naming who was
+    /// behind, or as soon as `alive()` reports a service gone.
+    pub async fn settle(
+        &mut self,
+        now_ms: i64,
+        timeout: Duration,
+        mut alive: impl FnMut() -> Option<String>,
+        mut done: impl FnMut() -> bool,
+    ) -> anyhow::Result<()> {
+        let start = Instant::now();
+        let mut pause = Duration::from_millis(1);
+        loop {
+            if let Some(e) = alive() {
+                bail!("at trace time {now_ms}: {e}");
+            }
+            let before = self.ends().await?;
+            let reports = self.reports().await?;
+            let behind: Vec<&str> = reports
+                .iter()
+                .filter(|(_, r)| !r.settled_at(now_ms, &before))
+                .map(|(n, _)| n.as_str())
+                .collect();
+            if behind.is_empty() && done() && self.ends().await? == before {
+                self.settles += 1;
+                self.waited += start.elapsed();
+                return Ok(());
+            }
+            if start.elapsed() > timeout {
+                let detail: Vec<String> = reports
+                    .iter()
+                    .filter(|(n, _)| behind.contains(&n.as_str()))
+                    .map(|(n, r)| format!("{n}: {}", lag(r, now_ms, &before)))
+                    .collect();
+                bail!(
+                    "the pipeline did not settle at trace time {now_ms} within {timeout:?}: {}",
+                    if detail.is_empty() {
+                        "every service is settled, but the replay's own condition does not hold".to_string()
+                    } else {
+                        detail.join("; ")
+                    }
+                );
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+    }
+}
+
+/// What a report is behind on, for the error of a barrier that timed out.
+fn lag(r: &Report, now_ms: i64, ends: &Ends) -> String {
+    let mut parts = Vec::new();
+    if r.clock_ms != Some(now_ms) {
+        parts.push(format!("clock at {:?}", r.clock_ms));
+    }
+    if r.passes && r.pass_clock_ms.is_none_or(|p| p < now_ms) {
+        parts.push(format!("last pass at {:?}", r.pass_clock_ms));
+    }
+    for (t, ps) in &r.settled {
+        for (p, at) in ps {
+            if let Some(end) = ends.get(t).and_then(|e| e.get(p)) {
+                if at < end {
+                    parts.push(format!("{t}[{p}] at {at} of {end}"));
+                }
+            }
+        }
+    }
+    parts.join(", ")
+}

@@ -1,0 +1,230 @@
+//! Where a process stands in its inputs, and the driven clock: what the lockstep replay
+//! (docs/replay.md) needs to advance trace time only once the pipeline has settled.
+//!
+//! A service is settled at clock time `T` when, for every input partition it reads, it has
+//! taken every record up to the partition's end into its state *and* every output those
+//! records cause is acknowledged by the broker, and — for a service that acts in passes (the
+//! shadow manager's reconcile, the forecast's scoring, the fleet's health check) — a pass that
+//! began at `T` or later has finished with its outputs acknowledged. The driver reads this
+//! from `GET /progress`, compares it with the end offsets it reads from the broker, and
+//! advances the clock with `POST /clock` when every service is settled and no topic grew in
+//! the meantime.
+//!
+//! One record per process: a service is one process, and what it reports is the union of its
+//! readers.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+/// The time a driven clock stands at (ms since the epoch); `i64::MIN` until the driver sets it.
+static DRIVEN_NOW: AtomicI64 = AtomicI64::new(i64::MIN);
+/// Told whenever the driven clock moves: passes waiting on a timer start at once, and a move
+/// during a pass is seen when the pass ends (a watch keeps it, a notification would not).
+static ADVANCED: std::sync::OnceLock<tokio::sync::watch::Sender<i64>> = std::sync::OnceLock::new();
+
+fn advanced() -> &'static tokio::sync::watch::Sender<i64> {
+    ADVANCED.get_or_init(|| tokio::sync::watch::Sender::new(i64::MIN))
+}
+/// Set by a service whose inputs take effect in passes: its readers' positions count only once
+/// a pass has covered them.
+static IN_PASSES: AtomicBool = AtomicBool::new(false);
+static STATE: Mutex<State> = Mutex::new(State {
+    applied: BTreeMap::new(),
+    settled: BTreeMap::new(),
+    pass_clock_ms: None,
+});
+
+struct State {
+    applied: BTreeMap<String, BTreeMap<i32, i64>>,
+    settled: BTreeMap<String, BTreeMap<i32, i64>>,
+    pass_clock_ms: Option<i64>,
+}
+
+fn state() -> std::sync::MutexGuard<'static, State> {
+    STATE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn raise(map: &mut BTreeMap<String, BTreeMap<i32, i64>>, topic: &str, partition: i32, next: i64) {
+    let p = map
+        .entry(topic.to_string())
+        .or_default()
+        .entry(partition)
+        .or_insert(next);
+    *p = (*p).max(next);
+}
+
+/// What `GET /progress` answers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// The driven clock's time, if it has been set.
+    pub clock_ms: Option<i64>,
+    /// Whether the service acts in passes (then `pass_clock_ms` must reach the clock).
+    pub passes: bool,
+    /// The clock time at which the last finished pass began.
+    pub pass_clock_ms: Option<i64>,
+    /// Per topic and partition, the next offset whose effects are complete.
+    pub settled: BTreeMap<String, BTreeMap<i32, i64>>,
+}
+
+impl Report {
+    /// True when this service has settled every partition it reports up to its end in `ends`
+    /// and, if it acts in passes, has finished a pass begun at `clock_ms` or later. Readers
+    /// report their partitions from offset 0 as they open; a group consumer reports a
+    /// partition once it has taken a record from it (the driver knows what it sent there).
+    pub fn settled_at(&self, clock_ms: i64, ends: &BTreeMap<String, BTreeMap<i32, i64>>) -> bool {
+        if self.clock_ms != Some(clock_ms) {
+            return false;
+        }
+        if self.passes && self.pass_clock_ms.is_none_or(|p| p < clock_ms) {
+            return false;
+        }
+        self.settled.iter().all(|(topic, parts)| {
+            parts.iter().all(|(p, at)| {
+                ends.get(topic)
+                    .and_then(|e| e.get(p))
+                    .is_none_or(|end| at >= end)
+            })
+        })
+    }
+}
+
+/// Declares that a partition of `topic` is read, before anything has been read from it: the
+/// driver waits for it from offset 0.
+pub fn reads(topic: &str, partition: i32) {
+    let mut s = state();
+    s.applied
+        .entry(topic.to_string())
+        .or_default()
+        .entry(partition)
+        .or_insert(0);
+    if !IN_PASSES.load(Ordering::Acquire) {
+        s.settled
+            .entry(topic.to_string())
+            .or_default()
+            .entry(partition)
+            .or_insert(0);
+    }
+}
+
+/// A reader took every record of `partition` before `next` into local state. For a service
+/// not acting in passes this settles them too (their effect is the state itself).
+pub fn applied(topic: &str, partition: i32, next: i64) {
+    let mut s = state();
+    raise(&mut s.applied, topic, partition, next);
+    if !IN_PASSES.load(Ordering::Acquire) {
+        raise(&mut s.settled, topic, partition, next);
+    }
+}
+
+/// Every output of the records of `partition` before `next` is acknowledged.
+pub fn settled(topic: &str, partition: i32, next: i64) {
+    raise(&mut state().settled, topic, partition, next);
+}
+
+/// Declares that this service's followed inputs take effect in passes ([`begin_pass`]).
+/// Called before its readers open.
+pub fn act_in_passes() {
+    IN_PASSES.store(true, Ordering::Release);
+}
+
+/// What a pass covers: the positions applied when it began, and the clock then.
+#[derive(Debug, Clone)]
+pub struct Pass {
+    applied: BTreeMap<String, BTreeMap<i32, i64>>,
+    clock_ms: Option<i64>,
+}
+
+/// Marks the start of a pass: call before reading the state it acts on.
+pub fn begin_pass() -> Pass {
+    Pass {
+        applied: state().applied.clone(),
+        clock_ms: driven_now(),
+    }
+}
+
+/// The pass begun with `pass` finished, its outputs acknowledged: what it covered is settled.
+pub fn end_pass(pass: Pass) {
+    let mut s = state();
+    for (topic, parts) in &pass.applied {
+        for (p, o) in parts {
+            raise(&mut s.settled, topic, *p, *o);
+        }
+    }
+    if let Some(c) = pass.clock_ms {
+        s.pass_clock_ms = Some(s.pass_clock_ms.map_or(c, |x| x.max(c)));
+    }
+}
+
+/// This process's progress.
+pub fn report() -> Report {
+    let s = state();
+    Report {
+        clock_ms: driven_now(),
+        passes: IN_PASSES.load(Ordering::Acquire),
+        pass_clock_ms: s.pass_clock_ms,
+        settled: s.settled.clone(),
+    }
+}
+
+/// The driven clock's time, once set.
+pub fn driven_now() -> Option<i64> {
+    match DRIVEN_NOW.load(Ordering::Acquire) {
+        i64::MIN => None,
+        t => Some(t),
+    }
+}
+
+/// Sets the driven clock. It never goes back: a stale request is ignored.
+pub fn drive_clock(now_ms: i64) {
+    let before = DRIVEN_NOW.fetch_max(now_ms, Ordering::AcqRel);
+    if now_ms > before {
+        advanced().send_replace(now_ms);
+    }
+}
+
+/// A watch of the driven clock: `changed()` completes once it has moved since last seen (for
+/// a loop that acts in passes, to start one at once). It never completes on a wall clock.
+pub fn clock_watch() -> tokio::sync::watch::Receiver<i64> {
+    advanced().subscribe()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ends(parts: &[(&str, i32, i64)]) -> BTreeMap<String, BTreeMap<i32, i64>> {
+        let mut m: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
+        for (t, p, e) in parts {
+            m.entry(t.to_string()).or_default().insert(*p, *e);
+        }
+        m
+    }
+
+    #[test]
+    fn a_report_is_settled_only_at_its_clock_with_every_partition_read_to_its_end() {
+        let mut r = Report {
+            clock_ms: Some(1_000),
+            passes: false,
+            pass_clock_ms: None,
+            settled: ends(&[("a", 0, 5), ("a", 1, 3)]),
+        };
+        assert!(r.settled_at(1_000, &ends(&[("a", 0, 5), ("a", 1, 3), ("b", 0, 9)])));
+        assert!(!r.settled_at(2_000, &ends(&[("a", 0, 5)])), "another clock");
+        assert!(!r.settled_at(1_000, &ends(&[("a", 0, 6)])), "a record not yet taken");
+        r.settled.get_mut("a").unwrap().insert(2, 0);
+        assert!(
+            !r.settled_at(1_000, &ends(&[("a", 2, 1)])),
+            "a partition opened with nothing read yet"
+        );
+        r.settled.get_mut("a").unwrap().insert(2, 1);
+        r.passes = true;
+        assert!(!r.settled_at(1_000, &ends(&[("a", 0, 5)])), "no pass yet");
+        r.pass_clock_ms = Some(999);
+        assert!(!r.settled_at(1_000, &ends(&[("a", 0, 5)])), "a pass of before");
+        r.pass_clock_ms = Some(1_000);
+        assert!(r.settled_at(1_000, &ends(&[("a", 0, 5)])));
+    }
+}
