@@ -85,6 +85,10 @@ pub struct ReplayArgs {
     /// does not depend on the machine (docs/replay.md).
     #[arg(long)]
     pub realtime: bool,
+    /// The services' `fetch.wait.max.ms`: how long a fetch waits at the broker for new records.
+    /// Shorter answers sooner and costs the broker more polls.
+    #[arg(long, default_value_t = 10)]
+    pub fetch_wait_ms: u64,
     /// Hosts in the simulated fleet (0: enough for the busiest hour at 60%).
     #[arg(long, default_value_t = 0)]
     pub hosts: usize,
@@ -452,8 +456,8 @@ fn service_config(
         }
     };
     let common = format!(
-        "topic_prefix = \"{prefix}\"\nshutdown_grace_ms = 10000\n[kafka]\nbootstrap_servers = \"{bootstrap}\"\n[kafka.properties]\n\"fetch.wait.max.ms\" = \"10\"\n[registry]\nurl = \"{registry}\"\n[clock]\nspeed = {}\norigin_wall_ms = {}\norigin_trace_ms = {}\ndriven = {}\n",
-        clock.speed, clock.origin_wall_ms, clock.origin_trace_ms, clock.driven
+        "topic_prefix = \"{prefix}\"\nshutdown_grace_ms = 10000\n[kafka]\nbootstrap_servers = \"{bootstrap}\"\n[kafka.properties]\n\"fetch.wait.max.ms\" = \"{}\"\n[registry]\nurl = \"{registry}\"\n[clock]\nspeed = {}\norigin_wall_ms = {}\norigin_trace_ms = {}\ndriven = {}\n",
+        a.fetch_wait_ms, clock.speed, clock.origin_wall_ms, clock.origin_trace_ms, clock.driven
     );
     let ready_ms = (a.startup_s * 1000.0) as i64;
     // Durations a service compares with record times are trace time; timers are wall time.
@@ -796,8 +800,15 @@ async fn evaluate(
     prefix: &str,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Summary> {
+    // The driver's readers wait at the broker as the services' do: a lockstep barrier waits
+    // for the decisions they read.
     let kafka = KafkaSettings {
         bootstrap_servers: bootstrap.to_string(),
+        properties: [(
+            "fetch.wait.max.ms".to_string(),
+            a.fetch_wait_ms.to_string(),
+        )]
+        .into(),
         ..KafkaSettings::default()
     };
     let registry: Arc<dyn SchemaRegistry> = Arc::new(HttpRegistry::new(registry_url)?);
@@ -1114,7 +1125,7 @@ async fn evaluate(
             .collect();
         let mut l = crate::lockstep::Lockstep::new(&kafka, services, &topics)?;
         l.set_clock(p.live_start_ms).await?;
-        l.settle(p.live_start_ms, SETTLE_TIMEOUT, || procs.exited(), || true)
+        l.settle("start", p.live_start_ms, SETTLE_TIMEOUT, || procs.exited(), || true)
             .await
             .context("settling before the live week")?;
         Some(l)
@@ -1142,6 +1153,12 @@ async fn evaluate(
             l.settles,
             l.waited.as_secs_f64()
         );
+        for (kind, (n, d)) in &l.by_kind {
+            eprintln!(
+                "  {kind}: {n} barriers, {:.0} ms each",
+                d.as_secs_f64() * 1000.0 / (*n).max(1) as f64
+            );
+        }
     }
 
     // Every request answered (or 60 s), then stop the services cleanly.
@@ -1361,11 +1378,23 @@ async fn live_week(
         let now = if let Some(l) = lockstep.as_deref_mut() {
             l.set_clock(t).await?;
             send_all(producer, std::mem::take(&mut emits)).await?;
-            for at in [t, t + 1, t + 1 + ready_ms] {
+            // The step before's points all in: no step is scored late, one barrier fewer.
+            let complete = |w: usize| {
+                if i == 0 {
+                    p.traces.0.cpu[w].last().is_some_and(|c| c.is_finite())
+                } else {
+                    p.traces.1.cpu[w].get(i - 1).is_some_and(|c| c.is_finite())
+                }
+            };
+            let late = !(0..p.traces.1.workloads()).all(complete);
+            for (kind, at) in [("samples", t), ("late points", t + 1), ("slots ready", t + 1 + ready_ms)] {
+                if kind == "late points" && !late {
+                    continue;
+                }
                 if at > t {
                     l.set_clock(at).await?;
                 }
-                l.settle(at, SETTLE_TIMEOUT, || procs.exited(), || true)
+                l.settle(kind, at, SETTLE_TIMEOUT, || procs.exited(), || true)
                     .await?;
             }
             t + 1 + ready_ms
@@ -1444,7 +1473,7 @@ async fn live_week(
                 .iter()
                 .map(|(id, _)| id.clone())
                 .collect();
-            l.settle(now, SETTLE_TIMEOUT, || procs.exited(), || {
+            l.settle("requests", now, SETTLE_TIMEOUT, || procs.exited(), || {
                 let o = lock(obs);
                 asked.iter().all(|r| o.decisions.contains_key(r))
             })

@@ -26,6 +26,8 @@ pub struct Lockstep {
     pub settles: u64,
     /// Wall time spent waiting at barriers.
     pub waited: Duration,
+    /// Barriers and wall time by what they wait for.
+    pub by_kind: BTreeMap<&'static str, (u64, Duration)>,
 }
 
 impl Lockstep {
@@ -56,6 +58,7 @@ impl Lockstep {
             partitions,
             settles: 0,
             waited: Duration::ZERO,
+            by_kind: BTreeMap::new(),
         })
     }
 
@@ -121,6 +124,7 @@ impl Lockstep {
     /// behind, or as soon as `alive()` reports a service gone.
     pub async fn settle(
         &mut self,
+        kind: &'static str,
         now_ms: i64,
         timeout: Duration,
         mut alive: impl FnMut() -> Option<String>,
@@ -128,20 +132,26 @@ impl Lockstep {
     ) -> anyhow::Result<()> {
         let start = Instant::now();
         let mut pause = Duration::from_millis(1);
+        let mut before = self.ends().await?;
         loop {
             if let Some(e) = alive() {
                 bail!("at trace time {now_ms}: {e}");
             }
-            let before = self.ends().await?;
             let reports = self.reports().await?;
             let behind: Vec<&str> = reports
                 .iter()
                 .filter(|(_, r)| !r.settled_at(now_ms, &before))
                 .map(|(n, _)| n.as_str())
                 .collect();
-            if behind.is_empty() && done() && self.ends().await? == before {
+            let settled = behind.is_empty() && done();
+            // What the services reported after `before`: unchanged ends mean nothing moved.
+            let after = self.ends().await?;
+            if settled && after == before {
                 self.settles += 1;
                 self.waited += start.elapsed();
+                let k = self.by_kind.entry(kind).or_default();
+                k.0 += 1;
+                k.1 += start.elapsed();
                 return Ok(());
             }
             if start.elapsed() > timeout {
@@ -158,6 +168,11 @@ impl Lockstep {
                         detail.join("; ")
                     }
                 );
+            }
+            if after != before {
+                before = after;
+                pause = Duration::from_millis(1);
+                continue;
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(20));

@@ -158,6 +158,31 @@ pub fn end_pass(pass: Pass) {
     }
 }
 
+/// True when a reader has applied records that no pass has covered yet: a service acting in
+/// passes runs one soon, rather than at its next interval.
+pub fn unsettled() -> bool {
+    let s = state();
+    s.applied.iter().any(|(topic, parts)| {
+        parts.iter().any(|(p, o)| {
+            s.settled
+                .get(topic)
+                .and_then(|x| x.get(p))
+                .is_none_or(|at| at < o)
+        })
+    })
+}
+
+/// Completes once [`unsettled`] holds, polled every 10 ms (tables have no change
+/// notification), never at once: a loop waiting on it cannot spin.
+pub async fn wait_unsettled() {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        if unsettled() {
+            return;
+        }
+    }
+}
+
 /// This process's progress.
 pub fn report() -> Report {
     let s = state();

@@ -124,6 +124,7 @@ impl RestoringReader {
                 .all(|(p, e)| pos.get(p).copied().unwrap_or(0) >= *e)
         };
         let consumed = metrics.consumed.with_label_values(&[&self.topic]);
+        let mut idle_rounds = 0u32;
         // A reader that follows reports its progress; a one-off read of a topic to its end
         // (a writer restoring its own table) is not an input the service waits on.
         let follows = !stop_at_end;
@@ -150,6 +151,21 @@ impl RestoringReader {
             match msg {
                 // Idle: records compacted away at the end still move the client's position.
                 Err(_idle) => {
+                    idle_rounds += 1;
+                    // Records removed at the end (a tombstone compacted at once) leave the
+                    // position short of the end with nothing left to read: after half a
+                    // second of quiet (and every second of it after), progress counts the
+                    // partition read to its high watermark (the table's own position is not
+                    // moved). A broker round trip, on an idle reader only.
+                    if follows && idle_rounds >= 2 && idle_rounds % 4 == 2 {
+                        for p in self.end.keys() {
+                            if let Ok((_, high)) = self.consumer.fetch_watermarks(&self.topic, *p, Duration::from_secs(1)) {
+                                if high > positions.get(p).copied().unwrap_or(0) {
+                                    crate::progress::applied(&self.topic, *p, high);
+                                }
+                            }
+                        }
+                    }
                     if let Ok(pos) = self.consumer.position() {
                         for e in pos.elements() {
                             if let Offset::Offset(o) = e.offset() {
@@ -167,6 +183,7 @@ impl RestoringReader {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 Ok(Ok(m)) => {
+                    idle_rounds = 0;
                     consumed.inc();
                     positions.insert(m.partition(), m.offset() + 1);
                     let record = RawRecord {

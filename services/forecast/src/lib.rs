@@ -172,6 +172,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
             // The scale-up stage scores each step as soon as its inputs are in.
             _ = tokio::time::sleep(Duration::from_millis(if scale_up { 50 } else { 200 })) => {}
             _ = clock_moved.changed() => {}
+            _ = umbra_stream::progress::wait_unsettled() => {}
         }
         if !rt.readiness.is_ready() {
             continue;

@@ -84,6 +84,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(observe_every) => {}
             _ = clock_moved.changed() => {}
+            // Inputs no pass has seen yet: one now, so that what they cause follows at once.
+            _ = umbra_stream::progress::wait_unsettled() => {}
         }
         let pass = umbra_stream::progress::begin_pass();
         let now = rt.config.clock.now_ms();
@@ -131,3 +133,4 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
     }
     Ok(())
 }
+

@@ -459,6 +459,21 @@ pub struct Manager {
     /// Demand per workload with the forecast time and holdings it was computed for, valid
     /// until a time: a pass over unchanged forecasts does not rescan them.
     demand_cache: HashMap<String, CachedDemand>,
+    /// Per pool, the step of the forecast in force and the slots claimed under it: a claimed
+    /// slot is refilled at the next step's forecast, not at once (docs/scale-up.md), so that a
+    /// pool holds what the forecast of the step says, as the offline core does. Lost on
+    /// restart, which only refills a step's claimed slots early.
+    pool_claimed: HashMap<String, PoolClaims>,
+}
+
+#[derive(Default)]
+struct PoolClaims {
+    /// `step_start` of the forecast in force.
+    step: i64,
+    /// Slots claimed under it.
+    claimed: usize,
+    /// Claimed slots already counted, while they are still in the row.
+    seen: HashSet<String>,
 }
 
 struct CachedDemand {
@@ -506,6 +521,7 @@ impl Manager {
             table: table.into_iter().collect(),
             sent: HashMap::new(),
             demand_cache: HashMap::new(),
+            pool_claimed: HashMap::new(),
         }
     }
 
@@ -978,11 +994,28 @@ impl Manager {
         let mut reasons = Vec::new();
         let mut avoid = HashSet::new();
         self.observe_candidates(&mut e, inp, out, &mut reasons, &mut avoid);
+        let step = fresh.map_or(e.predicted_start, |f| f.step_start);
+        let pc = self.pool_claimed.entry(id.to_string()).or_default();
+        if pc.step != step {
+            pc.step = step;
+            pc.claimed = 0;
+        }
+        for c in &e.candidates {
+            let taken = c.status == ShadowStatus::Claimed
+                || inp.claims.contains_key(&c.shadow_id)
+                || matches!(inp.ledger.ended(&c.shadow_id), Some(ShadowEnd::Expanded));
+            if taken && pc.seen.insert(c.shadow_id.clone()) {
+                pc.claimed += 1;
+            }
+        }
+        let want = want.saturating_sub(pc.claimed);
         let before = e.candidates.len();
         e.candidates.retain(|c| {
             (is_live(c.status) || c.status == ShadowStatus::Claimed)
                 && !matches!(inp.ledger.ended(&c.shadow_id), Some(ShadowEnd::Expanded))
         });
+        pc.seen
+            .retain(|s| e.candidates.iter().any(|c| c.shadow_id == *s));
         if e.candidates.len() < before {
             reasons.push("claimed slots became workloads".into());
         }

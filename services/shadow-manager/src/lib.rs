@@ -152,6 +152,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
             }
             _ = tokio::time::sleep(interval) => {}
             _ = clock_moved.changed() => {}
+            // A table changed (tables have no notification): a pass now.
+            _ = umbra_stream::progress::wait_unsettled() => {}
         }
         let pass = umbra_stream::progress::begin_pass();
         let actions = {
