@@ -1125,7 +1125,7 @@ async fn evaluate(
             .collect();
         let mut l = crate::lockstep::Lockstep::new(&kafka, services, &topics)?;
         l.set_clock(p.live_start_ms).await?;
-        l.settle("start", p.live_start_ms, SETTLE_TIMEOUT, || procs.exited(), || true)
+        l.settle("start", p.live_start_ms, SETTLE_TIMEOUT, || procs.exited(), || Ok(()))
             .await
             .context("settling before the live week")?;
         Some(l)
@@ -1143,6 +1143,7 @@ async fn evaluate(
         &scale,
         &mut procs,
         lockstep.as_mut(),
+        (&kafka, registry.clone(), topic("umbra.allocation.decisions")),
     )
     .await?;
     if let Some(l) = &lockstep {
@@ -1320,6 +1321,7 @@ async fn live_week(
     scale: &Output<WorkloadKey, WorkloadScale>,
     procs: &mut Procs,
     mut lockstep: Option<&mut crate::lockstep::Lockstep>,
+    decisions: (&KafkaSettings, Arc<dyn SchemaRegistry>, String),
 ) -> anyhow::Result<Measured> {
     let mut m = Measured::default();
     let mut last_scale: HashMap<usize, u32> = HashMap::new();
@@ -1394,7 +1396,7 @@ async fn live_week(
                 if at > t {
                     l.set_clock(at).await?;
                 }
-                l.settle(kind, at, SETTLE_TIMEOUT, || procs.exited(), || true)
+                l.settle(kind, at, SETTLE_TIMEOUT, || procs.exited(), || Ok(()))
                     .await?;
             }
             t + 1 + ready_ms
@@ -1473,11 +1475,31 @@ async fn live_week(
                 .iter()
                 .map(|(id, _)| id.clone())
                 .collect();
-            l.settle("requests", now, SETTLE_TIMEOUT, || procs.exited(), || {
+            let seen = || {
                 let o = lock(obs);
-                asked.iter().all(|r| o.decisions.contains_key(r))
-            })
-            .await?;
+                let missing: Vec<&String> =
+                    asked.iter().filter(|r| !o.decisions.contains_key(*r)).collect();
+                if missing.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "the replay has seen no decision for {missing:?} ({} decisions seen in all)",
+                        o.decisions.len()
+                    ))
+                }
+            };
+            let first = l
+                .settle("requests", now, Duration::from_secs(20), || procs.exited(), seen)
+                .await;
+            if let Err(e) = first {
+                // Seen here: the replay's follower of the decisions stopped short of their
+                // end while every service had settled. Read them again from the start, then
+                // wait as long as any barrier may.
+                eprintln!("\nnote: {e:#}; reading the decisions again");
+                refresh_decisions(&decisions, obs).await?;
+                l.settle("requests", now, SETTLE_TIMEOUT, || procs.exited(), seen)
+                    .await?;
+            }
         }
         observe_step(p, i, obs, &mut m);
         if !a.quiet && (last_progress.elapsed() >= Duration::from_millis(500) || i + 1 == p.steps) {
@@ -1489,6 +1511,45 @@ async fn live_week(
         eprintln!();
     }
     Ok(m)
+}
+
+/// Reads the decisions topic from the start to its end and adds the decisions the replay's
+/// follower has not delivered (a request already seen keeps what it has).
+async fn refresh_decisions(
+    (kafka, registry, topic): &(&KafkaSettings, Arc<dyn SchemaRegistry>, String),
+    obs: &Shared,
+) -> anyhow::Result<()> {
+    let input: Arc<Input<WorkloadKey, AllocationDecision>> =
+        Arc::new(Input::new(registry.clone(), topic.clone()).await?);
+    let read: Arc<Mutex<Vec<AllocationDecision>>> = Arc::default();
+    let sink = read.clone();
+    RestoringReader::open(kafka, topic)
+        .await?
+        .restore(
+            CancellationToken::new(),
+            Metrics::new("umbra-replay"),
+            move |r: RawRecord| {
+                let (input, sink) = (input.clone(), sink.clone());
+                async move {
+                    if let Some(v) = r.value.as_deref() {
+                        if let Ok(d) = input.decode_value(v).await {
+                            sink.lock().unwrap_or_else(|p| p.into_inner()).push(d);
+                        }
+                    }
+                }
+            },
+        )
+        .await;
+    let all = std::mem::take(&mut *read.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut o = lock(obs);
+    let mut by_request: HashMap<String, Vec<AllocationDecision>> = HashMap::new();
+    for d in all {
+        by_request.entry(d.request_id.clone()).or_default().push(d);
+    }
+    for (id, ds) in by_request {
+        o.decisions.entry(id).or_insert(ds);
+    }
+    Ok(())
 }
 
 /// Samples the fleet after step `i`: reservations, host use, overloads, commitments.

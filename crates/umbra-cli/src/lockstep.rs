@@ -119,8 +119,8 @@ impl Lockstep {
         Ok(out)
     }
 
-    /// Waits until the pipeline has settled at `now_ms` and `done()` holds (what the replay
-    /// itself waits for, as every request decided). Fails after `timeout`, naming who was
+    /// Waits until the pipeline has settled at `now_ms` and `done()` is `Ok` (what the replay
+    /// itself waits for, as every request decided; `Err` says what is missing). Fails after `timeout`, naming who was
     /// behind, or as soon as `alive()` reports a service gone.
     pub async fn settle(
         &mut self,
@@ -128,7 +128,7 @@ impl Lockstep {
         now_ms: i64,
         timeout: Duration,
         mut alive: impl FnMut() -> Option<String>,
-        mut done: impl FnMut() -> bool,
+        mut done: impl FnMut() -> Result<(), String>,
     ) -> anyhow::Result<()> {
         let start = Instant::now();
         let mut pause = Duration::from_millis(1);
@@ -143,7 +143,8 @@ impl Lockstep {
                 .filter(|(_, r)| !r.settled_at(now_ms, &before))
                 .map(|(n, _)| n.as_str())
                 .collect();
-            let settled = behind.is_empty() && done();
+            let own = done();
+            let settled = behind.is_empty() && own.is_ok();
             // What the services reported after `before`: unchanged ends mean nothing moved.
             let after = self.ends().await?;
             if settled && after == before {
@@ -163,7 +164,7 @@ impl Lockstep {
                 bail!(
                     "the pipeline did not settle at trace time {now_ms} within {timeout:?}: {}",
                     if detail.is_empty() {
-                        "every service is settled, but the replay's own condition does not hold".to_string()
+                        format!("every service is settled, but {}", own.err().unwrap_or_default())
                     } else {
                         detail.join("; ")
                     }
