@@ -14,7 +14,7 @@ DEMO_PROCESSES := $(SERVICES) fleet-sim
 TARGET_DIR := $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null | $(PYTHON) -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null || echo target)
 
 .PHONY: bench-forecast bench-venv bench-shadow bench-interceptor bench-ingest bench-scaleup sweep
-.PHONY: test-tools chaos
+.PHONY: test-tools chaos test-lockstep
 .PHONY: all build test unit-test integration-test test-stack-up test-stack-down bench lint demo bench-replay run run-down status venv clean
 
 all: build
@@ -50,6 +50,17 @@ test: venv test-tools
 	SCHEMA_REGISTRY_URL=http://127.0.0.1:$(TEST_REGISTRY_PORT) \
 	PYTHON_FOR_TESTS=$(CURDIR)/$(VENV)/bin/python \
 	$(CARGO) test --workspace --no-fail-fast; status=$$?; \
+	$(MAKE) --no-print-directory test-stack-down; exit $$status
+
+# The lockstep replay's determinism test, ignored in `make test` while a known write loop can
+# keep a barrier from settling (docs/replay.md).
+test-lockstep: venv test-tools
+	$(CARGO) build --workspace --bins --tests
+	$(MAKE) --no-print-directory test-stack-up
+	set -o pipefail; \
+	KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$(TEST_BROKER_PORT) \
+	SCHEMA_REGISTRY_URL=http://127.0.0.1:$(TEST_REGISTRY_PORT) \
+	$(CARGO) test -p umbra-integration --test replay -- --ignored; status=$$?; \
 	$(MAKE) --no-print-directory test-stack-down; exit $$status
 
 test-stack-up:

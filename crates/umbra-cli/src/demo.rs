@@ -78,17 +78,22 @@ pub struct ReplayArgs {
     /// Wall-clock minutes the live days take, with `--realtime`.
     #[arg(long, default_value_t = 4.0)]
     pub live_minutes: f64,
-    /// Replay in compressed real time, as before lockstep: the trace clock runs the live days
-    /// in `--live-minutes` of wall time and decisions fall behind as far as the machine makes
-    /// them (reported in trace minutes). Without it the replay runs in lockstep: each step's
-    /// inputs go out only once the pipeline has settled on the step before, so the result
-    /// does not depend on the machine (docs/replay.md).
+    /// Replay in compressed real time (the default for now): the trace clock runs the live
+    /// days in `--live-minutes` of wall time and decisions fall behind as far as the machine
+    /// makes them (reported in trace minutes).
     #[arg(long)]
     pub realtime: bool,
-    /// The services' `fetch.wait.max.ms`: how long a fetch waits at the broker for new records.
-    /// Shorter answers sooner and costs the broker more polls.
-    #[arg(long, default_value_t = 10)]
-    pub fetch_wait_ms: u64,
+    /// Replay in lockstep: each step's inputs go out only once the pipeline has settled on the
+    /// step before, so the result does not depend on the machine (docs/replay.md). Not yet the
+    /// default: a known write loop can keep a barrier from settling (docs/replay.md).
+    #[arg(long, conflicts_with = "realtime")]
+    pub lockstep: bool,
+    /// The services' `fetch.wait.max.ms`: how long a fetch waits at the broker for new records
+    /// (default 10 with `--realtime`, 500 in lockstep). Shorter answers sooner and costs the
+    /// broker more polls: in lockstep, with some thirty readers polling the embedded broker,
+    /// 500 ms measured 1.1 s a step and 10 ms 3.1 s (docs/replay.md).
+    #[arg(long)]
+    pub fetch_wait_ms: Option<u64>,
     /// Hosts in the simulated fleet (0: enough for the busiest hour at 60%).
     #[arg(long, default_value_t = 0)]
     pub hosts: usize,
@@ -435,6 +440,10 @@ impl Drop for Procs {
     }
 }
 
+fn fetch_wait_ms(a: &ReplayArgs) -> u64 {
+    a.fetch_wait_ms.unwrap_or(if a.realtime { 10 } else { 500 })
+}
+
 /// The configuration file of one service (everything but `[http]`).
 fn service_config(
     name: &str,
@@ -457,7 +466,7 @@ fn service_config(
     };
     let common = format!(
         "topic_prefix = \"{prefix}\"\nshutdown_grace_ms = 10000\n[kafka]\nbootstrap_servers = \"{bootstrap}\"\n[kafka.properties]\n\"fetch.wait.max.ms\" = \"{}\"\n[registry]\nurl = \"{registry}\"\n[clock]\nspeed = {}\norigin_wall_ms = {}\norigin_trace_ms = {}\ndriven = {}\n",
-        a.fetch_wait_ms, clock.speed, clock.origin_wall_ms, clock.origin_trace_ms, clock.driven
+        fetch_wait_ms(a), clock.speed, clock.origin_wall_ms, clock.origin_trace_ms, clock.driven
     );
     let ready_ms = (a.startup_s * 1000.0) as i64;
     // Durations a service compares with record times are trace time; timers are wall time.
@@ -624,7 +633,8 @@ struct Measured {
 }
 
 /// Runs the replay; prints the summary table and where the report is.
-pub async fn run(a: ReplayArgs) -> anyhow::Result<()> {
+pub async fn run(mut a: ReplayArgs) -> anyhow::Result<()> {
+    a.realtime = !a.lockstep;
     let shutdown = umbra_stream::shutdown::install();
     let begun = Instant::now();
     if a.sweep {
@@ -806,7 +816,7 @@ async fn evaluate(
         bootstrap_servers: bootstrap.to_string(),
         properties: [(
             "fetch.wait.max.ms".to_string(),
-            a.fetch_wait_ms.to_string(),
+            fetch_wait_ms(a).to_string(),
         )]
         .into(),
         ..KafkaSettings::default()
@@ -1404,6 +1414,10 @@ async fn live_week(
             clock.now_ms()
         };
         emits.extend(scales);
+        // In lockstep a step's requests go one at a time, each once the one before is decided:
+        // the interceptor takes them in the order the offline core does (smaller first), not
+        // in whatever order its partitions deliver them.
+        let mut one_by_one: Vec<(String, Emit)> = Vec::new();
         while next_event < events.len() && events[next_event].t_s * 1000 <= t - p.live_start_ms {
             let e = events[next_event];
             next_event += 1;
@@ -1413,7 +1427,7 @@ async fn live_week(
             match e.change {
                 Change::Up => {
                     let id = format!("req-{}-{:04}-{}", wl.id, i, k);
-                    emits.push(requests.record(
+                    let emit = requests.record(
                         &WorkloadKey {
                             workload_id: wl.id.clone(),
                         },
@@ -1424,7 +1438,12 @@ async fn live_week(
                             resources: replica_resources(&p.models[e.workload]),
                             requested_at: now,
                         },
-                    )?);
+                    )?;
+                    if lockstep.is_some() {
+                        one_by_one.push((id.clone(), emit));
+                    } else {
+                        emits.push(emit);
+                    }
                     let context = {
                         let o = lock(obs);
                         let held = o.ledger.held(&wl.id).cpu_millicores as f64;
@@ -1467,6 +1486,17 @@ async fn live_week(
                         )?);
                     }
                 }
+            }
+        }
+        for (id, emit) in one_by_one {
+            send_all(producer, vec![emit]).await?;
+            // Bounded: a decision the replay does not see is waited for at the barrier.
+            let start = Instant::now();
+            while !lock(obs).decisions.contains_key(&id) && start.elapsed() < Duration::from_secs(20) {
+                if let Some(e) = procs.exited() {
+                    bail!("during the live week: {e}");
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }
         send_all(producer, emits).await?;

@@ -739,12 +739,13 @@ mod tests {
             1,
         );
         assert_eq!(e[0].kind, FleetEventKind::Created);
+        // A second shadow does not fit beside the first.
         let e = s.execute(
             &cmd(
                 "c2",
-                FleetCommandKind::PlaceWorkload,
+                FleetCommandKind::CreateShadow,
                 "host-000",
-                None,
+                Some("s1b"),
                 res(2_000, 2),
             ),
             2,
@@ -753,6 +754,40 @@ mod tests {
         assert!(
             e[0].reason
                 .contains("insufficient capacity on host-000: cpu 2000m > 1000m"),
+            "{}",
+            e[0].reason
+        );
+        // A real workload does: the shadow in its way is preempted first.
+        let e = s.execute(
+            &cmd(
+                "c2w",
+                FleetCommandKind::PlaceWorkload,
+                "host-000",
+                None,
+                res(2_000, 2),
+            ),
+            2,
+        );
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert_eq!(e[0].kind, FleetEventKind::Failed);
+        assert_eq!(e[0].shadow_id.as_deref(), Some("s1"));
+        assert!(e[0].reason.starts_with(PREEMPTED), "{}", e[0].reason);
+        assert_eq!(e[1].kind, FleetEventKind::Placed);
+        assert!(s.ledger().overcommitted().is_empty());
+        // Beyond what real workloads leave, it is refused.
+        let e = s.execute(
+            &cmd(
+                "c2x",
+                FleetCommandKind::PlaceWorkload,
+                "host-000",
+                None,
+                res(3_000, 2),
+            ),
+            2,
+        );
+        assert_eq!(e[0].kind, FleetEventKind::Refused);
+        assert!(
+            e[0].reason.contains("real workloads fill it: cpu 3000m > 2000m"),
             "{}",
             e[0].reason
         );

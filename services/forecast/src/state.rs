@@ -377,7 +377,7 @@ mod tests {
         e.labels.clear();
         st.add_event(e);
         let now: Vec<String> = st
-            .take_dirty(false)
+            .take_dirty(false, i64::MAX)
             .into_iter()
             .map(|(id, _, ev)| {
                 assert_eq!(ev.len(), 1);
