@@ -787,7 +787,7 @@ mod tests {
         );
         assert_eq!(e[0].kind, FleetEventKind::Refused);
         assert!(
-            e[0].reason.contains("real workloads fill it: cpu 3000m > 2000m"),
+            e[0].reason.contains("(real workloads fill it): cpu 3000m > 2000m"),
             "{}",
             e[0].reason
         );
