@@ -23,7 +23,13 @@ fn replay_days(state: &Path, out: &Path, live_days: &str) -> Command {
         .arg("--data")
         .arg(data_dir())
         .args(["--vms", "4", "--seed", "3", "--history-days", "3"])
-        .args(["--live-days", live_days, "--live-minutes", "0.75", "--quiet"])
+        .args([
+            "--live-days",
+            live_days,
+            "--live-minutes",
+            "0.75",
+            "--quiet",
+        ])
         .arg("--state-dir")
         .arg(state)
         .arg("--out")
@@ -68,15 +74,31 @@ fn run_replay(
 async fn a_lockstep_replay_gives_the_same_summary_twice() {
     let stack = Stack::connect().await.expect("test stack");
     // A quarter of a day: 72 steps of about a second each in lockstep.
-    let (first, log) = run_replay(&stack, &tempfile_dir("replay-det-1"), "0.25", &["--lockstep"]);
-    let (second, _) = run_replay(&stack, &tempfile_dir("replay-det-2"), "0.25", &["--lockstep"]);
+    let (first, log) = run_replay(
+        &stack,
+        &tempfile_dir("replay-det-1"),
+        "0.25",
+        &["--lockstep"],
+    );
+    let (second, _) = run_replay(
+        &stack,
+        &tempfile_dir("replay-det-2"),
+        "0.25",
+        &["--lockstep"],
+    );
     assert_eq!(first["mode"], "lockstep", "{first}");
     assert!(log.contains("lockstep:"), "{log}");
     assert!(
         first["decisions"]["requests"].as_u64() > Some(0),
         "the trace made no requests: {first}"
     );
-    for field in ["policies", "decisions", "overcommitted_hosts", "forecast", "curve"] {
+    for field in [
+        "policies",
+        "decisions",
+        "overcommitted_hosts",
+        "forecast",
+        "curve",
+    ] {
         assert_eq!(
             first[field], second[field],
             "{field} differs between two runs of the same seed"
@@ -93,7 +115,10 @@ async fn a_short_replay_decides_every_request_once_and_writes_the_report() {
     // The real-time mode: inputs on a compressed clock, decisions as late as they come.
     let (summary, stdout) = run_replay(&stack, &dir, "1", &["--realtime"]);
     assert_eq!(summary["mode"], "realtime");
-    assert!(summary["decisions"]["behind_trace_minutes_p50"].is_f64(), "{summary}");
+    assert!(
+        summary["decisions"]["behind_trace_minutes_p50"].is_f64(),
+        "{summary}"
+    );
     for svg in [
         "hits-and-reservations.svg",
         "forecasts.svg",

@@ -1135,9 +1135,15 @@ async fn evaluate(
             .collect();
         let mut l = crate::lockstep::Lockstep::new(&kafka, services, &topics)?;
         l.set_clock(p.live_start_ms).await?;
-        l.settle("start", p.live_start_ms, SETTLE_TIMEOUT, || procs.exited(), || Ok(()))
-            .await
-            .context("settling before the live week")?;
+        l.settle(
+            "start",
+            p.live_start_ms,
+            SETTLE_TIMEOUT,
+            || procs.exited(),
+            || Ok(()),
+        )
+        .await
+        .context("settling before the live week")?;
         Some(l)
     };
     let live_begun = Instant::now();
@@ -1153,7 +1159,11 @@ async fn evaluate(
         &scale,
         &mut procs,
         lockstep.as_mut(),
-        (&kafka, registry.clone(), topic("umbra.allocation.decisions")),
+        (
+            &kafka,
+            registry.clone(),
+            topic("umbra.allocation.decisions"),
+        ),
     )
     .await?;
     if let Some(l) = &lockstep {
@@ -1399,7 +1409,11 @@ async fn live_week(
                 }
             };
             let late = !(0..p.traces.1.workloads()).all(complete);
-            for (kind, at) in [("samples", t), ("late points", t + 1), ("slots ready", t + 1 + ready_ms)] {
+            for (kind, at) in [
+                ("samples", t),
+                ("late points", t + 1),
+                ("slots ready", t + 1 + ready_ms),
+            ] {
                 if kind == "late points" && !late {
                     continue;
                 }
@@ -1492,7 +1506,9 @@ async fn live_week(
             send_all(producer, vec![emit]).await?;
             // Bounded: a decision the replay does not see is waited for at the barrier.
             let start = Instant::now();
-            while !lock(obs).decisions.contains_key(&id) && start.elapsed() < Duration::from_secs(20) {
+            while !lock(obs).decisions.contains_key(&id)
+                && start.elapsed() < Duration::from_secs(20)
+            {
                 if let Some(e) = procs.exited() {
                     bail!("during the live week: {e}");
                 }
@@ -1507,8 +1523,10 @@ async fn live_week(
                 .collect();
             let seen = || {
                 let o = lock(obs);
-                let missing: Vec<&String> =
-                    asked.iter().filter(|r| !o.decisions.contains_key(*r)).collect();
+                let missing: Vec<&String> = asked
+                    .iter()
+                    .filter(|r| !o.decisions.contains_key(*r))
+                    .collect();
                 if missing.is_empty() {
                     Ok(())
                 } else {
@@ -1519,7 +1537,13 @@ async fn live_week(
                 }
             };
             let first = l
-                .settle("requests", now, Duration::from_secs(20), || procs.exited(), seen)
+                .settle(
+                    "requests",
+                    now,
+                    Duration::from_secs(20),
+                    || procs.exited(),
+                    seen,
+                )
                 .await;
             if let Err(e) = first {
                 // Seen here: the replay's follower of the decisions stopped short of their

@@ -164,7 +164,10 @@ impl Lockstep {
                 bail!(
                     "the pipeline did not settle at trace time {now_ms} within {timeout:?}: {}",
                     if detail.is_empty() {
-                        format!("every service is settled, but {}", own.err().unwrap_or_default())
+                        format!(
+                            "every service is settled, but {}",
+                            own.err().unwrap_or_default()
+                        )
                     } else {
                         detail.join("; ")
                     }

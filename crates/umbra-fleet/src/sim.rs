@@ -471,7 +471,11 @@ impl Simulator {
         let mut free = h.free();
         let mut shadows: Vec<(&String, &Resources)> = h.shadows.iter().collect();
         shadows.sort_by(|a, b| {
-            (b.1.cpu_millicores, b.1.memory_bytes, a.0).cmp(&(a.1.cpu_millicores, a.1.memory_bytes, b.0))
+            (b.1.cpu_millicores, b.1.memory_bytes, a.0).cmp(&(
+                a.1.cpu_millicores,
+                a.1.memory_bytes,
+                b.0,
+            ))
         });
         let mut out = Vec::new();
         for (id, r) in shadows {
@@ -787,7 +791,8 @@ mod tests {
         );
         assert_eq!(e[0].kind, FleetEventKind::Refused);
         assert!(
-            e[0].reason.contains("(real workloads fill it): cpu 3000m > 2000m"),
+            e[0].reason
+                .contains("(real workloads fill it): cpu 3000m > 2000m"),
             "{}",
             e[0].reason
         );

@@ -238,7 +238,10 @@ mod tests {
         };
         assert!(r.settled_at(1_000, &ends(&[("a", 0, 5), ("a", 1, 3), ("b", 0, 9)])));
         assert!(!r.settled_at(2_000, &ends(&[("a", 0, 5)])), "another clock");
-        assert!(!r.settled_at(1_000, &ends(&[("a", 0, 6)])), "a record not yet taken");
+        assert!(
+            !r.settled_at(1_000, &ends(&[("a", 0, 6)])),
+            "a record not yet taken"
+        );
         r.settled.get_mut("a").unwrap().insert(2, 0);
         assert!(
             !r.settled_at(1_000, &ends(&[("a", 2, 1)])),
@@ -248,7 +251,10 @@ mod tests {
         r.passes = true;
         assert!(!r.settled_at(1_000, &ends(&[("a", 0, 5)])), "no pass yet");
         r.pass_clock_ms = Some(999);
-        assert!(!r.settled_at(1_000, &ends(&[("a", 0, 5)])), "a pass of before");
+        assert!(
+            !r.settled_at(1_000, &ends(&[("a", 0, 5)])),
+            "a pass of before"
+        );
         r.pass_clock_ms = Some(1_000);
         assert!(r.settled_at(1_000, &ends(&[("a", 0, 5)])));
     }

@@ -159,7 +159,11 @@ impl RestoringReader {
                     // moved). A broker round trip, on an idle reader only.
                     if follows && idle_rounds >= 2 && idle_rounds % 4 == 2 {
                         for p in self.end.keys() {
-                            if let Ok((_, high)) = self.consumer.fetch_watermarks(&self.topic, *p, Duration::from_secs(1)) {
+                            if let Ok((_, high)) = self.consumer.fetch_watermarks(
+                                &self.topic,
+                                *p,
+                                Duration::from_secs(1),
+                            ) {
                                 if high > positions.get(p).copied().unwrap_or(0) {
                                     crate::progress::applied(&self.topic, *p, high);
                                 }

@@ -45,7 +45,9 @@ impl History {
     /// Drops the buckets that had not ended before `now_ms`.
     pub fn keep_ended_before(&mut self, now_ms: i64) {
         let step_ms = STEP_S * 1000;
-        let ended = (now_ms - self.start_s * 1000 - 1).div_euclid(step_ms).max(0) as usize;
+        let ended = (now_ms - self.start_s * 1000 - 1)
+            .div_euclid(step_ms)
+            .max(0) as usize;
         for v in [&mut self.cpu, &mut self.memory, &mut self.disk] {
             v.truncate(ended);
         }
@@ -357,7 +359,11 @@ mod tests {
         };
         // The third bucket ends at t0 + 900: not at that instant, one millisecond later.
         assert_eq!(len_at(&mut st, t0 + 900), 2);
-        assert_eq!(st.take_dirty(true, (t0 + 900) * 1000 + 1).len(), 0, "taken once");
+        assert_eq!(
+            st.take_dirty(true, (t0 + 900) * 1000 + 1).len(),
+            0,
+            "taken once"
+        );
         st.dirty.insert("a".into());
         assert_eq!(st.take_dirty(true, (t0 + 900) * 1000 + 1)[0].1.len(), 3);
         assert_eq!(len_at(&mut st, t0), 0);

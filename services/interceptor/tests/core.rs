@@ -338,9 +338,15 @@ fn shadows_give_way_to_a_request_that_fits_only_without_them() {
     let events = env.sim.execute(cmd, env.now);
     let preempted: Vec<_> = events
         .iter()
-        .filter(|e| e.kind == FleetEventKind::Failed && e.reason.starts_with(umbra_fleet::sim::PREEMPTED))
+        .filter(|e| {
+            e.kind == FleetEventKind::Failed && e.reason.starts_with(umbra_fleet::sim::PREEMPTED)
+        })
         .collect();
-    assert_eq!(preempted.len(), 1, "one 1-core shadow makes room: {events:?}");
+    assert_eq!(
+        preempted.len(),
+        1,
+        "one 1-core shadow makes room: {events:?}"
+    );
     for e in &events {
         env.ledger.apply(e);
     }
@@ -356,8 +362,16 @@ fn shadows_give_way_to_a_request_that_fits_only_without_them() {
     assert_eq!(cmd.host_id, "host-001");
     env.fleet(&step, false);
     let steps = core.follow_up(&env.world());
-    assert_eq!(decided(&steps[0].1).expect("decided").outcome, Outcome::Standard);
-    assert!(env.ledger.host("host-001").expect("host").shadows.is_empty());
+    assert_eq!(
+        decided(&steps[0].1).expect("decided").outcome,
+        Outcome::Standard
+    );
+    assert!(env
+        .ledger
+        .host("host-001")
+        .expect("host")
+        .shadows
+        .is_empty());
     // Real workloads alone now leave 2 and 0.5 cores: 2.5 cores is rejected.
     let step = core.decide(&request("r3", "w", res(2_500, 1)), &env.world());
     let d = decided(&step).expect("rejected at once");

@@ -133,4 +133,3 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
     }
     Ok(())
 }
-

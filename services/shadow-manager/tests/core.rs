@@ -749,7 +749,11 @@ fn a_claimed_slot_becomes_the_workload_and_is_refilled() {
     let e = &w.manager.table()["pool/0"];
     assert!(e.candidates.iter().all(|c| c.shadow_id != taken.shadow_id));
     // Under the step's forecast the claimed slot counts against its slots: not refilled yet.
-    assert_eq!(w.healthy("pool/0"), 1, "not refilled before the next step: {e:?}");
+    assert_eq!(
+        w.healthy("pool/0"),
+        1,
+        "not refilled before the next step: {e:?}"
+    );
     let f = w.scale_ups["pool/0"].clone();
     w.scale_ups.insert(
         "pool/0".into(),
@@ -760,7 +764,11 @@ fn a_claimed_slot_becomes_the_workload_and_is_refilled() {
     );
     w.run(5);
     let e = &w.manager.table()["pool/0"];
-    assert_eq!(w.healthy("pool/0"), 2, "refilled at the next step's forecast: {e:?}");
+    assert_eq!(
+        w.healthy("pool/0"),
+        2,
+        "refilled at the next step's forecast: {e:?}"
+    );
     assert_eq!(w.sim.ledger().held("w7"), res(1_000, 2));
 }
 
