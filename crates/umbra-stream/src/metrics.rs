@@ -22,6 +22,9 @@ pub struct Metrics {
     pub processing_seconds: HistogramVec,
     /// Rows held by a table materializer.
     pub table_rows: IntGaugeVec,
+    /// Rows a table held when its restore phase ended: what a restart recovered, which a
+    /// service's own writes after restore (the shadow manager's) do not overwrite.
+    pub table_restored_rows: IntGaugeVec,
 }
 
 impl Metrics {
@@ -122,6 +125,17 @@ impl Metrics {
         registry
             .register(Box::new(table_rows.clone()))
             .unwrap_or_else(|e| panic!("metric table_rows: {e}"));
+        let table_restored_rows = IntGaugeVec::new(
+            Opts::new(
+                "table_restored_rows",
+                "Rows a table materializer held when its restore phase ended.",
+            ),
+            &["topic"],
+        )
+        .unwrap_or_else(|e| panic!("metric table_restored_rows: {e}"));
+        registry
+            .register(Box::new(table_restored_rows.clone()))
+            .unwrap_or_else(|e| panic!("metric table_restored_rows: {e}"));
         Self {
             registry,
             consumed,
@@ -130,6 +144,7 @@ impl Metrics {
             lag,
             processing_seconds,
             table_rows,
+            table_restored_rows,
         }
     }
 

@@ -129,11 +129,19 @@ impl<V: Record> Table<V> {
         let driver = table.clone();
         let gate = table.ready.clone();
         let rows_gauge = metrics.table_rows.with_label_values(&[&topic]);
+        let restored_gauge = metrics.table_restored_rows.with_label_values(&[&topic]);
+        restored_gauge.set(0);
         let bad = metrics
             .dead_lettered
             .with_label_values(&[&topic, "table-decode"]);
         tokio::spawn(reader.run(gate, shutdown, metrics, move |r: RawRecord| {
-            let (codecs, driver, rows_gauge, bad) = (codecs.clone(), driver.clone(), rows_gauge.clone(), bad.clone());
+            let (codecs, driver, rows_gauge, restored_gauge, bad) = (
+                codecs.clone(),
+                driver.clone(),
+                rows_gauge.clone(),
+                restored_gauge.clone(),
+                bad.clone(),
+            );
             async move {
                 match decode_row(&codecs, &r).await {
                     Ok((k, v)) => driver.write().apply(r.partition, r.offset, k, v),
@@ -145,7 +153,12 @@ impl<V: Record> Table<V> {
                         driver.write().advance(r.partition, r.offset + 1);
                     }
                 }
-                rows_gauge.set(driver.read().len() as i64);
+                let rows = driver.read().len() as i64;
+                rows_gauge.set(rows);
+                // The gate opens after the last restore record is applied.
+                if !driver.is_ready() {
+                    restored_gauge.set(rows);
+                }
             }
         }));
         Ok(table)
@@ -218,10 +231,9 @@ pub async fn restore_rows<K: EntityKey, V: Record>(
         return Err(StreamError::Cancelled("restoring a table"));
     }
     let state = std::mem::take(&mut *state.lock().unwrap_or_else(|p| p.into_inner()));
-    metrics
-        .table_rows
-        .with_label_values(&[topic])
-        .set(state.len() as i64);
+    for gauge in [&metrics.table_rows, &metrics.table_restored_rows] {
+        gauge.with_label_values(&[topic]).set(state.len() as i64);
+    }
     Ok(state.rows)
 }
 

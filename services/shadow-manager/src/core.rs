@@ -99,6 +99,12 @@ pub struct Settings {
     /// A pool forecast whose step began more than this many steps ago holds no slots (its
     /// forecaster has stopped, or lags that far), in steps.
     pub pool_forecast_max_age_steps: i64,
+    /// A host where a row's shadow failed (refused, preempted, or never answered) gets no
+    /// shadow of that row again for this long, in clock milliseconds. The fleet refuses on
+    /// what it knows now, which the host metrics the manager plans with may not show yet
+    /// (placements since their last report): without a pause the row would stage on the same
+    /// host every pass, and under a driven clock that stands still, forever.
+    pub failed_host_backoff_ms: i64,
 }
 
 impl Default for Settings {
@@ -123,6 +129,7 @@ impl Default for Settings {
             max_replicas_per_row: 8,
             workload_rows: true,
             pool_forecast_max_age_steps: 12,
+            failed_host_backoff_ms: 60_000,
         }
     }
 }
@@ -464,6 +471,9 @@ pub struct Manager {
     /// pool holds what the forecast of the step says, as the offline core does. Lost on
     /// restart, which only refills a step's claimed slots early.
     pool_claimed: HashMap<String, PoolClaims>,
+    /// Row id → host → when a shadow of the row last failed there (see
+    /// `failed_host_backoff_ms`). Lost on restart, which only retries those hosts early.
+    failed_hosts: HashMap<String, HashMap<String, i64>>,
 }
 
 #[derive(Default)]
@@ -522,6 +532,7 @@ impl Manager {
             sent: HashMap::new(),
             demand_cache: HashMap::new(),
             pool_claimed: HashMap::new(),
+            failed_hosts: HashMap::new(),
         }
     }
 
@@ -663,10 +674,16 @@ impl Manager {
                         };
                         let mut reasons = vec!["forecast".to_string()];
                         let open = d.replicas as usize;
+                        let avoid = self.failed_hosts.get(&w).map_or_else(HashSet::new, |h| {
+                            h.iter()
+                                .filter(|(_, at)| now - **at < self.settings.failed_host_backoff_ms)
+                                .map(|(h, _)| h.clone())
+                                .collect()
+                        });
                         self.refill(
                             &mut e,
                             &mut slots,
-                            &HashSet::new(),
+                            &avoid,
                             open,
                             &mut reasons,
                             &mut out,
@@ -731,6 +748,9 @@ impl Manager {
                 .retain(|w, _| inp.forecasts.contains_key(w));
         }
         self.collect_orphans(inp, &mut writes);
+        let backoff = self.settings.failed_host_backoff_ms;
+        self.failed_hosts
+            .retain(|_, h| h.values().any(|at| now - *at < backoff));
         writes
     }
 
@@ -896,6 +916,7 @@ impl Manager {
         let now = inp.now;
         let size = e.requirements;
         let w = e.workload_id.clone();
+        let mut failed = Vec::new();
         for c in &mut e.candidates {
             let was = c.status;
             if let Some(claim) = inp.claims.get(&c.shadow_id) {
@@ -928,6 +949,7 @@ impl Manager {
                     c.status = ShadowStatus::Failed;
                     reasons.push(format!("shadow on {} failed: {why}", c.host_id));
                     avoid.insert(c.host_id.clone());
+                    failed.push(c.host_id.clone());
                 }
                 (None, None) => {
                     // Not answered yet: send again after the timeout, give up after the limit.
@@ -943,6 +965,7 @@ impl Manager {
                             c.host_id
                         ));
                         avoid.insert(c.host_id.clone());
+                        failed.push(c.host_id.clone());
                         FleetCommandKind::ReleaseShadow
                     } else {
                         FleetCommandKind::CreateShadow
@@ -951,6 +974,16 @@ impl Manager {
                     out.push(cmd);
                 }
             }
+        }
+        let backoff = self.settings.failed_host_backoff_ms;
+        let hosts = self.failed_hosts.entry(w.clone()).or_default();
+        for h in failed {
+            hosts.insert(h, now);
+        }
+        hosts.retain(|_, at| now - *at < backoff);
+        avoid.extend(hosts.keys().cloned());
+        if hosts.is_empty() {
+            self.failed_hosts.remove(&w);
         }
     }
 

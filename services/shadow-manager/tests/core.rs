@@ -784,3 +784,55 @@ fn a_stale_pool_forecast_holds_nothing_and_its_row_goes() {
     assert!(!w.manager.table().contains_key("pool/0"));
     assert!(w.sim.ledger().shadows().is_empty());
 }
+
+#[test]
+fn a_host_that_refused_a_slot_is_not_asked_again_until_the_backoff_passes() {
+    let mut w = pooled_world();
+    let backoff = w.manager.settings().failed_host_backoff_ms;
+    // A placement the manager has not heard of yet (the host's next report would show it):
+    // the fleet knows host-000 is nearly full, the manager plans as if it were empty.
+    let hidden = FleetCommand {
+        command_id: "place-hidden".into(),
+        kind: FleetCommandKind::PlaceWorkload,
+        host_id: "host-000".into(),
+        target_host_id: None,
+        shadow_id: None,
+        workload_id: "w9".into(),
+        request_id: Some("r9".into()),
+        resources: res(7_000, 2),
+        issued_at: w.now,
+    };
+    let ev = w.sim.execute(&hidden, w.now);
+    assert!(
+        ev.iter()
+            .any(|e| e.kind == umbra_schemas::FleetEventKind::Placed),
+        "{ev:?}"
+    );
+    // More slots than the three other hosts hold (two each): the pool keeps wanting room on
+    // host-000, which refuses.
+    w.scale_ups
+        .insert("pool/0".into(), pool_forecast(8, res(3_500, 2), T0));
+    let asks_full_host = |actions: &[Action]| {
+        actions.iter().any(|a| {
+            matches!(a, Action::Command(c)
+                if c.kind == FleetCommandKind::CreateShadow && c.host_id == "host-000")
+        })
+    };
+    let seconds = (backoff / 1_000) as usize - 5;
+    let passes_asking = (0..seconds).filter(|_| asks_full_host(&w.step())).count();
+    assert_eq!(
+        passes_asking, 1,
+        "host-000 asked in one pass within the backoff"
+    );
+    let e = &w.manager.table()["pool/0"];
+    assert!(
+        e.candidates.iter().all(|c| c.host_id != "host-000"),
+        "{e:?}"
+    );
+    assert_eq!(w.healthy("pool/0"), 6, "{e:?}");
+    // Settled while the backoff lasts: a pass changes nothing.
+    assert!(w.step().is_empty());
+    // Once it has passed, the host is asked again (and refuses again), once.
+    let later = (0..10).filter(|_| asks_full_host(&w.step())).count();
+    assert_eq!(later, 1, "asked again once the backoff has passed");
+}
