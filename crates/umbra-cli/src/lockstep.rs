@@ -161,16 +161,29 @@ impl Lockstep {
                     .filter(|(n, _)| behind.contains(&n.as_str()))
                     .map(|(n, r)| format!("{n}: {}", lag(r, now_ms, &before)))
                     .collect();
+                let why = if !detail.is_empty() {
+                    detail.join("; ")
+                } else if let Err(own) = own {
+                    format!("every service is settled, but {own}")
+                } else {
+                    // Settled each time it looked, yet something wrote in between: a loop.
+                    let moved: Vec<String> = after
+                        .iter()
+                        .flat_map(|(t, ps)| {
+                            let was = before.get(t);
+                            ps.iter().filter_map(move |(p, end)| {
+                                let from = was.and_then(|w| w.get(p)).copied().unwrap_or(0);
+                                (from != *end).then(|| format!("{t}[{p}] {from} -> {end}"))
+                            })
+                        })
+                        .collect();
+                    format!(
+                        "every service is settled, but topics are still written: {}",
+                        moved.join(", ")
+                    )
+                };
                 bail!(
-                    "the pipeline did not settle at trace time {now_ms} within {timeout:?}: {}",
-                    if detail.is_empty() {
-                        format!(
-                            "every service is settled, but {}",
-                            own.err().unwrap_or_default()
-                        )
-                    } else {
-                        detail.join("; ")
-                    }
+                    "the pipeline did not settle at trace time {now_ms} within {timeout:?}: {why}"
                 );
             }
             if after != before {

@@ -1110,8 +1110,11 @@ impl Manager {
         }
         e.replicas = want as i32;
         if e.candidates.is_empty() && want == 0 {
-            self.table.remove(id);
-            out.push(Action::Delete(id.to_string()));
+            // A row never written (its step's slots all claimed already) needs no tombstone:
+            // one every pass would keep the table moving while nothing changes.
+            if self.table.remove(id).is_some() {
+                out.push(Action::Delete(id.to_string()));
+            }
             return None;
         }
         e.state = if e

@@ -836,3 +836,55 @@ fn a_host_that_refused_a_slot_is_not_asked_again_until_the_backoff_passes() {
     let later = (0..10).filter(|_| asks_full_host(&w.step())).count();
     assert_eq!(later, 1, "asked again once the backoff has passed");
 }
+
+#[test]
+fn a_pool_whose_only_slot_was_claimed_writes_nothing_more_in_its_step() {
+    let mut w = pooled_world();
+    w.scale_ups
+        .insert("pool/0".into(), pool_forecast(1, res(1_200, 2), T0));
+    w.run(5);
+    let taken = w.manager.table()["pool/0"].candidates[0].clone();
+    w.claims.insert(
+        taken.shadow_id.clone(),
+        Claim {
+            shadow_id: taken.shadow_id.clone(),
+            workload_id: "w7".into(),
+            request_id: "r1".into(),
+            host_id: taken.host_id.clone(),
+            entry_version: 1,
+            claimed_at: w.now,
+        },
+    );
+    let expand = FleetCommand {
+        command_id: "expand-r1".into(),
+        kind: FleetCommandKind::ExpandShadow,
+        host_id: taken.host_id.clone(),
+        target_host_id: None,
+        shadow_id: Some(taken.shadow_id.clone()),
+        workload_id: "w7".into(),
+        request_id: Some("r1".into()),
+        resources: res(1_000, 2),
+        issued_at: w.now,
+    };
+    let ev = w.sim.execute(&expand, w.now);
+    w.deliver(ev);
+    // The slot became the workload: the row goes, once.
+    let deletes: usize = (0..5)
+        .map(|_| {
+            w.step()
+                .iter()
+                .filter(|a| matches!(a, Action::Delete(id) if id == "pool/0"))
+                .count()
+        })
+        .sum();
+    assert_eq!(deletes, 1, "one tombstone for the row");
+    assert!(!w.manager.table().contains_key("pool/0"));
+    // The rest of the step: the forecast still says one slot, and it is spent.
+    for _ in 0..10 {
+        let a = w.step();
+        assert!(
+            a.is_empty(),
+            "nothing to write while the step's slot is spent: {a:?}"
+        );
+    }
+}
