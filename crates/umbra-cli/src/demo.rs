@@ -32,8 +32,9 @@ use rdkafka::message::OwnedHeaders;
 use tokio_util::sync::CancellationToken;
 use umbra_fleet::Ledger;
 use umbra_forecasting::data::{bitbrains_files, bitbrains_rows, vm_id};
+use umbra_replay::pipeline::{umbra_row, Decided, PipelineRun, RequestFate};
 use umbra_replay::report::{
-    write_report, DecisionCounts, ForecastPlot, ForecastScore, PolicyRow, ReportData, Summary,
+    write_report, ForecastPlot, ForecastScore, PolicyRow, ReportData, Summary,
 };
 use umbra_replay::{
     scale_events, select_files, standard_placement_overload, used_core_hours, workload_from_rows,
@@ -1756,58 +1757,38 @@ fn row(r: PolicyResult, used: f64, overload_minutes: f64) -> PolicyRow {
 
 fn summarize(a: &ReplayArgs, p: &Plan, o: &Observed, m: &Measured) -> Summary {
     let used = used_core_hours(&p.live, STEP_S);
-    let step_h = STEP_S as f64 / 3600.0;
-    // umbra: a hit starts at once (its decision latency); a standard placement waits the
-    // simulator's start-up delay as well.
-    let mut delays = Vec::new();
-    let (mut hits, mut decided, mut duplicated, mut rejected) = (0, 0, 0, 0);
-    for (id, _) in &m.requests {
-        let Some(ds) = o.decisions.get(id) else {
-            continue;
-        };
-        decided += 1;
-        if ds.len() > 1 {
-            duplicated += 1;
-        }
-        let d = &ds[0];
-        match d.outcome {
-            Outcome::ShadowHit => {
-                hits += 1;
-                delays.push(latency_s(d, p.speed));
-            }
-            Outcome::Standard => delays.push(latency_s(d, p.speed) + a.startup_s),
-            Outcome::Rejected => rejected += 1,
-            Outcome::Unknown => {}
-        }
-    }
-    let mut behind: Vec<f64> = m
+    let fates: Vec<Option<RequestFate>> = m
         .requests
         .iter()
-        .filter_map(|(id, _)| o.decisions.get(id).and_then(|d| d.first()))
-        .map(|d| (d.decided_at - d.requested_at).max(0) as f64 / 60_000.0)
+        .map(|(id, _)| {
+            let ds = o.decisions.get(id)?;
+            let d = ds.first()?;
+            Some(RequestFate {
+                decided: match d.outcome {
+                    Outcome::ShadowHit => Decided::Hit,
+                    Outcome::Standard => Decided::Standard,
+                    Outcome::Rejected => Decided::Rejected,
+                    Outcome::Unknown => Decided::Other,
+                },
+                decided_after_ms: d.decided_at - d.requested_at,
+                decisions: ds.len(),
+            })
+        })
         .collect();
-    let requests = m.requests.len();
-    let reserved_core_h: f64 = m.reserved.iter().map(|r| r.1).sum::<f64>() * step_h;
-    let reserved_gib_h: f64 = m.reserved.iter().map(|r| r.2).sum::<f64>() * step_h;
-    let umbra = PolicyRow {
-        policy: "umbra".into(),
-        requests,
-        hits,
-        hit_rate: if requests == 0 {
-            0.0
-        } else {
-            hits as f64 / requests as f64
+    let (umbra, decisions) = umbra_row(
+        &fates,
+        &PipelineRun {
+            speed: p.speed,
+            startup_s: a.startup_s,
+            reserved: m.reserved.iter().map(|r| (r.1, r.2)).collect(),
+            step_s: STEP_S,
+            used_core_hours: used,
+            overload_steps: m.overload_steps,
+            rebalances: o.reshadows,
+            preempted_shadows: o.preempted,
         },
-        placement_delay_p50_s: umbra_replay::percentile(&mut delays.clone(), 0.5),
-        placement_delay_p99_s: umbra_replay::percentile(&mut delays, 0.99),
-        used_core_hours: used,
-        unclaimed_core_hours: reserved_core_h,
-        unclaimed_gib_hours: reserved_gib_h,
-        overload_minutes: m.overload_steps as f64 * STEP_S as f64 / 60.0,
-        rebalances: o.reshadows,
-        rejected,
-        undecided: requests - decided,
-    };
+    );
+    let reserved_core_h = umbra.unclaimed_core_hours;
     let duration_s = p.steps as i64 * STEP_S;
     let (overload, _) =
         standard_placement_overload(&p.live, &p.models, &p.events, &p.fleet, STEP_S);
@@ -1860,14 +1841,7 @@ fn summarize(a: &ReplayArgs, p: &Plan, o: &Observed, m: &Measured) -> Summary {
         mode: if a.realtime { "realtime" } else { "lockstep" }.into(),
         policies,
         forecast: ForecastScore { mase, coverage80 },
-        decisions: DecisionCounts {
-            requests,
-            decided,
-            duplicated,
-            behind_trace_minutes_p50: umbra_replay::percentile(&mut behind.clone(), 0.5),
-            behind_trace_minutes_p99: umbra_replay::percentile(&mut behind, 0.99),
-            preempted_shadows: o.preempted,
-        },
+        decisions,
         overcommitted_hosts: m.overcommitted.len(),
         curve: Vec::new(),
         sweep: None,

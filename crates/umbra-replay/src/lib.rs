@@ -13,6 +13,7 @@
 //!   comparison calls for ([`static_equal_reserve`], [`static_equal_hits`]).
 
 pub mod online;
+pub mod pipeline;
 pub mod pool;
 pub mod report;
 pub mod scaleup;

@@ -146,6 +146,39 @@ impl<T: Record> Codec<T> {
         Ok(frame(self.id, &body))
     }
 
+    /// The writer schema `id`, waiting out a registry that is down for a while (a restart, an
+    /// outage: up to a minute, as registration does) instead of failing the record: a record
+    /// skipped or dead-lettered for an outage would be lost for good.
+    async fn writer_schema(&self, id: u32) -> Result<Arc<apache_avro::Schema>, DecodeError> {
+        let mut backoff = std::time::Duration::from_millis(100);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            match self.registry.schema(id).await {
+                Ok(s) => return Ok(s),
+                Err(RegistryError::NotFound(_)) => {
+                    return Err(DecodeError::new(
+                        DecodeErrorKind::UnknownSchemaId,
+                        format!("schema id {id} is not in the registry"),
+                    ))
+                }
+                Err(RegistryError::Unavailable(d)) => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(DecodeError::new(DecodeErrorKind::RegistryUnavailable, d));
+                    }
+                    tracing::warn!(schema_id = id, error = %d, "schema registry unavailable; retrying the schema lookup");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
+                }
+                Err(other) => {
+                    return Err(DecodeError::new(
+                        DecodeErrorKind::UnknownSchemaId,
+                        other.to_string(),
+                    ))
+                }
+            }
+        }
+    }
+
     /// Decodes Confluent-framed bytes into `T`.
     pub async fn decode(&self, bytes: &[u8]) -> Result<T, DecodeError> {
         let (id, body) = unframe(bytes)?;
@@ -159,16 +192,7 @@ impl<T: Record> Codec<T> {
         let writer = if id == self.id {
             None
         } else {
-            Some(self.registry.schema(id).await.map_err(|e| match e {
-                RegistryError::NotFound(_) => DecodeError::new(
-                    DecodeErrorKind::UnknownSchemaId,
-                    format!("schema id {id} is not in the registry"),
-                ),
-                RegistryError::Unavailable(d) => {
-                    DecodeError::new(DecodeErrorKind::RegistryUnavailable, d)
-                }
-                other => DecodeError::new(DecodeErrorKind::UnknownSchemaId, other.to_string()),
-            })?)
+            Some(self.writer_schema(id).await?)
         };
         let writer_schema = writer.as_deref().unwrap_or(&self.schema);
         from_datum(writer_schema, &self.schema, body).map_err(|e| {
@@ -239,5 +263,63 @@ mod tests {
             ),
             DecodeErrorKind::Malformed
         );
+    }
+
+    /// A registry that is down for its first `down` schema lookups.
+    struct Flaky {
+        inner: FixedRegistry,
+        down: std::sync::atomic::AtomicUsize,
+        lookups: std::sync::atomic::AtomicUsize,
+    }
+
+    impl SchemaRegistry for Flaky {
+        fn register<'a>(
+            &'a self,
+            subject: &'a str,
+            schema: &'a str,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<u32, RegistryError>> + Send + 'a>,
+        > {
+            self.inner.register(subject, schema)
+        }
+        fn schema<'a>(
+            &'a self,
+            id: u32,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<Arc<Schema>, RegistryError>> + Send + 'a>,
+        > {
+            use std::sync::atomic::Ordering;
+            self.lookups.fetch_add(1, Ordering::SeqCst);
+            let still_down = self
+                .down
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| d.checked_sub(1))
+                .is_ok();
+            if still_down {
+                return Box::pin(async {
+                    Err(RegistryError::Unavailable("connection refused".into()))
+                });
+            }
+            self.inner.schema(id)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_registry_outage_is_waited_out_not_taken_for_bad_data() {
+        let reg = Arc::new(Flaky {
+            inner: FixedRegistry::default(),
+            down: 2.into(),
+            lookups: 0.into(),
+        });
+        let samples = Codec::<UsageSample>::register(reg.clone(), "t-value".into())
+            .await
+            .unwrap();
+        let hosts = Codec::<HostMetrics>::register(reg.clone(), "h-value".into())
+            .await
+            .unwrap();
+        let other = hosts.encode(&HostMetrics::example()).unwrap();
+        // Two failed lookups, then the answer: the record's own fault, not the outage's.
+        let e = samples.decode(&other).await.unwrap_err();
+        assert_eq!(e.kind, DecodeErrorKind::Incompatible);
+        assert_eq!(reg.lookups.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
 }

@@ -55,26 +55,31 @@ pub trait SchemaRegistry: Send + Sync + 'static {
 }
 
 fn classify(e: SRCError) -> RegistryError {
+    // Decided by the client's own retriable flag and the HTTP status, never by substrings of
+    // the whole message: that message carries the URL, and a registry on port 40987 once made
+    // a refused connection read as "409 conflict" (not retried, records dead-lettered).
+    let status = http_status(&e.error);
     let text = e.to_string();
-    let lower = text.to_lowercase();
-    // Not-found first: Confluent's error codes 40401 and 40403 contain "401" and "403".
-    if lower.contains("404")
-        || lower.contains("not found")
-        || lower.contains("40403")
-        || lower.contains("40401")
-    {
-        RegistryError::NotFound(text)
-    } else if lower.contains("status 401")
-        || lower.contains("status 403")
-        || lower.contains("unauthorized")
-        || lower.contains("forbidden")
-    {
-        RegistryError::Unauthorized(text)
-    } else if lower.contains("409") || lower.contains("422") || lower.contains("incompatible") {
-        RegistryError::Refused(text)
-    } else {
-        RegistryError::Unavailable(text)
+    if e.retriable {
+        return RegistryError::Unavailable(text);
     }
+    match status {
+        Some(404) => RegistryError::NotFound(text),
+        Some(401 | 403) => RegistryError::Unauthorized(text),
+        Some(s) if s >= 500 => RegistryError::Unavailable(text),
+        Some(_) => RegistryError::Refused(text),
+        // Not an HTTP answer (a body that does not parse, a client failure): worth a retry.
+        None => RegistryError::Unavailable(text),
+    }
+}
+
+/// The status code in schema_registry_converter's "... failed with status 404 Not Found".
+fn http_status(error: &str) -> Option<u16> {
+    let rest = &error[error.find("with status ")? + "with status ".len()..];
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// A Confluent-compatible registry over HTTP (`schema_registry_converter`), with schemas
@@ -209,6 +214,63 @@ impl SchemaRegistry for FixedRegistry {
 #[cfg(test)]
 mod classify_tests {
     use super::*;
+
+    fn http(status: &str, code: u32) -> SRCError {
+        SRCError::non_retryable_with_cause(
+            std::io::Error::other(format!("error_code: {code}, message: from the registry")),
+            &format!("HTTP request to schema registry failed with status {status}"),
+        )
+    }
+
+    #[test]
+    fn each_status_gets_its_kind() {
+        assert!(matches!(
+            classify(http("404 Not Found", 40403)),
+            RegistryError::NotFound(_)
+        ));
+        assert!(matches!(
+            classify(http("401 Unauthorized", 401)),
+            RegistryError::Unauthorized(_)
+        ));
+        assert!(matches!(
+            classify(http("403 Forbidden", 403)),
+            RegistryError::Unauthorized(_)
+        ));
+        assert!(matches!(
+            classify(http("409 Conflict", 409)),
+            RegistryError::Refused(_)
+        ));
+        assert!(matches!(
+            classify(http("422 Unprocessable Entity", 42201)),
+            RegistryError::Refused(_)
+        ));
+        assert!(matches!(
+            classify(http("500 Internal Server Error", 50001)),
+            RegistryError::Unavailable(_)
+        ));
+    }
+
+    #[test]
+    fn a_refused_connection_is_retried_whatever_digits_its_url_holds() {
+        // The CI failure: "409" and "404" inside a port number are not statuses.
+        for url in [
+            "http://127.0.0.1:40987",
+            "http://127.0.0.1:40401",
+            "http://127.0.0.1:40403",
+        ] {
+            let e = SRCError::retryable_with_cause(
+                std::io::Error::new(
+                    std::io::ErrorKind::ConnectionRefused,
+                    format!("error sending request for url ({url}/schemas/ids/3)"),
+                ),
+                "http call to schema registry failed",
+            );
+            assert!(
+                matches!(classify(e), RegistryError::Unavailable(_)),
+                "{url}"
+            );
+        }
+    }
 
     #[test]
     fn not_found_is_not_taken_for_rejected_credentials() {
