@@ -95,6 +95,10 @@ pub struct ReplayArgs {
     /// 500 ms measured 1.1 s a step and 10 ms 3.1 s (docs/replay.md).
     #[arg(long)]
     pub fetch_wait_ms: Option<u64>,
+    /// In lockstep, print every barrier slower than this many milliseconds with what it
+    /// last waited for (where a replay spends its time).
+    #[arg(long)]
+    pub trace_barriers_ms: Option<u64>,
     /// Hosts in the simulated fleet (0: enough for the busiest hour at 60%).
     #[arg(long, default_value_t = 0)]
     pub hosts: usize,
@@ -1135,6 +1139,7 @@ async fn evaluate(
             .map(|t| (t.name, t.partitions))
             .collect();
         let mut l = crate::lockstep::Lockstep::new(&kafka, services, &topics)?;
+        l.trace_slower_than = a.trace_barriers_ms.map(Duration::from_millis);
         l.set_clock(p.live_start_ms).await?;
         l.settle(
             "start",
@@ -1179,6 +1184,15 @@ async fn evaluate(
             eprintln!(
                 "  {kind}: {n} barriers, {:.0} ms each",
                 d.as_secs_f64() * 1000.0 / (*n).max(1) as f64
+            );
+        }
+        if let Some(s) = &l.slowest {
+            eprintln!(
+                "  slowest: {} at {} in {:.0} ms, last waiting for: {}",
+                s.kind,
+                s.now_ms,
+                s.took.as_secs_f64() * 1000.0,
+                s.waiting_for.as_deref().unwrap_or("nothing")
             );
         }
     }

@@ -28,6 +28,25 @@ pub struct Lockstep {
     pub waited: Duration,
     /// Barriers and wall time by what they wait for.
     pub by_kind: BTreeMap<&'static str, (u64, Duration)>,
+    /// The barrier that took longest, and what it last waited for.
+    pub slowest: Option<SlowBarrier>,
+    /// Print every barrier slower than this (`umbra replay --trace-barriers-ms`), to find
+    /// where a replay spends its time.
+    pub trace_slower_than: Option<Duration>,
+}
+
+/// A barrier's account: its kind, its clock time, how long it took, and what the last look
+/// before it passed was still waiting for.
+#[derive(Debug, Clone)]
+pub struct SlowBarrier {
+    /// What the barrier waited for (`samples`, `requests`...).
+    pub kind: &'static str,
+    /// Its trace time.
+    pub now_ms: i64,
+    /// Its wall time.
+    pub took: Duration,
+    /// Who or what was behind at the last look before it passed (`None`: settled at once).
+    pub waiting_for: Option<String>,
 }
 
 impl Lockstep {
@@ -59,6 +78,8 @@ impl Lockstep {
             settles: 0,
             waited: Duration::ZERO,
             by_kind: BTreeMap::new(),
+            slowest: None,
+            trace_slower_than: None,
         })
     }
 
@@ -133,6 +154,7 @@ impl Lockstep {
         let start = Instant::now();
         let mut pause = Duration::from_millis(1);
         let mut before = self.ends().await?;
+        let mut last_wait: Option<String> = None;
         loop {
             if let Some(e) = alive() {
                 bail!("at trace time {now_ms}: {e}");
@@ -147,14 +169,44 @@ impl Lockstep {
             let settled = behind.is_empty() && own.is_ok();
             // What the services reported after `before`: unchanged ends mean nothing moved.
             let after = self.ends().await?;
+            // What this look waited for, kept for the slowest barrier's account.
+            let waiting_for = if !behind.is_empty() {
+                reports
+                    .iter()
+                    .filter(|(n, _)| behind.contains(&n.as_str()))
+                    .map(|(n, r)| format!("{n}: {}", lag(r, now_ms, &before)))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            } else if let Err(own) = &own {
+                own.clone()
+            } else {
+                "end offsets moved while the reports were read".to_string()
+            };
             if settled && after == before {
+                let took = start.elapsed();
                 self.settles += 1;
-                self.waited += start.elapsed();
+                self.waited += took;
                 let k = self.by_kind.entry(kind).or_default();
                 k.0 += 1;
-                k.1 += start.elapsed();
+                k.1 += took;
+                if self.slowest.as_ref().is_none_or(|s| took > s.took) {
+                    self.slowest = Some(SlowBarrier {
+                        kind,
+                        now_ms,
+                        took,
+                        waiting_for: last_wait.clone(),
+                    });
+                }
+                if self.trace_slower_than.is_some_and(|t| took > t) {
+                    eprintln!(
+                        "lockstep: barrier {kind} at {now_ms} took {:.0} ms, last waiting for: {}",
+                        took.as_secs_f64() * 1000.0,
+                        last_wait.as_deref().unwrap_or("nothing")
+                    );
+                }
                 return Ok(());
             }
+            last_wait = Some(waiting_for);
             if start.elapsed() > timeout {
                 let detail: Vec<String> = reports
                     .iter()

@@ -36,6 +36,8 @@ pub struct RawRecord {
 pub struct RestoringReader {
     topic: String,
     consumer: Arc<StreamConsumer>,
+    /// Asks the high watermarks of an idle reader's partitions (see [`kafka::offsets_client`]).
+    offsets: Arc<rdkafka::consumer::BaseConsumer>,
     end: HashMap<i32, i64>,
 }
 
@@ -57,6 +59,7 @@ impl RestoringReader {
         Ok(Self {
             topic: topic.to_string(),
             consumer: Arc::new(consumer),
+            offsets: kafka::offsets_client(settings)?,
             end,
         })
     }
@@ -125,6 +128,7 @@ impl RestoringReader {
         };
         let consumed = metrics.consumed.with_label_values(&[&self.topic]);
         let mut idle_rounds = 0u32;
+        let mut quiet_highs: HashMap<i32, i64> = HashMap::new();
         // A reader that follows reports its progress; a one-off read of a topic to its end
         // (a writer restoring its own table) is not an input the service waits on.
         let follows = !stop_at_end;
@@ -153,20 +157,32 @@ impl RestoringReader {
                 Err(_idle) => {
                     idle_rounds += 1;
                     // Records removed at the end (a tombstone compacted at once) leave the
-                    // position short of the end with nothing left to read: after half a
-                    // second of quiet (and every second of it after), progress counts the
-                    // partition read to its high watermark (the table's own position is not
-                    // moved). A broker round trip, on an idle reader only.
-                    if follows && idle_rounds >= 2 && idle_rounds % 4 == 2 {
-                        for p in self.end.keys() {
-                            if let Ok((_, high)) = self.consumer.fetch_watermarks(
-                                &self.topic,
-                                *p,
-                                Duration::from_secs(1),
-                            ) {
-                                if high > positions.get(p).copied().unwrap_or(0) {
-                                    crate::progress::applied(&self.topic, *p, high);
-                                }
+                    // position short of the end with nothing left to read: a high watermark
+                    // seen twice a quarter second apart with no record read in between
+                    // (after half a second of quiet, and every second after) counts the
+                    // partition read to it in progress (the table's own position is not
+                    // moved). Once would not do: a record written just before the query is
+                    // then still on its way to this reader. On an idle reader only.
+                    if follows && idle_rounds >= 2 && matches!(idle_rounds % 4, 2 | 3) {
+                        let (client, topic) = (self.offsets.clone(), self.topic.clone());
+                        let parts: Vec<i32> = self.end.keys().copied().collect();
+                        let highs = tokio::task::spawn_blocking(move || {
+                            parts
+                                .into_iter()
+                                .filter_map(|p| {
+                                    client
+                                        .fetch_watermarks(&topic, p, Duration::from_secs(1))
+                                        .ok()
+                                        .map(|(_, high)| (p, high))
+                                })
+                                .collect::<Vec<_>>()
+                        })
+                        .await
+                        .unwrap_or_default();
+                        for (p, high) in highs {
+                            let seen_before = quiet_highs.insert(p, high) == Some(high);
+                            if seen_before && high > positions.get(&p).copied().unwrap_or(0) {
+                                crate::progress::applied(&self.topic, p, high);
                             }
                         }
                     }
@@ -188,6 +204,7 @@ impl RestoringReader {
                 }
                 Ok(Ok(m)) => {
                     idle_rounds = 0;
+                    quiet_highs.clear();
                     consumed.inc();
                     positions.insert(m.partition(), m.offset() + 1);
                     let record = RawRecord {
