@@ -14,7 +14,7 @@ DEMO_PROCESSES := $(SERVICES) fleet-sim
 TARGET_DIR := $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null | $(PYTHON) -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null || echo target)
 
 .PHONY: bench-forecast bench-venv bench-shadow bench-interceptor bench-ingest bench-scaleup sweep
-.PHONY: test-tools chaos test-lockstep
+.PHONY: test-tools chaos
 .PHONY: all build test unit-test integration-test test-stack-up test-stack-down bench lint demo bench-replay run run-down status venv clean
 
 all: build
@@ -50,17 +50,6 @@ test: venv test-tools
 	SCHEMA_REGISTRY_URL=http://127.0.0.1:$(TEST_REGISTRY_PORT) \
 	PYTHON_FOR_TESTS=$(CURDIR)/$(VENV)/bin/python \
 	$(CARGO) test --workspace --no-fail-fast; status=$$?; \
-	$(MAKE) --no-print-directory test-stack-down; exit $$status
-
-# The lockstep replay's determinism test, ignored in `make test` while a known write loop can
-# keep a barrier from settling (docs/replay.md).
-test-lockstep: venv test-tools
-	$(CARGO) build --workspace --bins --tests
-	$(MAKE) --no-print-directory test-stack-up
-	set -o pipefail; \
-	KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$(TEST_BROKER_PORT) \
-	SCHEMA_REGISTRY_URL=http://127.0.0.1:$(TEST_REGISTRY_PORT) \
-	$(CARGO) test -p umbra-integration --test replay -- --ignored; status=$$?; \
 	$(MAKE) --no-print-directory test-stack-down; exit $$status
 
 test-stack-up:
@@ -136,15 +125,17 @@ lint:
 
 # The demo: builds, then `umbra replay` starts a broker and registry of its own (ports 39092 and
 # 38081, state in .state/replay), the five services and the fleet simulator, replays two weeks
-# of history and a live week of ../shared/data/bitbrains-rnd in a few minutes, and writes the
-# report to demo-report/. `make demo VMS=20 SEED=2 LIVE_MINUTES=6` changes the run.
+# of history and a live week of ../shared/data/bitbrains-rnd in lockstep (docs/replay.md), and
+# writes the report to demo-report/. `make demo VMS=20 SEED=2` changes the run;
+# `make demo REALTIME=1 LIVE_MINUTES=6` runs the live week in compressed real time instead.
 VMS ?= 50
 SEED ?= 1
 LIVE_MINUTES ?= 4
 demo:
 	$(CARGO) build --release --workspace --bins
 	env -u KAFKA_BOOTSTRAP_SERVERS -u SCHEMA_REGISTRY_URL $(TARGET_DIR)/release/umbra replay \
-	  --data $(DATA) --vms $(VMS) --seed $(SEED) --live-minutes $(LIVE_MINUTES) --out demo-report
+	  --data $(DATA) --vms $(VMS) --seed $(SEED) --live-minutes $(LIVE_MINUTES) \
+	  $(if $(REALTIME),--realtime) --out demo-report
 
 # The hit-rate-against-reserve curve alone, offline on the same plan (no broker, no services):
 # umbra's pooled scale-up rule at each budget against every baseline at the same reserves.

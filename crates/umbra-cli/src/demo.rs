@@ -79,20 +79,19 @@ pub struct ReplayArgs {
     /// Wall-clock minutes the live days take, with `--realtime`.
     #[arg(long, default_value_t = 4.0)]
     pub live_minutes: f64,
-    /// Replay in compressed real time (the default for now): the trace clock runs the live
-    /// days in `--live-minutes` of wall time and decisions fall behind as far as the machine
-    /// makes them (reported in trace minutes).
+    /// Replay in compressed real time instead of lockstep: the trace clock runs the live days
+    /// in `--live-minutes` of wall time and decisions fall behind as far as the machine makes
+    /// them (reported in trace minutes).
     #[arg(long)]
     pub realtime: bool,
-    /// Replay in lockstep: each step's inputs go out only once the pipeline has settled on the
-    /// step before, so the result does not depend on the machine (docs/replay.md). Not yet the
-    /// default: a known write loop can keep a barrier from settling (docs/replay.md).
+    /// Replay in lockstep (the default): each step's inputs go out only once the pipeline has
+    /// settled on the step before, so the result does not depend on the machine
+    /// (docs/replay.md). Accepted for scripts written before it was the default.
     #[arg(long, conflicts_with = "realtime")]
     pub lockstep: bool,
     /// The services' `fetch.wait.max.ms`: how long a fetch waits at the broker for new records
     /// (default 10 with `--realtime`, 500 in lockstep). Shorter answers sooner and costs the
-    /// broker more polls: in lockstep, with some thirty readers polling the embedded broker,
-    /// 500 ms measured 1.1 s a step and 10 ms 3.1 s (docs/replay.md).
+    /// broker more polls (docs/replay.md, *What it costs*).
     #[arg(long)]
     pub fetch_wait_ms: Option<u64>,
     /// In lockstep, print every barrier slower than this many milliseconds with what it
@@ -639,7 +638,7 @@ struct Measured {
 
 /// Runs the replay; prints the summary table and where the report is.
 pub async fn run(mut a: ReplayArgs) -> anyhow::Result<()> {
-    a.realtime = !a.lockstep;
+    a.lockstep = !a.realtime;
     let shutdown = umbra_stream::shutdown::install();
     let begun = Instant::now();
     if a.sweep {
