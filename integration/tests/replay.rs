@@ -71,7 +71,7 @@ fn run_replay(
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lockstep_replay_gives_the_same_summary_twice() {
     let stack = Stack::connect().await.expect("test stack");
-    // A quarter of a day: 72 steps, under a second each here (debug build).
+    // A quarter of a day: 72 steps, about two seconds each here (debug build).
     let (first, log) = run_replay(&stack, &tempfile_dir("replay-det-1"), "0.25", &[]);
     let (second, _) = run_replay(&stack, &tempfile_dir("replay-det-2"), "0.25", &[]);
     assert_eq!(first["mode"], "lockstep", "{first}");

@@ -672,7 +672,14 @@ pub async fn run(mut a: ReplayArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&a.state_dir);
     std::fs::create_dir_all(&a.state_dir)
         .with_context(|| format!("creating {}", a.state_dir.display()))?;
-    let prefix = format!("replay-{}-{}.", a.seed, umbra_stream::now_millis() / 1000);
+    // Unique per run, not per second: two replays on one broker started in the same second
+    // (the tests run them side by side) once wrote into each other's topics.
+    let prefix = format!(
+        "replay-{}-{}-{}.",
+        a.seed,
+        umbra_stream::now_millis() / 1000,
+        std::process::id()
+    );
     let own_stack = a.bootstrap_servers.is_none();
     let (bootstrap, registry_url) = crate::dev::start_stack(
         &a.state_dir,

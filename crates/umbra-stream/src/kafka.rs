@@ -100,35 +100,6 @@ pub fn reader(settings: &KafkaSettings) -> Result<StreamConsumer, StreamError> {
         .map_err(|e| StreamError::kafka("creating reader", e))
 }
 
-/// A client for offset queries (high watermarks) that never fetches, one per broker list in
-/// the process. A reader's own client cannot ask: the broker answers a connection's requests
-/// in order, so the query waits behind the reader's long-polling fetch (up to its
-/// `fetch.wait.max.ms`), and, made from async code, it held a runtime thread that long: the
-/// lockstep replay saw `/progress` take two seconds.
-pub fn offsets_client(
-    settings: &KafkaSettings,
-) -> Result<std::sync::Arc<rdkafka::consumer::BaseConsumer>, StreamError> {
-    use std::collections::HashMap;
-    use std::sync::{Arc, Mutex, OnceLock};
-    static CLIENTS: OnceLock<Mutex<HashMap<String, Arc<rdkafka::consumer::BaseConsumer>>>> =
-        OnceLock::new();
-    let mut clients = CLIENTS
-        .get_or_init(Mutex::default)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    if let Some(c) = clients.get(&settings.bootstrap_servers) {
-        return Ok(c.clone());
-    }
-    let mut c = client_config(settings);
-    c.remove("fetch.wait.max.ms");
-    let client: rdkafka::consumer::BaseConsumer = c
-        .create()
-        .map_err(|e| StreamError::kafka("creating the offsets client", e))?;
-    let client = Arc::new(client);
-    clients.insert(settings.bootstrap_servers.clone(), client.clone());
-    Ok(client)
-}
-
 /// How long the broker may hold a fetch that has no data yet, unless the configuration says
 /// otherwise. librdkafka's 500 ms default is a latency floor with brokers (Nisshi among them)
 /// that answer a waiting fetch only when it expires: group consumers decide on the request

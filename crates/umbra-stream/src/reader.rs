@@ -36,8 +36,6 @@ pub struct RawRecord {
 pub struct RestoringReader {
     topic: String,
     consumer: Arc<StreamConsumer>,
-    /// Asks the high watermarks of an idle reader's partitions (see [`kafka::offsets_client`]).
-    offsets: Arc<rdkafka::consumer::BaseConsumer>,
     end: HashMap<i32, i64>,
 }
 
@@ -59,7 +57,6 @@ impl RestoringReader {
         Ok(Self {
             topic: topic.to_string(),
             consumer: Arc::new(consumer),
-            offsets: kafka::offsets_client(settings)?,
             end,
         })
     }
@@ -163,8 +160,12 @@ impl RestoringReader {
                     // partition read to it in progress (the table's own position is not
                     // moved). Once would not do: a record written just before the query is
                     // then still on its way to this reader. On an idle reader only.
+                    // The query runs off the runtime threads: it waits behind this client's
+                    // own long-poll fetch (the broker answers a connection in order), and
+                    // made from async code it held a runtime thread that long (the lockstep
+                    // replay saw `/progress` take two seconds, a step twenty).
                     if follows && idle_rounds >= 2 && matches!(idle_rounds % 4, 2 | 3) {
-                        let (client, topic) = (self.offsets.clone(), self.topic.clone());
+                        let (client, topic) = (self.consumer.clone(), self.topic.clone());
                         let parts: Vec<i32> = self.end.keys().copied().collect();
                         let highs = tokio::task::spawn_blocking(move || {
                             parts
