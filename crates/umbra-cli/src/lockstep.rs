@@ -169,19 +169,6 @@ impl Lockstep {
             let settled = behind.is_empty() && own.is_ok();
             // What the services reported after `before`: unchanged ends mean nothing moved.
             let after = self.ends().await?;
-            // What this look waited for, kept for the slowest barrier's account.
-            let waiting_for = if !behind.is_empty() {
-                reports
-                    .iter()
-                    .filter(|(n, _)| behind.contains(&n.as_str()))
-                    .map(|(n, r)| format!("{n}: {}", lag(r, now_ms, &before)))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            } else if let Err(own) = &own {
-                own.clone()
-            } else {
-                "end offsets moved while the reports were read".to_string()
-            };
             if settled && after == before {
                 let took = start.elapsed();
                 self.settles += 1;
@@ -206,15 +193,23 @@ impl Lockstep {
                 }
                 return Ok(());
             }
-            last_wait = Some(waiting_for);
+            // Who was behind at this look: kept for the slowest barrier's account.
+            let detail = reports
+                .iter()
+                .filter(|(n, _)| behind.contains(&n.as_str()))
+                .map(|(n, r)| format!("{n}: {}", lag(r, now_ms, &before)))
+                .collect::<Vec<_>>()
+                .join("; ");
+            last_wait = Some(if !detail.is_empty() {
+                detail.clone()
+            } else if let Err(own) = &own {
+                own.clone()
+            } else {
+                "end offsets moved while the reports were read".to_string()
+            });
             if start.elapsed() > timeout {
-                let detail: Vec<String> = reports
-                    .iter()
-                    .filter(|(n, _)| behind.contains(&n.as_str()))
-                    .map(|(n, r)| format!("{n}: {}", lag(r, now_ms, &before)))
-                    .collect();
                 let why = if !detail.is_empty() {
-                    detail.join("; ")
+                    detail
                 } else if let Err(own) = own {
                     format!("every service is settled, but {own}")
                 } else {

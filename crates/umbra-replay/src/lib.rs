@@ -362,6 +362,15 @@ pub fn percentile(v: &mut [f64], p: f64) -> f64 {
 
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
+/// hits / requests, 0 with no request.
+fn hit_rate(hits: usize, requests: usize) -> f64 {
+    if requests == 0 {
+        0.0
+    } else {
+        hits as f64 / requests as f64
+    }
+}
+
 fn result(
     policy: &str,
     delays: &mut [f64],
@@ -374,11 +383,7 @@ fn result(
         policy: policy.into(),
         requests,
         hits,
-        hit_rate: if requests == 0 {
-            0.0
-        } else {
-            hits as f64 / requests as f64
-        },
+        hit_rate: hit_rate(hits, requests),
         placement_delay_p50_s: percentile(delays, 0.5),
         placement_delay_p99_s: percentile(delays, 0.99),
         unclaimed_core_hours: unclaimed_core_s / 3600.0,

@@ -1,8 +1,8 @@
 //! umbra's own row of the comparison, from what the pipeline decided: the same arithmetic
 //! the offline baselines get (`result` in the crate root), so that the rows compare.
 
-use crate::percentile;
 use crate::report::{DecisionCounts, PolicyRow};
+use crate::{hit_rate, percentile};
 
 /// How the pipeline decided a request (its first decision).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,11 +79,7 @@ pub fn umbra_row(fates: &[Option<RequestFate>], run: &PipelineRun) -> (PolicyRow
         policy: "umbra".into(),
         requests,
         hits,
-        hit_rate: if requests == 0 {
-            0.0
-        } else {
-            hits as f64 / requests as f64
-        },
+        hit_rate: hit_rate(hits, requests),
         placement_delay_p50_s: percentile(&mut delays.clone(), 0.5),
         placement_delay_p99_s: percentile(&mut delays, 0.99),
         used_core_hours: run.used_core_hours,
