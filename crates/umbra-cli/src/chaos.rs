@@ -183,6 +183,8 @@ impl Stack {
             self.broker_port,
             self.registry_port,
             prefix,
+            // The broker scenario restarts the broker: its log must survive it.
+            dev::BrokerStorage::Sqlite,
         )
         .await
         .map(|_| ())
@@ -826,7 +828,16 @@ pub async fn run(a: ChaosArgs) -> anyhow::Result<()> {
         .parent()
         .map(Path::to_path_buf)
         .context("binary dir")?;
-    dev::start_stack(&dir, None, None, a.broker_port, a.registry_port, "").await?;
+    dev::start_stack(
+        &dir,
+        None,
+        None,
+        a.broker_port,
+        a.registry_port,
+        "",
+        dev::BrokerStorage::Sqlite,
+    )
+    .await?;
     let st = Stack {
         dir: dir.clone(),
         bin,

@@ -94,6 +94,10 @@ pub struct ReplayArgs {
     /// broker more polls (docs/replay.md, *What it costs*).
     #[arg(long)]
     pub fetch_wait_ms: Option<u64>,
+    /// Storage of the replay's own broker: `memory` (default; the run's topics are gone with
+    /// it anyway) or `sqlite` (a file in the state folder, kept with `--keep-stack`).
+    #[arg(long, value_enum, default_value_t = crate::dev::BrokerStorage::Memory)]
+    pub broker_storage: crate::dev::BrokerStorage,
     /// In lockstep, print every barrier slower than this many milliseconds with what it
     /// last waited for (where a replay spends its time).
     #[arg(long)]
@@ -238,16 +242,7 @@ fn plan(a: &ReplayArgs) -> anyhow::Result<Plan> {
     ls.sort_by(by_time);
     let models: Vec<ReplicaModel> = umbra_replay::replay_models(&history);
     let events = scale_events(&live, STEP_S, &models);
-    let mut fleet = FleetShape::sized_for(
-        &live,
-        &models,
-        a.host_cores * 1000.0,
-        a.host_memory_gib * GIB,
-        0.6,
-    );
-    if a.hosts > 0 {
-        fleet.hosts = a.hosts;
-    }
+    let fleet = fleet_of(a, &live, &models);
     let traces = trace_plan(a)?.step_traces();
     Ok(Plan {
         traces,
@@ -445,7 +440,7 @@ impl Drop for Procs {
 }
 
 fn fetch_wait_ms(a: &ReplayArgs) -> u64 {
-    a.fetch_wait_ms.unwrap_or(if a.realtime { 10 } else { 500 })
+    a.fetch_wait_ms.unwrap_or(if a.realtime { 10 } else { 20 })
 }
 
 /// The configuration file of one service (everything but `[http]`).
@@ -688,6 +683,7 @@ pub async fn run(mut a: ReplayArgs) -> anyhow::Result<()> {
         a.broker_port,
         a.registry_port,
         &prefix,
+        a.broker_storage,
     )
     .await?;
     let result = tokio::select! {
@@ -722,6 +718,26 @@ pub async fn run(mut a: ReplayArgs) -> anyhow::Result<()> {
 }
 
 /// The replay's plan as the offline core reads it (the same VMs, days and replica sizes).
+/// The simulated fleet: `--hosts` of the given size, or enough that the workloads' busiest
+/// step commits 60% of it.
+fn fleet_of(
+    a: &ReplayArgs,
+    live: &[umbra_replay::Workload],
+    models: &[ReplicaModel],
+) -> FleetShape {
+    let mut fleet = FleetShape::sized_for(
+        live,
+        models,
+        a.host_cores * 1000.0,
+        a.host_memory_gib * GIB,
+        0.6,
+    );
+    if a.hosts > 0 {
+        fleet.hosts = a.hosts;
+    }
+    fleet
+}
+
 fn trace_plan(a: &ReplayArgs) -> anyhow::Result<umbra_replay::TracePlan> {
     umbra_replay::TracePlan::load(
         &a.data,
@@ -745,6 +761,14 @@ fn offline_sweep(a: &ReplayArgs) -> anyhow::Result<(String, umbra_replay::sweep:
         budgets: a.budgets.clone(),
         sim: umbra_replay::pool::SimSettings {
             ready_delay_s: a.startup_s,
+            // Every policy on the replay's fleet, as the pipeline's run is.
+            fleet: Some({
+                let f = fleet_of(a, &plan.live, &plan.models);
+                umbra_replay::pool::FleetCapacity {
+                    cpu_millicores: f.hosts as f64 * f.cpu_millicores,
+                    memory_bytes: f.hosts as f64 * f.memory_bytes,
+                }
+            }),
         },
         ..Default::default()
     };
@@ -779,13 +803,22 @@ fn print_sweep(r: &umbra_replay::sweep::SweepResult) {
     }
     for p in r.curve.iter().filter(|p| p.budget.is_none()) {
         println!(
-            "{:<22} reserve {:>6.3}x  hits {:>5.1}%  ({})",
+            "{:<22} reserve {:>6.3}x  hits {:>5.1}%  rejected {}  preempted {}  ({})",
             p.policy,
             p.reserve_ratio,
             p.hit_rate * 100.0,
+            p.rejected,
+            p.preempted,
             p.setting
         );
     }
+    let (rejected, preempted) = r
+        .curve
+        .iter()
+        .fold((0, 0), |(r, p), c| (r + c.rejected, p + c.preempted));
+    println!(
+        "on the replay's fleet, over every point of the curve: {rejected} requests rejected, {preempted} slots preempted"
+    );
     let s = &r.scale_up;
     println!(
         "scale-up probabilities, Brier over {} workload-steps: model {:.4}, base rate {:.4}, time-of-day profile {:.4}",
@@ -1247,8 +1280,12 @@ async fn evaluate(
                     u.reserve_ratio,
                     if a.realtime {
                         "realtime replay: the pipeline decides late, so they need not agree"
+                    } else if (hit - u.hit_rate).abs() <= 0.01
+                        && (ratio - u.reserve_ratio).abs() <= 0.02 * u.reserve_ratio.max(1e-9)
+                    {
+                        "lockstep: they agree, within a point of hits and 2% of reserve"
                     } else {
-                        "lockstep: they should agree within a point of hits and 2% of reserve"
+                        "lockstep: they DISAGREE: more than a point of hits or 2% of reserve apart"
                     }
                 );
             }

@@ -55,6 +55,19 @@ pub struct UpArgs {
     /// Prefix of every topic name.
     #[arg(long, env = "UMBRA_TOPIC_PREFIX", default_value = "")]
     topic_prefix: String,
+    /// Where the dev broker keeps its log: `sqlite` (a file in the state folder, survives a
+    /// restart of the broker) or `memory` (gone with the process; faster to read).
+    #[arg(long, value_enum, default_value_t = BrokerStorage::Sqlite)]
+    broker_storage: BrokerStorage,
+}
+
+/// The dev broker's storage engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BrokerStorage {
+    /// `nisshi.db` in the state folder.
+    Sqlite,
+    /// In the broker's memory.
+    Memory,
 }
 
 impl UpArgs {
@@ -211,6 +224,7 @@ pub async fn start_stack(
     broker_port: u16,
     registry_port: u16,
     topic_prefix: &str,
+    broker_storage: BrokerStorage,
 ) -> anyhow::Result<(String, String)> {
     let args = UpArgs {
         state: StateArgs {
@@ -221,6 +235,7 @@ pub async fn start_stack(
         broker_port,
         registry_port,
         topic_prefix: topic_prefix.to_string(),
+        broker_storage,
     };
     start(&args).await?;
     Ok((args.bootstrap(), args.registry()))
@@ -271,7 +286,10 @@ async fn start(args: &UpArgs) -> anyhow::Result<()> {
                 "--advertised-listener-url".into(),
                 url,
                 "--storage-engine".into(),
-                "sqlite://nisshi.db".into(),
+                match args.broker_storage {
+                    BrokerStorage::Sqlite => "sqlite://nisshi.db".into(),
+                    BrokerStorage::Memory => "memory://nisshi/".into(),
+                },
                 "--group-initial-rebalance-delay".into(),
                 "500ms".into(),
             ],
@@ -280,7 +298,10 @@ async fn start(args: &UpArgs) -> anyhow::Result<()> {
         eprintln!(
             "broker started on {bootstrap} (pid {}, storage {})",
             child.id(),
-            db.display()
+            match args.broker_storage {
+                BrokerStorage::Sqlite => db.display().to_string(),
+                BrokerStorage::Memory => "in memory".to_string(),
+            }
         );
     }
 

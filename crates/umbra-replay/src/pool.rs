@@ -98,13 +98,59 @@ pub trait SlotPolicy {
 pub struct SimSettings {
     /// From staging a slot to its being ready, seconds (also the refill time of a claimed slot).
     pub ready_delay_s: f64,
+    /// The fleet every policy places on (`None`: unbounded). Real replicas come first: a
+    /// request that misses takes room from slots (preempting them, newest of the largest pool
+    /// first, as the scheduler preempts negative-priority placeholders) and is rejected only
+    /// when real replicas fill the fleet; a slot is staged only where there is room.
+    #[serde(default)]
+    pub fleet: Option<FleetCapacity>,
 }
 
 impl Default for SimSettings {
     fn default() -> Self {
         Self {
             ready_delay_s: 30.0,
+            fleet: None,
         }
+    }
+}
+
+/// A fleet's capacity in all. Counted in aggregate, not per host: the simulator does not bin
+/// the replicas onto hosts, so fragmentation (room in all but on no single host) is not seen
+/// here; the pipeline's fleet, which does place on hosts, is the check of that.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct FleetCapacity {
+    /// CPU, millicores.
+    pub cpu_millicores: f64,
+    /// Memory, bytes.
+    pub memory_bytes: f64,
+}
+
+/// What the fleet holds while a step is simulated: real replicas and slots, and its capacity.
+struct Room {
+    cap: Option<FleetCapacity>,
+    real: (f64, f64),
+    slots: (f64, f64),
+}
+
+impl Room {
+    fn fits(&self, size: Placeholder) -> bool {
+        self.cap.is_none_or(|c| {
+            self.real.0 + self.slots.0 + size.cpu_millicores <= c.cpu_millicores + 1e-6
+                && self.real.1 + self.slots.1 + size.memory_bytes <= c.memory_bytes + 1e-6
+        })
+    }
+
+    fn fits_without_slots(&self, size: Placeholder) -> bool {
+        self.cap.is_none_or(|c| {
+            self.real.0 + size.cpu_millicores <= c.cpu_millicores + 1e-6
+                && self.real.1 + size.memory_bytes <= c.memory_bytes + 1e-6
+        })
+    }
+
+    fn add(v: &mut (f64, f64), size: Placeholder, n: f64) {
+        v.0 += n * size.cpu_millicores;
+        v.1 += n * size.memory_bytes;
     }
 }
 
@@ -134,6 +180,15 @@ pub struct SimOutcome {
     pub staged: u64,
     /// Per step: the cores held in slots and not claimed.
     pub reserve_cores: Vec<f64>,
+    /// Requests refused because real replicas filled the fleet (with [`SimSettings::fleet`]).
+    #[serde(default)]
+    pub rejected: u64,
+    /// Slots (or kept replicas) given up to make room for a request that missed.
+    #[serde(default)]
+    pub preempted: u64,
+    /// Slots a policy wanted that the fleet had no room for.
+    #[serde(default)]
+    pub unstaged_for_room: u64,
 }
 
 impl SimOutcome {
@@ -195,17 +250,47 @@ pub fn simulate(trace: &StepTrace, policy: &mut dyn SlotPolicy, s: &SimSettings)
             .total_cmp(&trace.sizes[*b].cpu_millicores)
             .then(a.cmp(b))
     });
+    // Largest pools first when room must be made: one preemption frees the most.
+    let mut by_size_desc = shared.clone();
+    by_size_desc.extend((0..pools.len()).filter(|p| pools[*p].workload.is_some()));
+    by_size_desc.sort_by(|a, b| {
+        pools[*b]
+            .slot
+            .cpu_millicores
+            .total_cmp(&pools[*a].slot.cpu_millicores)
+    });
+    let mut room = Room {
+        cap: s.fleet,
+        real: (0.0, 0.0),
+        slots: (0.0, 0.0),
+    };
     for i in 0..trace.steps() {
         let decided_s = (i as f64 - 1.0) * step;
         let t = i as f64 * step;
+        // Real replicas before the step's requests: what runs after the step, less what it
+        // asked for (its releases are done).
+        room.real = (0.0, 0.0);
+        for w in 0..trace.workloads() {
+            let before = trace.running[w][i].saturating_sub(trace.ups[w][i]);
+            Room::add(&mut room.real, trace.sizes[w], f64::from(before));
+        }
         policy.targets(i, &mut targets);
+        room.slots = (0.0, 0.0);
         for (p, slots) in held.iter_mut().enumerate() {
             // Fewer: the newest go first (slots keep their identity while they are wanted).
             slots.truncate(targets[p].min(slots.len()));
+            Room::add(&mut room.slots, pools[p].slot, slots.len() as f64);
+        }
+        for (p, slots) in held.iter_mut().enumerate() {
             while slots.len() < targets[p] {
+                if !room.fits(pools[p].slot) {
+                    out.unstaged_for_room += (targets[p] - slots.len()) as u64;
+                    break;
+                }
                 slots.push(Slot {
                     ready_at_s: decided_s + s.ready_delay_s,
                 });
+                Room::add(&mut room.slots, pools[p].slot, 1.0);
                 out.staged += 1;
             }
         }
@@ -225,6 +310,8 @@ pub fn simulate(trace: &StepTrace, policy: &mut dyn SlotPolicy, s: &SimSettings)
                 });
                 if let Some((p, k)) = ready {
                     held[p].remove(k);
+                    Room::add(&mut room.slots, pools[p].slot, -1.0);
+                    Room::add(&mut room.real, size, 1.0);
                     out.hits += 1;
                     continue;
                 }
@@ -240,9 +327,27 @@ pub fn simulate(trace: &StepTrace, policy: &mut dyn SlotPolicy, s: &SimSettings)
                     .min_by(|a, b| a.2.total_cmp(&b.2));
                 if let Some((p, k, ready_at)) = staging {
                     held[p].remove(k);
+                    Room::add(&mut room.slots, pools[p].slot, -1.0);
+                    Room::add(&mut room.real, size, 1.0);
                     out.staged_hits += 1;
                     out.staged_wait_s += ready_at - t;
+                    continue;
                 }
+                // Standard allocation: room from slots if need be, never from real replicas.
+                if !room.fits_without_slots(size) {
+                    out.rejected += 1;
+                    continue;
+                }
+                while !room.fits(size) {
+                    let Some(p) = by_size_desc.iter().copied().find(|p| !held[*p].is_empty())
+                    else {
+                        break;
+                    };
+                    held[p].pop();
+                    Room::add(&mut room.slots, pools[p].slot, -1.0);
+                    out.preempted += 1;
+                }
+                Room::add(&mut room.real, size, 1.0);
             }
         }
         let (mut cores, mut gib) = (0.0, 0.0);
@@ -571,6 +676,12 @@ impl Calibration<'_> {
         let cut = |r: std::ops::Range<usize>| -> Vec<Vec<Vec<f64>>> {
             self.tails.iter().map(|c| c[r.clone()].to_vec()).collect()
         };
+        // The controller reasons on an unbounded fleet: the fleet's bound acts where slots are
+        // placed, and a service calibrating step by step need not know the fleet's size.
+        let unbounded = SimSettings {
+            fleet: None,
+            ..*self.sim
+        };
         // What the run so far held, replayed with the thresholds it had.
         let mut controller = BudgetController::new(self.budget);
         if start > self.from {
@@ -582,7 +693,7 @@ impl Calibration<'_> {
                     cut(self.from..start),
                     so_far.to_vec(),
                 ),
-                self.sim,
+                &unbounded,
             );
             controller.observe(o.reserve_core_hours * 3600.0, o.used_core_hours * 3600.0);
         }
@@ -599,7 +710,7 @@ impl Calibration<'_> {
             simulate(
                 &seen,
                 &mut PooledScaleUp::fixed(self.classes.clone(), seen_tails.clone(), theta),
-                self.sim,
+                &unbounded,
             )
             .reserve_ratio()
         })
@@ -670,8 +781,9 @@ pub fn per_workload_pools(trace: &StepTrace) -> Vec<PoolSpec> {
 }
 
 /// Keep-alive (Knative's scale-to-zero grace, Azure Functions' keep-alive): a released replica
-/// stays, ready, for `keep_s` seconds and its workload's next request takes it.
-pub fn keep_alive(trace: &StepTrace, keep_s: f64) -> SimOutcome {
+/// stays, ready, for `keep_s` seconds and its workload's next request takes it. On a bounded
+/// `fleet`, a request that misses evicts kept replicas (the largest first) to make room.
+pub fn keep_alive(trace: &StepTrace, keep_s: f64, fleet: Option<FleetCapacity>) -> SimOutcome {
     let step = trace.step_s as f64;
     let keep_steps = (keep_s / step).ceil() as usize;
     let mut out = SimOutcome {
@@ -680,17 +792,55 @@ pub fn keep_alive(trace: &StepTrace, keep_s: f64) -> SimOutcome {
     };
     // Per workload: the steps at which its kept replicas expire.
     let mut kept: Vec<Vec<usize>> = vec![Vec::new(); trace.workloads()];
+    let mut largest_first: Vec<usize> = (0..trace.workloads()).collect();
+    largest_first.sort_by(|a, b| {
+        trace.sizes[*b]
+            .cpu_millicores
+            .total_cmp(&trace.sizes[*a].cpu_millicores)
+    });
+    let mut room = Room {
+        cap: fleet,
+        real: (0.0, 0.0),
+        slots: (0.0, 0.0),
+    };
     for i in 0..trace.steps() {
+        room.real = (0.0, 0.0);
+        room.slots = (0.0, 0.0);
+        for (w, k) in kept.iter_mut().enumerate() {
+            k.retain(|until| *until > i);
+            let before = trace.running[w][i].saturating_sub(trace.ups[w][i]);
+            Room::add(&mut room.real, trace.sizes[w], f64::from(before));
+            Room::add(&mut room.slots, trace.sizes[w], k.len() as f64);
+        }
+        for w in 0..trace.workloads() {
+            let size = trace.sizes[w];
+            for _ in 0..trace.ups[w][i] {
+                // The most recently released goes back first.
+                if kept[w].pop().is_some() {
+                    Room::add(&mut room.slots, size, -1.0);
+                    Room::add(&mut room.real, size, 1.0);
+                    out.hits += 1;
+                    continue;
+                }
+                if !room.fits_without_slots(size) {
+                    out.rejected += 1;
+                    continue;
+                }
+                while !room.fits(size) {
+                    let Some(v) = largest_first.iter().copied().find(|v| !kept[*v].is_empty())
+                    else {
+                        break;
+                    };
+                    kept[v].pop();
+                    Room::add(&mut room.slots, trace.sizes[v], -1.0);
+                    out.preempted += 1;
+                }
+                Room::add(&mut room.real, size, 1.0);
+            }
+        }
         let mut cores = 0.0;
         let mut gib = 0.0;
         for (w, k) in kept.iter_mut().enumerate() {
-            k.retain(|until| *until > i);
-            for _ in 0..trace.ups[w][i] {
-                // The most recently released goes back first.
-                if k.pop().is_some() {
-                    out.hits += 1;
-                }
-            }
             for _ in 0..trace.downs[w][i] {
                 k.push(i + keep_steps);
             }
@@ -797,6 +947,7 @@ mod tests {
             &mut p,
             &SimSettings {
                 ready_delay_s: 400.0,
+                fleet: None,
             },
         );
         assert_eq!((o.hits, o.staged_hits), (1, 0));
@@ -806,6 +957,7 @@ mod tests {
             &mut p,
             &SimSettings {
                 ready_delay_s: 700.0,
+                fleet: None,
             },
         );
         assert_eq!((o.hits, o.staged_hits), (0, 1));
@@ -847,14 +999,68 @@ mod tests {
     }
 
     #[test]
+    fn on_a_full_fleet_a_miss_preempts_slots_and_only_real_replicas_reject() {
+        // One replica of each of two 1-core workloads runs; w0 asks for a second at step 1.
+        let mut t = trace(&[1_000.0, 1_000.0], &[&[0, 1, 0], &[0, 0, 0]]);
+        t.running[0] = vec![1, 2, 2];
+        let fleet = |cores: f64| SimSettings {
+            fleet: Some(FleetCapacity {
+                cpu_millicores: cores * 1_000.0,
+                memory_bytes: 100.0 * GIB,
+            }),
+            ..SimSettings::default()
+        };
+        // w1 holds a slot of its own, which w0 may not claim.
+        let mut p = StaticPools {
+            pools: per_workload_pools(&t),
+            counts: vec![0, 1],
+        };
+        // Three cores: the slot fills the fleet, so w0's standard allocation preempts it,
+        // and once w0's second replica runs there is no room to stage it again.
+        let o = simulate(&t, &mut p, &fleet(3.0));
+        assert_eq!((o.hits, o.rejected, o.preempted), (0, 0, 1));
+        assert_eq!(o.unstaged_for_room, 1);
+        // Unbounded, the same policy preempts and refuses nothing.
+        let free = simulate(&t, &mut p, &SimSettings::default());
+        assert_eq!(
+            (free.rejected, free.preempted, free.unstaged_for_room),
+            (0, 0, 0)
+        );
+        // Two cores: real replicas fill the fleet; the slot is never staged, the request refused.
+        let o = simulate(&t, &mut p, &fleet(2.0));
+        assert_eq!((o.rejected, o.preempted), (1, 0));
+        assert_eq!(o.unstaged_for_room, 3);
+        assert_eq!(o.reserve_core_hours, 0.0);
+    }
+
+    #[test]
+    fn keep_alive_gives_up_a_kept_replica_to_a_request_that_needs_the_room() {
+        // w0 releases a replica at step 0 and keeps it; w1 asks for one at step 1 on a fleet
+        // with room for two replicas, one of them running w1's.
+        let mut t = trace(&[1_000.0, 1_000.0], &[&[0, 0], &[0, 1]]);
+        t.downs[0] = vec![1, 0];
+        t.running[0] = vec![0, 0];
+        t.running[1] = vec![1, 2];
+        let cap = FleetCapacity {
+            cpu_millicores: 2_000.0,
+            memory_bytes: 100.0 * GIB,
+        };
+        let o = keep_alive(&t, 3_600.0, Some(cap));
+        assert_eq!((o.hits, o.rejected, o.preempted), (0, 0, 1));
+        let free = keep_alive(&t, 3_600.0, None);
+        assert_eq!(free.preempted, 0);
+        assert!(free.reserve_core_hours > o.reserve_core_hours);
+    }
+
+    #[test]
     fn keep_alive_hands_a_released_replica_back() {
         let mut t = trace(&[1_000.0], &[&[0, 0, 1, 0, 0, 0, 1]]);
         t.downs[0] = vec![0, 1, 0, 1, 0, 0, 0];
         // Kept 10 minutes: the release at step 1 serves step 2; the one at step 3 expires at 5.
-        let o = keep_alive(&t, 600.0);
+        let o = keep_alive(&t, 600.0, None);
         assert_eq!(o.hits, 1);
         assert_eq!(o.reserve_cores, vec![0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0]);
-        assert_eq!(keep_alive(&t, 3_600.0).hits, 2);
+        assert_eq!(keep_alive(&t, 3_600.0, None).hits, 2);
     }
 
     #[test]

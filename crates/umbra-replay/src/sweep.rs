@@ -71,6 +71,12 @@ pub struct CurvePoint {
     pub hit_rate: f64,
     /// The setting behind the point (slots, per class or in all).
     pub setting: String,
+    /// Requests refused because real replicas filled the fleet.
+    #[serde(default)]
+    pub rejected: u64,
+    /// Slots (or kept replicas) preempted to make room for standard allocation.
+    #[serde(default)]
+    pub preempted: u64,
 }
 
 /// How good the scale-up probabilities were on the live part.
@@ -126,6 +132,8 @@ fn outcome_point(policy: &str, budget: Option<f64>, o: &SimOutcome, setting: Str
         reserve_ratio: o.reserve_ratio(),
         hit_rate: o.hit_rate(),
         setting,
+        rejected: o.rejected,
+        preempted: o.preempted,
     }
 }
 
@@ -330,7 +338,7 @@ pub fn sweep(
         curve.push(outcome_point(
             name,
             None,
-            &keep_alive(live, keep),
+            &keep_alive(live, keep, s.sim.fleet),
             format!("{keep} s"),
         ));
     }

@@ -82,6 +82,7 @@ impl ScaleUpSettings {
         SweepSettings {
             sim: SimSettings {
                 ready_delay_s: self.ready_delay_s,
+                fleet: None,
             },
             ..SweepSettings::default()
         }

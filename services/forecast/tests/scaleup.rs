@@ -151,6 +151,7 @@ fn the_stage_holds_the_slots_the_offline_rule_holds() {
     let sweep = SweepSettings {
         sim: umbra_replay::pool::SimSettings {
             ready_delay_s: settings.ready_delay_s,
+            fleet: None,
         },
         ..SweepSettings::default()
     };
