@@ -278,6 +278,9 @@ struct Observed {
     /// Newest usage-series bucket per workload, ms.
     series_until: HashMap<String, i64>,
     reshadows: usize,
+    /// Slots the scale-up stage held per step and pool: (step start ms, pool index) → slots
+    /// (the last forecast for the step counts).
+    pool_slots: BTreeMap<(i64, usize), i32>,
 }
 
 type Shared = Arc<Mutex<Observed>>;
@@ -971,6 +974,21 @@ async fn evaluate(
         )
         .await?;
         let o = obs.clone();
+        follow::<WorkloadKey, ScaleUpForecast>(
+            &kafka,
+            registry.clone(),
+            topic("umbra.scaleup.forecasts"),
+            readers.clone(),
+            move |f| {
+                if f.kind == ScaleUpSubject::Pool {
+                    if let Some(c) = f.subject.strip_prefix("pool/").and_then(|c| c.parse().ok()) {
+                        lock(&o).pool_slots.insert((f.step_start, c), f.slots);
+                    }
+                }
+            },
+        )
+        .await?;
+        let o = obs.clone();
         follow::<WorkloadKey, ReshadowRequest>(
             &kafka,
             registry.clone(),
@@ -1289,6 +1307,9 @@ async fn evaluate(
                     }
                 );
             }
+            if let Some((_, offline)) = sweep.umbra_slots.iter().find(|(b, _)| *b == a.budget) {
+                print_slot_conformance(p, &lock(&obs).pool_slots, offline);
+            }
             summary.curve = sweep.curve.clone();
             summary.sweep = Some(sweep);
         }
@@ -1297,6 +1318,44 @@ async fn evaluate(
     let data = report_data(a, p, &lock(&obs), &measured);
     write_report(&a.out, &summary, &data)?;
     Ok(summary)
+}
+
+/// Step by step, the slots per pool the pipeline's scale-up stage held against the offline
+/// core's at the same budget: where they part, the hit rates part.
+fn print_slot_conformance(
+    p: &Plan,
+    pipeline: &BTreeMap<(i64, usize), i32>,
+    offline: &[Vec<usize>],
+) {
+    let step_ms = STEP_S * 1000;
+    let mut same = 0usize;
+    let mut differ: Vec<String> = Vec::new();
+    for (i, want) in offline.iter().enumerate().take(p.steps) {
+        let t = p.live_start_ms + i as i64 * step_ms;
+        let held: Vec<usize> = (0..want.len())
+            .map(|c| pipeline.get(&(t, c)).map_or(0, |n| (*n).max(0) as usize))
+            .collect();
+        if held == *want {
+            same += 1;
+        } else {
+            differ.push(format!("step {i}: pipeline {held:?}, offline {want:?}"));
+        }
+    }
+    println!(
+        "slots per pool, step by step: the same at {same} of {} live steps{}{}",
+        offline.len().min(p.steps),
+        if differ.is_empty() {
+            ""
+        } else {
+            "; first differences: "
+        },
+        differ
+            .iter()
+            .take(4)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
 }
 
 /// Waits for `done`, failing after `timeout` or as soon as a service exits.

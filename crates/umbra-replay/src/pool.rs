@@ -189,6 +189,10 @@ pub struct SimOutcome {
     /// Slots a policy wanted that the fleet had no room for.
     #[serde(default)]
     pub unstaged_for_room: u64,
+    /// Per step, the slots the policy asked for per pool (`[i][pool]`): what the pipeline's
+    /// run is compared with step by step.
+    #[serde(skip)]
+    pub targets: Vec<Vec<usize>>,
 }
 
 impl SimOutcome {
@@ -275,6 +279,7 @@ pub fn simulate(trace: &StepTrace, policy: &mut dyn SlotPolicy, s: &SimSettings)
             Room::add(&mut room.real, trace.sizes[w], f64::from(before));
         }
         policy.targets(i, &mut targets);
+        out.targets.push(targets.clone());
         room.slots = (0.0, 0.0);
         for (p, slots) in held.iter_mut().enumerate() {
             // Fewer: the newest go first (slots keep their identity while they are wanted).

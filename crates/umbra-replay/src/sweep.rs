@@ -107,6 +107,10 @@ pub struct SweepResult {
     pub against_static: Vec<AgainstStatic>,
     /// The scale-up probabilities' score.
     pub scale_up: ScaleUpScore,
+    /// umbra's slots per live step and size class at each budget (`(budget, [i][class])`):
+    /// what the pipeline's run at that budget is compared with.
+    #[serde(skip)]
+    pub umbra_slots: Vec<(f64, Vec<Vec<usize>>)>,
 }
 
 /// umbra at one budget against the best static pool (one size or by size class, counts tuned
@@ -284,6 +288,7 @@ pub fn sweep(
     let max_ratio = s.budgets.iter().copied().fold(0.0, f64::max) * 1.2;
     let mut curve = Vec::new();
     let mut against = Vec::new();
+    let mut umbra_slots = Vec::new();
     let statics = [
         ("static-one-size", one_size_path(live, &s.sim, max_ratio)),
         (
@@ -301,6 +306,7 @@ pub fn sweep(
             s,
         );
         curve.push(outcome_point("umbra", Some(b), &u, format!("budget {b}")));
+        umbra_slots.push((b, u.targets.clone()));
         for (name, path) in &statics {
             if let Some((counts, o)) = best_within(path, b) {
                 curve.push(outcome_point(name, Some(b), o, format!("slots {counts:?}")));
@@ -357,6 +363,7 @@ pub fn sweep(
         curve,
         against_static: against,
         scale_up: score(history, live, &live_p),
+        umbra_slots,
     })
 }
 
