@@ -106,14 +106,17 @@ pub const MAX_REPLICAS: f64 = 8.0;
 /// The replay's replica model of each workload from its history: a replica covers most of the
 /// history ([`REPLICA_QUANTILE`], at least [`MIN_REPLICA_MILLICORES`]) and the busiest hours
 /// need at most [`MAX_REPLICAS`] of them, so that an idle VM with rare bursts does not ask for
-/// dozens of tiny replicas at once.
+/// dozens of tiny replicas at once. Sizes are whole millicores and bytes.
 pub fn replay_models(history: &[Workload]) -> Vec<ReplicaModel> {
     history
         .iter()
         .map(|h| {
             let mut m = ReplicaModel::sized_from(h, REPLICA_QUANTILE, MIN_REPLICA_MILLICORES, 300);
             let peak = ReplicaModel::sized_from(h, 0.999, 0.0, 300).cpu_millicores;
-            m.cpu_millicores = m.cpu_millicores.max((peak / MAX_REPLICAS).ceil());
+            // Whole millicores and bytes: the services see replica sizes as the integers of
+            // the wire types, and the offline cores must size slots and classes as they do.
+            m.cpu_millicores = m.cpu_millicores.max((peak / MAX_REPLICAS).ceil()).round();
+            m.memory_bytes = m.memory_bytes.round();
             m
         })
         .collect()
