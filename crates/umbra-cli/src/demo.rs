@@ -326,6 +326,13 @@ struct Proc {
     log: PathBuf,
 }
 
+/// The last `n` lines of a service's log.
+fn log_tail(log: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(n).collect();
+    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+}
+
 /// The replay's processes; stopped in reverse order, also when dropped.
 struct Procs {
     dir: PathBuf,
@@ -376,13 +383,11 @@ impl Procs {
         for p in &mut self.procs {
             loop {
                 if let Some(status) = p.child.try_wait()? {
-                    let text = std::fs::read_to_string(&p.log).unwrap_or_default();
-                    let tail: Vec<&str> = text.lines().rev().take(8).collect();
                     bail!(
                         "{} exited ({status}) during start-up; last lines of {}:\n{}",
                         p.name,
                         p.log.display(),
-                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                        log_tail(&p.log, 8)
                     );
                 }
                 if let Ok(r) = reqwest::get(format!("{}/readyz", p.http)).await {
@@ -425,10 +430,13 @@ impl Procs {
     fn exited(&mut self) -> Option<String> {
         for p in &mut self.procs {
             if let Ok(Some(status)) = p.child.try_wait() {
+                // The log goes with the state folder, which a test's temporary folder takes
+                // with it: its last lines are the only account CI keeps.
                 return Some(format!(
-                    "{} exited ({status}); see {}",
+                    "{} exited ({status}); last lines of {}:\n{}",
                     p.name,
-                    p.log.display()
+                    p.log.display(),
+                    log_tail(&p.log, 12)
                 ));
             }
         }

@@ -371,9 +371,13 @@ impl<K: Record, V: Record> Processor<K, V> {
             },
         }
         if let Some(o) = handler.committable(msg.partition(), msg.offset()) {
-            self.consumer
-                .store_offset(topic, msg.partition(), o)
-                .map_err(|e| StreamError::kafka("storing offset", e))?;
+            // Storing fails only for a partition this consumer no longer owns (a rebalance
+            // took it while the record was in flight): its new owner re-reads from the last
+            // commit, so the outputs are repeated, never lost. Stopping here would turn a
+            // rebalance under load into a crash.
+            if let Err(e) = self.consumer.store_offset(topic, msg.partition(), o) {
+                tracing::warn!(topic, partition = msg.partition(), offset = o, error = %e, "offset not stored: partition no longer assigned; its new owner re-reads");
+            }
         }
         // Its outputs are acknowledged; what the handler still holds (an open bucket) comes
         // out with a later record, so the record itself is done.
