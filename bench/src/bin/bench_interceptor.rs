@@ -66,6 +66,7 @@ fn row(w: &str, hosts: &[String], now_ms: i64) -> ShadowEntry {
             health_score: 1.0,
             headroom: 0.5,
             status: ShadowStatus::Healthy,
+            reserved: None,
         })
         .collect();
     ShadowEntry {

@@ -271,6 +271,7 @@ fn entry(i: usize) -> ShadowEntry {
             health_score: 1.0,
             headroom: 0.4,
             status: ShadowStatus::Healthy,
+            reserved: None,
         })
         .collect();
     ShadowEntry {

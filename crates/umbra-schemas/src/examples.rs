@@ -148,6 +148,7 @@ pub(crate) fn SHADOW_ENTRY() -> ShadowEntry {
                 health_score: 1.0,
                 headroom: 0.4,
                 status: ShadowStatus::Healthy,
+                reserved: None,
             },
             ShadowCandidate {
                 shadow_id: "sh-vm-001-b".into(),
@@ -156,6 +157,7 @@ pub(crate) fn SHADOW_ENTRY() -> ShadowEntry {
                 health_score: 0.9,
                 headroom: 0.3,
                 status: ShadowStatus::Requested,
+                reserved: None,
             },
         ],
         host_ranking: vec!["host-01".into(), "host-02".into()],

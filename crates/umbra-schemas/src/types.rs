@@ -230,6 +230,9 @@ pub struct ShadowCandidate {
     pub health_score: f64,
     pub headroom: f64,
     pub status: ShadowStatus,
+    #[serde(default)]
+    #[avro(default = "null")]
+    pub reserved: Option<Resources>,
 }
 /// See `shadow_entry.avsc`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]

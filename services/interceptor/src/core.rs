@@ -354,12 +354,51 @@ impl Core {
         {
             return Err("the shadow for this workload was already claimed".into());
         }
+        // Full shadows first (they rank first); a placeholder on an alternative host
+        // (`alternates = "verify"`) serves only while its host has room for the rest of the
+        // request, which the fleet admits when it expands the shadow.
+        let ready =
+            |c: &&umbra_schemas::ShadowCandidate| c.status == ShadowStatus::Healthy && !taken(c);
+        if let Some(c) = e
+            .candidates
+            .iter()
+            .filter(ready)
+            .filter(|c| c.reserved.is_none())
+            .min_by_key(|c| c.rank)
+        {
+            return Ok((e, c));
+        }
+        let mut any = false;
         e.candidates
             .iter()
-            .filter(|c| c.status == ShadowStatus::Healthy && !taken(c))
+            .filter(ready)
+            .inspect(|_| any = true)
+            .filter(|c| {
+                c.reserved
+                    .is_some_and(|held| self.has_room(&c.host_id, &r.resources.minus(&held), w))
+            })
             .min_by_key(|c| c.rank)
             .map(|c| (e, c))
-            .ok_or_else(|| "no healthy shadow yet".to_string())
+            .ok_or_else(|| {
+                if any {
+                    "no full shadow ready, and no alternative host has room for the request now"
+                        .to_string()
+                } else {
+                    "no healthy shadow yet".to_string()
+                }
+            })
+    }
+
+    /// Whether `host` can take `extra` more now: its capacity against what the ledger says it
+    /// commits and the placements sent to it and not yet answered.
+    fn has_room(&self, host: &str, extra: &Resources, w: &World<'_>) -> bool {
+        let (capacity, committed) = match (w.ledger.host(host), w.hosts.get(host)) {
+            (Some(l), _) if !l.capacity.is_zero() => (l.capacity, l.committed()),
+            (_, Some(h)) => (h.capacity, h.committed),
+            _ => return false,
+        };
+        let reserved = self.reserved.get(host).copied().unwrap_or_default();
+        committed.plus(&reserved).plus(extra).fits_within(&capacity)
     }
 
     /// Best fit on live host state: the healthy host with the least room left after the

@@ -31,6 +31,7 @@ fn entry(w: &str, hosts: &[&str], size: Resources) -> ShadowEntry {
             health_score: 1.0,
             headroom: 0.5,
             status: ShadowStatus::Healthy,
+            reserved: None,
         })
         .collect();
     ShadowEntry {
@@ -665,4 +666,94 @@ fn a_pool_slot_serves_only_requests_that_fit_it_and_carry_its_labels() {
     );
     let s = core.decide(&web, &env.world());
     assert_eq!(hit_shadow(&s), Some("pool2-s0"), "{s:?}");
+}
+
+/// `alternates = "verify"`: the row's full shadow on host-000, placeholders on host-001 and
+/// host-002, each created in the fleet at the size it holds.
+fn stage_verified(env: &mut Env, size: Resources, placeholder: Resources) {
+    let mut e = entry("w", &["host-000", "host-001", "host-002"], size);
+    for c in &mut e.candidates[1..] {
+        c.reserved = Some(placeholder);
+    }
+    for (i, c) in e.candidates.iter().enumerate() {
+        let cmd = FleetCommand {
+            command_id: format!("create-{i}"),
+            kind: FleetCommandKind::CreateShadow,
+            host_id: c.host_id.clone(),
+            target_host_id: None,
+            shadow_id: Some(c.shadow_id.clone()),
+            workload_id: "w".into(),
+            request_id: None,
+            resources: c.reserved.unwrap_or(size),
+            issued_at: T0,
+        };
+        for ev in env.sim.execute(&cmd, T0) {
+            env.ledger.apply(&ev);
+        }
+    }
+    env.table.insert("w".into(), e);
+}
+
+fn fill(env: &mut Env, host: &str, r: Resources) {
+    let cmd = FleetCommand {
+        command_id: format!("fill-{host}"),
+        kind: FleetCommandKind::PlaceWorkload,
+        host_id: host.into(),
+        target_host_id: None,
+        shadow_id: None,
+        workload_id: format!("other-{host}"),
+        request_id: Some(format!("fill-{host}")),
+        resources: r,
+        issued_at: T0,
+    };
+    for ev in env.sim.execute(&cmd, T0) {
+        env.ledger.apply(&ev);
+    }
+}
+
+#[test]
+fn a_placeholder_serves_only_while_its_host_has_room_for_the_request() {
+    let placeholder = Resources {
+        cpu_millicores: 10,
+        memory_bytes: 16 << 20,
+        disk_io_bytes_per_s: 0,
+    };
+    let mut env = Env::new(3, res(8_000, 32));
+    stage_verified(&mut env, res(2_000, 4), placeholder);
+    let mut core = Core::new(Settings::default());
+    // The full shadow is taken first.
+    let step = core.decide(&request("r1", "w", res(2_000, 4)), &env.world());
+    assert_eq!(
+        decided(&step).and_then(|d| d.shadow_id.as_deref()),
+        Some("w-s0"),
+        "{step:?}"
+    );
+
+    // The full shadow's host is sick; host-001 is full of real work, host-002 has room: the
+    // placeholder on host-002 serves, and the fleet admits its expansion.
+    let mut env = Env::new(3, res(8_000, 32));
+    stage_verified(&mut env, res(2_000, 4), placeholder);
+    env.table.get_mut("w").expect("row").candidates[0].status = ShadowStatus::Unhealthy;
+    fill(&mut env, "host-001", res(7_000, 4));
+    let mut core = Core::new(Settings::default());
+    let step = core.decide(&request("r1", "w", res(2_000, 4)), &env.world());
+    let d = decided(&step).expect("a decision").clone();
+    assert_eq!(d.outcome, Outcome::ShadowHit, "{d:?}");
+    assert_eq!(d.shadow_id.as_deref(), Some("w-s2"), "{d:?}");
+    env.fleet(&step, false);
+    assert_eq!(env.ledger.held("w"), res(2_000, 4), "expanded to the full size");
+    assert!(env.ledger.overcommitted().is_empty());
+
+    // No placeholder host has room: standard allocation, saying why.
+    let mut env = Env::new(3, res(8_000, 32));
+    stage_verified(&mut env, res(2_000, 4), placeholder);
+    env.table.get_mut("w").expect("row").candidates[0].status = ShadowStatus::Unhealthy;
+    fill(&mut env, "host-001", res(7_000, 4));
+    fill(&mut env, "host-002", res(7_000, 4));
+    let mut core = Core::new(Settings::default());
+    let step = core.decide(&request("r1", "w", res(2_000, 4)), &env.world());
+    let Step::Place(cmd) = &step else {
+        panic!("expected standard allocation: {step:?}")
+    };
+    assert_eq!(cmd.kind, FleetCommandKind::PlaceWorkload);
 }

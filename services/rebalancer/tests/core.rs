@@ -45,6 +45,7 @@ fn entry(w: &str, hosts: &[&str], size: i64) -> ShadowEntry {
                 health_score: 1.0,
                 headroom: 0.5,
                 status: ShadowStatus::Healthy,
+                reserved: None,
             })
             .collect(),
         host_ranking: hosts.iter().map(|h| h.to_string()).collect(),

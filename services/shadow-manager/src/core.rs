@@ -46,6 +46,20 @@ impl Quantile {
     }
 }
 
+/// What a workload row's shadows on its alternative hosts hold (docs/shadows.md,
+/// *Alternates*).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Alternates {
+    /// Only the shadows that can be claimed at once (one per replica the row still expects)
+    /// reserve the full size; the other ranked hosts hold a minimal placeholder, chosen where
+    /// the full size fits, that verifies the host. A claim of a placeholder needs room on its
+    /// host at that moment.
+    Verify,
+    /// Every ranked host reserves the full size (K full shadows for one need).
+    Reserve,
+}
+
 /// Settings of the shadow manager (`[service]`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -105,6 +119,11 @@ pub struct Settings {
     /// (placements since their last report): without a pause the row would stage on the same
     /// host every pass, and under a driven clock that stands still, forever.
     pub failed_host_backoff_ms: i64,
+    /// What a workload row's alternative hosts hold: `verify` (a minimal placeholder) or
+    /// `reserve` (the full size). Pool rows' slots are each a full shadow either way.
+    pub alternates: Alternates,
+    /// The placeholder of `alternates = "verify"`: what a shadow on an alternative host holds.
+    pub placeholder: Resources,
 }
 
 impl Default for Settings {
@@ -130,6 +149,12 @@ impl Default for Settings {
             workload_rows: true,
             pool_forecast_max_age_steps: 12,
             failed_host_backoff_ms: 60_000,
+            alternates: Alternates::Verify,
+            placeholder: Resources {
+                cpu_millicores: 10,
+                memory_bytes: 16 << 20,
+                disk_io_bytes_per_s: 0,
+            },
         }
     }
 }
@@ -328,6 +353,19 @@ fn scale(r: &Resources, f: f64) -> Resources {
     }
 }
 
+/// What `c`, a shadow of `e`, holds on its host.
+pub fn held_by(e: &ShadowEntry, c: &ShadowCandidate) -> Resources {
+    c.reserved.unwrap_or(e.requirements)
+}
+
+/// A full shadow that can serve a claim: one on a sick host or reported unhealthy cannot, so
+/// another is staged (it stays, ranked last, in case its host recovers).
+fn usable_full(c: &ShadowCandidate, slots: &BTreeMap<String, HostSlot>) -> bool {
+    c.reserved.is_none()
+        && matches!(c.status, ShadowStatus::Requested | ShadowStatus::Healthy)
+        && slots.get(&c.host_id).is_some_and(|s| s.score > 0.0)
+}
+
 fn is_live(st: ShadowStatus) -> bool {
     matches!(
         st,
@@ -351,7 +389,7 @@ pub fn host_slots<'a>(
                 && ledger.ended(&c.shadow_id).is_none()
             {
                 let p = pending.entry(c.host_id.as_str()).or_default();
-                *p = p.plus(&e.requirements);
+                *p = p.plus(&held_by(e, c));
             }
         }
     }
@@ -809,7 +847,7 @@ impl Manager {
                     &c.shadow_id,
                     &c.host_id,
                     &w,
-                    e.requirements,
+                    held_by(&e, &c),
                     now,
                 );
                 out.push(a);
@@ -839,7 +877,7 @@ impl Manager {
                             &c.shadow_id,
                             &c.host_id,
                             &w,
-                            e.requirements,
+                            held_by(&e, &c),
                             now,
                         );
                         out.push(a);
@@ -870,7 +908,7 @@ impl Manager {
                     &c.shadow_id,
                     &c.host_id,
                     &w,
-                    e.requirements,
+                    held_by(&e, &c),
                     now,
                 );
                 out.push(a);
@@ -882,7 +920,9 @@ impl Manager {
                     if !taken.contains(to.as_str())
                         && slots.get(to).is_some_and(|s| s.fits(&e.requirements))
                     {
-                        self.add_candidate(&mut e, to, slots, out, new_id, now);
+                        // The moved shadow keeps what it held.
+                        let full = c.reserved.is_none();
+                        self.add_candidate(&mut e, to, full, slots, out, new_id, now);
                     }
                 }
             }
@@ -1104,7 +1144,7 @@ impl Manager {
                     ));
                     break;
                 };
-                self.add_candidate(&mut e, &h, slots, out, new_id, now);
+                self.add_candidate(&mut e, &h, true, slots, out, new_id, now);
             }
             reasons.push(format!("{want} slots held"));
         }
@@ -1146,18 +1186,24 @@ impl Manager {
             })
     }
 
+    /// Stages a shadow of `e` on `host`: the full size, or the placeholder of
+    /// `alternates = "verify"` when `full` is false.
+    #[allow(clippy::too_many_arguments)]
     fn add_candidate(
         &mut self,
         e: &mut ShadowEntry,
         host: &str,
+        full: bool,
         slots: &mut BTreeMap<String, HostSlot>,
         out: &mut Vec<Action>,
         new_id: &mut dyn FnMut(&str, &str) -> String,
         now: i64,
     ) {
         let sid = new_id(&e.workload_id, host);
+        let reserved = (!full).then_some(self.settings.placeholder);
+        let size = reserved.unwrap_or(e.requirements);
         if let Some(s) = slots.get_mut(host) {
-            s.load = s.load.plus(&e.requirements);
+            s.load = s.load.plus(&size);
         }
         e.candidates.push(ShadowCandidate {
             shadow_id: sid.clone(),
@@ -1166,13 +1212,14 @@ impl Manager {
             health_score: 0.0,
             headroom: 0.0,
             status: ShadowStatus::Requested,
+            reserved,
         });
         let a = self.command(
             FleetCommandKind::CreateShadow,
             &sid,
             host,
             &e.workload_id,
-            e.requirements,
+            size,
             now,
         );
         out.push(a);
@@ -1191,13 +1238,58 @@ impl Manager {
         now: i64,
     ) {
         // K alternatives for the first of the claims still open, one more per further claim.
-        let live = e.candidates.iter().filter(|c| is_live(c.status)).count();
         let k = self.settings.candidates + open_claims.saturating_sub(1);
+        // A pool's slots and `alternates = "reserve"` hold the full size on every host;
+        // `verify` only on as many as can be claimed at once.
+        let want_full =
+            if e.pool_labels.is_some() || self.settings.alternates == Alternates::Reserve {
+                k
+            } else {
+                open_claims.max(1).min(k)
+            };
+        let live_full = e
+            .candidates
+            .iter()
+            .filter(|c| usable_full(c, slots))
+            .count();
+        let mut exclude: HashSet<String> = avoid.clone();
+        exclude.extend(e.candidates.iter().map(|c| c.host_id.clone()));
+        // A full shadow lost (failed, moved, or claimed while more are expected) is replaced
+        // by a full one, on a new host: hosts stay distinct, and the surplus placeholders go.
+        if live_full < want_full {
+            let chosen = choose_hosts(slots, &e.requirements, want_full - live_full, &exclude);
+            for (h, _) in chosen {
+                exclude.insert(h.clone());
+                self.add_candidate(e, &h, true, slots, out, new_id, now);
+            }
+        }
+        let live = e.candidates.iter().filter(|c| is_live(c.status)).count();
+        if live > k {
+            let mut surplus: Vec<usize> = (0..e.candidates.len())
+                .filter(|i| is_live(e.candidates[*i].status) && e.candidates[*i].reserved.is_some())
+                .collect();
+            // The worst-ranked placeholders first.
+            surplus.sort_by_key(|i| std::cmp::Reverse(e.candidates[*i].rank));
+            surplus.truncate(live - k);
+            surplus.sort_unstable_by(|a, b| b.cmp(a));
+            for i in surplus {
+                let c = e.candidates.remove(i);
+                let a = self.command(
+                    FleetCommandKind::ReleaseShadow,
+                    &c.shadow_id,
+                    &c.host_id,
+                    &e.workload_id,
+                    held_by(e, &c),
+                    now,
+                );
+                out.push(a);
+            }
+            return;
+        }
         if live >= k {
             return;
         }
-        let mut exclude: HashSet<String> = avoid.clone();
-        exclude.extend(e.candidates.iter().map(|c| c.host_id.clone()));
+        // Alternatives go where the full size fits, so that a claim of one can expand.
         let chosen = choose_hosts(slots, &e.requirements, k - live, &exclude);
         if chosen.len() < k - live {
             reasons.push(format!(
@@ -1207,8 +1299,15 @@ impl Manager {
                 e.requirements.memory_bytes
             ));
         }
+        let mut full_now = e
+            .candidates
+            .iter()
+            .filter(|c| usable_full(c, slots))
+            .count();
         for (h, _) in chosen {
-            self.add_candidate(e, &h, slots, out, new_id, now);
+            let full = full_now < want_full;
+            full_now += usize::from(full);
+            self.add_candidate(e, &h, full, slots, out, new_id, now);
         }
     }
 
@@ -1223,9 +1322,14 @@ impl Manager {
         // A pool's slots are interchangeable: they keep the order they were staged in (the
         // newest go first when the pool shrinks).
         if e.pool_labels.is_none() {
+            // Shadows on sick hosts last; then full shadows before placeholders, so that a
+            // claim takes the best full one first.
+            let sick = |c: &ShadowCandidate| c.health_score <= 0.0;
             e.candidates.sort_by(|a, b| {
-                b.health_score
-                    .total_cmp(&a.health_score)
+                sick(a)
+                    .cmp(&sick(b))
+                    .then(a.reserved.is_some().cmp(&b.reserved.is_some()))
+                    .then(b.health_score.total_cmp(&a.health_score))
                     .then(b.headroom.total_cmp(&a.headroom))
                     .then_with(|| a.host_id.cmp(&b.host_id))
             });

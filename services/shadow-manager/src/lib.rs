@@ -35,7 +35,7 @@ use umbra_stream::table::restore_rows;
 use umbra_stream::telemetry::{with_headers, Parent, TraceCtx};
 use umbra_stream::StreamError;
 
-pub use crate::core::{Action, Inputs, Manager, Quantile, Settings};
+pub use crate::core::{Action, Alternates, Inputs, Manager, Quantile, Settings};
 
 /// Service name: consumer group, metrics label, dead-letter header.
 pub const NAME: &str = "shadow-manager";

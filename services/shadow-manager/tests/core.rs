@@ -10,8 +10,8 @@ use umbra_schemas::{
     HorizonForecast, HostHealth, HostState, Interval, ReshadowRequest, Resources, ScaleUpForecast,
     ScaleUpSubject, ShadowState, ShadowStatus,
 };
-use umbra_shadow_manager::core::{choose_hosts, demand, host_slots, HostSlot};
-use umbra_shadow_manager::{Action, Inputs, Manager, Settings};
+use umbra_shadow_manager::core::{choose_hosts, demand, held_by, host_slots, HostSlot};
+use umbra_shadow_manager::{Action, Alternates, Inputs, Manager, Settings};
 
 const GIB: i64 = 1 << 30;
 const T0: i64 = 1_700_000_000_000;
@@ -170,6 +170,7 @@ proptest! {
         hosts in proptest::collection::vec((1_000i64..16_000, 1i64..64, 0i64..8_000, any::<bool>()), 1..12),
         needs in proptest::collection::vec((100.0f64..6_000.0, 0.1f64..16.0), 1..40),
         k in 1usize..4,
+        verify in any::<bool>(),
     ) {
         let ledger = Ledger::default();
         let mut states = HashMap::new();
@@ -184,7 +185,8 @@ proptest! {
             .enumerate()
             .map(|(i, (c, m))| (format!("w{i:02}"), forecast(&format!("w{i:02}"), T0, &[*c; 12], *m)))
             .collect();
-        let settings = Settings { candidates: k, ..Settings::default() };
+        let alternates = if verify { Alternates::Verify } else { Alternates::Reserve };
+        let settings = Settings { candidates: k, alternates, ..Settings::default() };
         let plan = |ledger: &Ledger| {
             let mut m = Manager::new(settings.clone(), HashMap::new());
             let actions = m.reconcile(
@@ -204,10 +206,19 @@ proptest! {
             prop_assert!(e.candidates.len() <= k);
             for c in &e.candidates {
                 let r = reserved.entry(c.host_id.clone()).or_default();
-                *r = r.plus(&e.requirements);
+                *r = r.plus(&held_by(e, c));
             }
             let ranks: Vec<i32> = e.candidates.iter().map(|c| c.rank).collect();
             prop_assert_eq!(ranks, (0..e.candidates.len() as i32).collect::<Vec<_>>());
+            // Only the top-ranked shadow reserves the full size under `verify`; every
+            // alternative is still on a host where the full size fitted when it was chosen.
+            let full = e.candidates.iter().filter(|c| c.reserved.is_none()).count();
+            if verify && !e.candidates.is_empty() {
+                prop_assert_eq!(full, 1);
+                prop_assert!(e.candidates[0].reserved.is_none(), "the full shadow ranks first");
+            } else if !verify {
+                prop_assert_eq!(full, e.candidates.len());
+            }
         }
         for (h, r) in &reserved {
             let st = &states[h];
@@ -243,6 +254,10 @@ struct World {
 
 impl World {
     fn new(hosts: usize, workloads: usize) -> Self {
+        Self::with_alternates(hosts, workloads, Alternates::Verify)
+    }
+
+    fn with_alternates(hosts: usize, workloads: usize, alternates: Alternates) -> Self {
         let settings = SimSettings {
             hosts,
             host_capacity: res(8_000, 32),
@@ -266,6 +281,7 @@ impl World {
             manager: Manager::new(
                 Settings {
                     command_timeout_ms: 5_000,
+                    alternates,
                     ..Settings::default()
                 },
                 HashMap::new(),
@@ -549,7 +565,7 @@ fn forecast_drop_releases_and_claim_releases_the_others() {
 #[test]
 fn capacity_is_never_exceeded_when_demand_outgrows_the_fleet() {
     // 3 hosts of 8 cores, 10 workloads wanting 3 cores on 3 hosts each: most cannot fit.
-    let mut w = World::new(3, 10);
+    let mut w = World::with_alternates(3, 10, Alternates::Reserve);
     for f in w.forecasts.values_mut() {
         *f = forecast(&f.workload_id.clone(), T0, &[3_000.0; 288], 1.0);
     }
@@ -887,4 +903,71 @@ fn a_pool_whose_only_slot_was_claimed_writes_nothing_more_in_its_step() {
             "nothing to write while the step's slot is spent: {a:?}"
         );
     }
+}
+
+#[test]
+fn verify_reserves_the_full_size_once_and_placeholders_on_the_other_hosts() {
+    let placeholder = Settings::default().placeholder;
+    let mut w = World::new(6, 1);
+    w.run(5);
+    let e = w.manager.table()["w0"].clone();
+    assert_eq!(e.candidates.len(), 3, "{e:?}");
+    assert_eq!(
+        e.candidates[0].reserved, None,
+        "rank 0 is the full shadow: {e:?}"
+    );
+    assert!(e.candidates[1..]
+        .iter()
+        .all(|c| c.reserved == Some(placeholder)));
+    // What the fleet holds for the row: one full size and two placeholders.
+    let held = w
+        .sim
+        .ledger()
+        .shadows()
+        .values()
+        .fold(Resources::default(), |a, r| a.plus(&r.resources));
+    assert_eq!(
+        held,
+        e.requirements.plus(&placeholder).plus(&placeholder),
+        "{e:?}"
+    );
+    // The full shadow fails: another full one is staged on a new host and the row goes back
+    // to three shadows, the worst placeholder released.
+    let victim = e.candidates[0].clone();
+    let ev = w.sim.fail_shadows(
+        &umbra_fleet::ShadowSelector::Shadow(victim.shadow_id.clone()),
+        w.now,
+    );
+    w.deliver(ev);
+    w.run(3);
+    let e = w.manager.table()["w0"].clone();
+    assert_eq!(e.candidates.len(), 3, "{e:?}");
+    assert_eq!(
+        e.candidates.iter().filter(|c| c.reserved.is_none()).count(),
+        1,
+        "{e:?}"
+    );
+    assert_eq!(e.candidates[0].reserved, None, "{e:?}");
+    assert_ne!(e.candidates[0].host_id, victim.host_id);
+    assert_eq!(w.live_per_workload()["w0"], 3);
+    assert!(w.sim.ledger().overcommitted().is_empty());
+}
+
+#[test]
+fn reserve_holds_the_full_size_on_every_ranked_host() {
+    let mut w = World::with_alternates(6, 1, Alternates::Reserve);
+    w.run(5);
+    let e = w.manager.table()["w0"].clone();
+    assert_eq!(e.candidates.len(), 3);
+    assert!(e.candidates.iter().all(|c| c.reserved.is_none()), "{e:?}");
+    let held = w
+        .sim
+        .ledger()
+        .shadows()
+        .values()
+        .fold(Resources::default(), |a, r| a.plus(&r.resources));
+    assert_eq!(
+        held,
+        e.requirements.plus(&e.requirements).plus(&e.requirements)
+    );
 }
