@@ -117,6 +117,14 @@ pub struct ReplayArgs {
     /// Candidate hosts per prediction (K).
     #[arg(long, default_value_t = 3)]
     pub candidates: usize,
+    /// Also stage per-workload rows from the demand forecasts, beside the pool rows (the
+    /// services' default; the replay measures the pooled policy alone without it).
+    #[arg(long)]
+    pub workload_rows: bool,
+    /// What a workload row's alternative hosts hold: `verify` (a minimal placeholder) or
+    /// `reserve` (the full size); matters with `--workload-rows` (docs/shadows.md).
+    #[arg(long, value_parser = ["verify", "reserve"], default_value = "verify")]
+    pub alternates: String,
     /// Forecast models the forecast service chooses from (comma-separated).
     #[arg(
         long,
@@ -514,9 +522,12 @@ fn service_config(
             if lockstep { 1 } else { STEP_S * 1000 },
             a.budget
         ),
-        // The pooled policy only: pool rows from the scale-up forecasts.
+        // The pooled policy: pool rows from the scale-up forecasts (and, with
+        // --workload-rows, the per-workload rows from demand forecasts beside them).
         "shadow-manager" => format!(
-            "[service]\nworkload_rows = false\npool_forecast_max_age_steps = 288\ncandidates = {}\nquantile = \"{}\"\nlead_time_ms = 1800000\nrelease_grace_ms = 600000\ncommand_timeout_ms = {}\nreconcile_interval_ms = 100\n",
+            "[service]\nworkload_rows = {}\nalternates = \"{}\"\npool_forecast_max_age_steps = 288\ncandidates = {}\nquantile = \"{}\"\nlead_time_ms = 1800000\nrelease_grace_ms = 600000\ncommand_timeout_ms = {}\nreconcile_interval_ms = 100\n",
+            a.workload_rows,
+            a.alternates,
             a.candidates,
             match a.quantile.as_str() {
                 "upper95" => "upper95",

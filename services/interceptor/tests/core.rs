@@ -741,7 +741,11 @@ fn a_placeholder_serves_only_while_its_host_has_room_for_the_request() {
     assert_eq!(d.outcome, Outcome::ShadowHit, "{d:?}");
     assert_eq!(d.shadow_id.as_deref(), Some("w-s2"), "{d:?}");
     env.fleet(&step, false);
-    assert_eq!(env.ledger.held("w"), res(2_000, 4), "expanded to the full size");
+    assert_eq!(
+        env.ledger.held("w"),
+        res(2_000, 4),
+        "expanded to the full size"
+    );
     assert!(env.ledger.overcommitted().is_empty());
 
     // No placeholder host has room: standard allocation, saying why.
