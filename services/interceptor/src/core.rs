@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
-use umbra_fleet::Ledger;
+use umbra_fleet::{HostRecord, Ledger};
 use umbra_schemas::{
     AllocationDecision, Claim, FleetCommand, FleetCommandKind, FleetEventKind, HostHealth,
     HostState, Outcome, Resources, ShadowEntry, ShadowState, ShadowStatus, WorkloadRequest,
@@ -78,6 +78,19 @@ pub struct World<'a> {
     pub ledger: &'a Ledger,
     /// Workloads umbra knows (they have a forecast or a shadow row or a placement).
     pub known: &'a HashSet<String>,
+}
+
+/// A host's capacity and what it commits: the fleet ledger's once it knows the host's
+/// capacity, else the last host state's.
+fn capacity_and_committed(
+    lh: Option<&HostRecord>,
+    hs: Option<&HostState>,
+) -> Option<(Resources, Resources)> {
+    match (lh, hs) {
+        (Some(l), _) if !l.capacity.is_zero() => Some((l.capacity, l.committed())),
+        (_, Some(h)) => Some((h.capacity, h.committed)),
+        _ => None,
+    }
 }
 
 /// What to do for one request.
@@ -392,10 +405,10 @@ impl Core {
     /// Whether `host` can take `extra` more now: its capacity against what the ledger says it
     /// commits and the placements sent to it and not yet answered.
     fn has_room(&self, host: &str, extra: &Resources, w: &World<'_>) -> bool {
-        let (capacity, committed) = match (w.ledger.host(host), w.hosts.get(host)) {
-            (Some(l), _) if !l.capacity.is_zero() => (l.capacity, l.committed()),
-            (_, Some(h)) => (h.capacity, h.committed),
-            _ => return false,
+        let Some((capacity, committed)) =
+            capacity_and_committed(w.ledger.host(host), w.hosts.get(host))
+        else {
+            return false;
         };
         let reserved = self.reserved.get(host).copied().unwrap_or_default();
         committed.plus(&reserved).plus(extra).fits_within(&capacity)
@@ -435,15 +448,11 @@ impl Core {
             if hs.is_some_and(|h| h.health == HostHealth::Unhealthy) || exclude.contains(id) {
                 continue;
             }
-            let (capacity, committed) = match (lh, hs) {
-                (Some(l), _) if !l.capacity.is_zero() => {
-                    if !l.healthy {
-                        continue;
-                    }
-                    (l.capacity, l.committed())
-                }
-                (_, Some(h)) => (h.capacity, h.committed),
-                _ => continue,
+            if lh.is_some_and(|l| !l.capacity.is_zero() && !l.healthy) {
+                continue;
+            }
+            let Some((capacity, committed)) = capacity_and_committed(lh, hs) else {
+                continue;
             };
             let mut load = committed.plus(need);
             let reserved = self.reserved.get(id).copied().unwrap_or_default();

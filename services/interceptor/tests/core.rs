@@ -103,6 +103,13 @@ impl Env {
         }
     }
 
+    /// Executes `cmd` on the simulator and folds the answer.
+    fn execute(&mut self, cmd: &FleetCommand) {
+        for e in self.sim.execute(cmd, self.now) {
+            self.ledger.apply(&e);
+        }
+    }
+
     /// Executes a step's command on the simulator (unless lost) and folds the answer.
     fn fleet(&mut self, step: &Step, lose: bool) {
         let cmd = match step {
@@ -113,11 +120,8 @@ impl Env {
             | Step::Replay { command: Some(c) } => c,
             _ => return,
         };
-        if lose {
-            return;
-        }
-        for e in self.sim.execute(cmd, self.now) {
-            self.ledger.apply(&e);
+        if !lose {
+            self.execute(cmd);
         }
     }
 }
@@ -131,8 +135,17 @@ fn decided(step: &Step) -> Option<&AllocationDecision> {
 
 /// Shadows `w-s0..2` of workload `w`, of `size`, created in the fleet on hosts 0..2.
 fn stage_shadows(env: &mut Env, size: Resources) {
-    for (i, h) in ["host-000", "host-001", "host-002"].iter().enumerate() {
-        let c = FleetCommand {
+    stage_shadows_of(env, [size; 3]);
+}
+
+/// Shadows `w-s0..2` of workload `w` created in the fleet on hosts 0..2, each of its size.
+fn stage_shadows_of(env: &mut Env, sizes: [Resources; 3]) {
+    for (i, (h, size)) in ["host-000", "host-001", "host-002"]
+        .iter()
+        .zip(sizes)
+        .enumerate()
+    {
+        env.execute(&FleetCommand {
             command_id: format!("create-{i}"),
             kind: FleetCommandKind::CreateShadow,
             host_id: h.to_string(),
@@ -142,10 +155,7 @@ fn stage_shadows(env: &mut Env, size: Resources) {
             request_id: None,
             resources: size,
             issued_at: T0,
-        };
-        for ev in env.sim.execute(&c, T0) {
-            env.ledger.apply(&ev);
-        }
+        });
     }
 }
 
@@ -675,27 +685,13 @@ fn stage_verified(env: &mut Env, size: Resources, placeholder: Resources) {
     for c in &mut e.candidates[1..] {
         c.reserved = Some(placeholder);
     }
-    for (i, c) in e.candidates.iter().enumerate() {
-        let cmd = FleetCommand {
-            command_id: format!("create-{i}"),
-            kind: FleetCommandKind::CreateShadow,
-            host_id: c.host_id.clone(),
-            target_host_id: None,
-            shadow_id: Some(c.shadow_id.clone()),
-            workload_id: "w".into(),
-            request_id: None,
-            resources: c.reserved.unwrap_or(size),
-            issued_at: T0,
-        };
-        for ev in env.sim.execute(&cmd, T0) {
-            env.ledger.apply(&ev);
-        }
-    }
     env.table.insert("w".into(), e);
+    stage_shadows_of(env, [size, placeholder, placeholder]);
 }
 
+/// A real workload of `r` on `host`.
 fn fill(env: &mut Env, host: &str, r: Resources) {
-    let cmd = FleetCommand {
+    env.execute(&FleetCommand {
         command_id: format!("fill-{host}"),
         kind: FleetCommandKind::PlaceWorkload,
         host_id: host.into(),
@@ -705,10 +701,7 @@ fn fill(env: &mut Env, host: &str, r: Resources) {
         request_id: Some(format!("fill-{host}")),
         resources: r,
         issued_at: T0,
-    };
-    for ev in env.sim.execute(&cmd, T0) {
-        env.ledger.apply(&ev);
-    }
+    });
 }
 
 #[test]

@@ -1239,38 +1239,32 @@ impl Manager {
     ) {
         // K alternatives for the first of the claims still open, one more per further claim.
         let k = self.settings.candidates + open_claims.saturating_sub(1);
-        // A pool's slots and `alternates = "reserve"` hold the full size on every host;
-        // `verify` only on as many as can be claimed at once.
-        let want_full =
-            if e.pool_labels.is_some() || self.settings.alternates == Alternates::Reserve {
-                k
-            } else {
-                open_claims.max(1).min(k)
-            };
-        let live_full = e
+        // Under `verify` only as many shadows as can be claimed at once hold the full size;
+        // under `reserve` every one does. (Pool rows stage their slots elsewhere.)
+        let verify = self.settings.alternates == Alternates::Verify;
+        let want_full = open_claims.max(1).min(k);
+        let mut exclude: HashSet<String> = avoid.clone();
+        exclude.extend(e.candidates.iter().map(|c| c.host_id.clone()));
+        let mut full_now = e
             .candidates
             .iter()
             .filter(|c| usable_full(c, slots))
             .count();
-        let mut exclude: HashSet<String> = avoid.clone();
-        exclude.extend(e.candidates.iter().map(|c| c.host_id.clone()));
-        // A full shadow lost (failed, moved, or claimed while more are expected) is replaced
-        // by a full one, on a new host: hosts stay distinct, and the surplus placeholders go.
-        if live_full < want_full {
-            let chosen = choose_hosts(slots, &e.requirements, want_full - live_full, &exclude);
-            for (h, _) in chosen {
+        // A full shadow lost (failed, moved, on a sick host, or claimed while more are
+        // expected) is replaced by a full one on a new host (hosts stay distinct), and the
+        // worst-ranked placeholders go so that the row stays at K.
+        if verify && full_now < want_full {
+            for (h, _) in choose_hosts(slots, &e.requirements, want_full - full_now, &exclude) {
                 exclude.insert(h.clone());
                 self.add_candidate(e, &h, true, slots, out, new_id, now);
+                full_now += 1;
             }
-        }
-        let live = e.candidates.iter().filter(|c| is_live(c.status)).count();
-        if live > k {
+            let live = e.candidates.iter().filter(|c| is_live(c.status)).count();
             let mut surplus: Vec<usize> = (0..e.candidates.len())
                 .filter(|i| is_live(e.candidates[*i].status) && e.candidates[*i].reserved.is_some())
                 .collect();
-            // The worst-ranked placeholders first.
             surplus.sort_by_key(|i| std::cmp::Reverse(e.candidates[*i].rank));
-            surplus.truncate(live - k);
+            surplus.truncate(live.saturating_sub(k));
             surplus.sort_unstable_by(|a, b| b.cmp(a));
             for i in surplus {
                 let c = e.candidates.remove(i);
@@ -1284,8 +1278,8 @@ impl Manager {
                 );
                 out.push(a);
             }
-            return;
         }
+        let live = e.candidates.iter().filter(|c| is_live(c.status)).count();
         if live >= k {
             return;
         }
@@ -1299,13 +1293,8 @@ impl Manager {
                 e.requirements.memory_bytes
             ));
         }
-        let mut full_now = e
-            .candidates
-            .iter()
-            .filter(|c| usable_full(c, slots))
-            .count();
         for (h, _) in chosen {
-            let full = full_now < want_full;
+            let full = !verify || full_now < want_full;
             full_now += usize::from(full);
             self.add_candidate(e, &h, full, slots, out, new_id, now);
         }

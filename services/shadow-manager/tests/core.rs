@@ -367,6 +367,15 @@ impl World {
             .count()
     }
 
+    /// What every live shadow in the fleet holds, summed.
+    fn held_in_shadows(&self) -> Resources {
+        self.sim
+            .ledger()
+            .shadows()
+            .values()
+            .fold(Resources::default(), |a, r| a.plus(&r.resources))
+    }
+
     /// Live shadows in the fleet per workload: never more than K once settled.
     fn live_per_workload(&self) -> HashMap<String, usize> {
         let mut m = HashMap::new();
@@ -920,12 +929,7 @@ fn verify_reserves_the_full_size_once_and_placeholders_on_the_other_hosts() {
         .iter()
         .all(|c| c.reserved == Some(placeholder)));
     // What the fleet holds for the row: one full size and two placeholders.
-    let held = w
-        .sim
-        .ledger()
-        .shadows()
-        .values()
-        .fold(Resources::default(), |a, r| a.plus(&r.resources));
+    let held = w.held_in_shadows();
     assert_eq!(
         held,
         e.requirements.plus(&placeholder).plus(&placeholder),
@@ -960,12 +964,7 @@ fn reserve_holds_the_full_size_on_every_ranked_host() {
     let e = w.manager.table()["w0"].clone();
     assert_eq!(e.candidates.len(), 3);
     assert!(e.candidates.iter().all(|c| c.reserved.is_none()), "{e:?}");
-    let held = w
-        .sim
-        .ledger()
-        .shadows()
-        .values()
-        .fold(Resources::default(), |a, r| a.plus(&r.resources));
+    let held = w.held_in_shadows();
     assert_eq!(
         held,
         e.requirements.plus(&e.requirements).plus(&e.requirements)
