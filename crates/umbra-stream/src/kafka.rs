@@ -26,13 +26,6 @@ pub fn client_config(settings: &KafkaSettings) -> ClientConfig {
 
 /// An idempotent producer whose partitioner agrees with Java clients on key → partition.
 pub fn producer(settings: &KafkaSettings) -> Result<FutureProducer, StreamError> {
-    producer_config(settings)
-        .create()
-        .map_err(|e| StreamError::kafka("creating producer", e))
-}
-
-/// The configuration [`producer`] creates its client from.
-pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
     let mut c = client_config(settings);
     // A consumer property set for every client would only earn a configuration warning here.
     c.remove("fetch.wait.max.ms");
@@ -41,16 +34,8 @@ pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
         .set("partitioner", "murmur2_random")
         .set("linger.ms", "1")
         .set("message.timeout.ms", "30000");
-    // One produce request in flight per connection unless `[kafka.properties]` says otherwise.
-    // Nisshi, the dev and test broker, can apply two pipelined batches of one idempotent
-    // producer out of order and answers the later one OutOfOrderSequenceNumber, which
-    // librdkafka treats as fatal: ingest stopped on it in `make test` (next sequence 1622,
-    // batch at 1624). With one request in flight a batch is sent only once the one before is
-    // acknowledged; against Apache Kafka up to 5 keep ordering and may be set for throughput.
-    if c.get("max.in.flight.requests.per.connection").is_none() {
-        c.set("max.in.flight.requests.per.connection", "1");
-    }
-    c
+    c.create()
+        .map_err(|e| StreamError::kafka("creating producer", e))
 }
 
 /// A group consumer for at-least-once processing: offsets are stored by the processor only
@@ -265,22 +250,4 @@ pub fn spawn_lag_reporter<C: rdkafka::consumer::ConsumerContext + 'static>(
             }
         }
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_producer_has_one_request_in_flight_unless_its_properties_say_otherwise() {
-        let mut settings = KafkaSettings::default();
-        let c = producer_config(&settings);
-        assert_eq!(c.get("max.in.flight.requests.per.connection"), Some("1"));
-        assert_eq!(c.get("enable.idempotence"), Some("true"));
-        settings
-            .properties
-            .insert("max.in.flight.requests.per.connection".into(), "5".into());
-        let c = producer_config(&settings);
-        assert_eq!(c.get("max.in.flight.requests.per.connection"), Some("5"));
-    }
 }
