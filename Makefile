@@ -56,7 +56,7 @@ test-stack-up:
 	rm -rf $(TEST_STATE)
 	env -u KAFKA_BOOTSTRAP_SERVERS -u SCHEMA_REGISTRY_URL $(TARGET_DIR)/debug/umbra dev up \
 	  --state-dir $(TEST_STATE) --broker-port $(TEST_BROKER_PORT) --registry-port $(TEST_REGISTRY_PORT) \
-	  --broker-storage memory > /dev/null
+	  > /dev/null
 
 test-stack-down:
 	-$(TARGET_DIR)/debug/umbra dev down --state-dir $(TEST_STATE)
