@@ -31,14 +31,13 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::message::OwnedHeaders;
 use tokio_util::sync::CancellationToken;
 use umbra_fleet::Ledger;
-use umbra_forecasting::data::{bitbrains_files, bitbrains_rows, vm_id};
 use umbra_replay::pipeline::{umbra_row, Decided, PipelineRun, RequestFate};
 use umbra_replay::report::{
     write_report, ForecastPlot, ForecastScore, PolicyRow, ReportData, Summary,
 };
 use umbra_replay::{
-    scale_events, select_files, standard_placement_overload, used_core_hours, workload_from_rows,
-    Change, FleetShape, ForecastLog, Placeholder, PolicyResult, ReplicaModel, ScaleEvent, Workload,
+    scale_events, standard_placement_overload, used_core_hours, workload_from_rows, Change,
+    FleetShape, ForecastLog, Placeholder, PolicyResult, ReplicaModel, ScaleEvent, Workload,
 };
 use umbra_schemas::*;
 use umbra_stream::config::{ClockSettings, KafkaSettings};
@@ -211,22 +210,26 @@ fn plan(a: &ReplayArgs) -> anyhow::Result<Plan> {
     if a.vms == 0 || a.history_days < 1.0 || a.live_days <= 0.0 || a.live_minutes <= 0.0 {
         bail!("--vms must be positive, --history-days at least 1, --live-days and --live-minutes positive");
     }
-    let files =
-        bitbrains_files(&a.data).with_context(|| format!("reading {}", a.data.display()))?;
-    if files.is_empty() {
-        bail!("no vm-*.csv[.gz] files in {}", a.data.display());
+    // Every VM with a history in the window, as the offline sweep's plan takes them.
+    let umbra_replay::ChosenVms {
+        origin_s: t0,
+        vms: rows,
+    } = umbra_replay::choose_vms(&a.data, a.vms, a.seed, a.from_day, a.history_days)
+        .with_context(|| format!("reading {}", a.data.display()))?;
+    if rows.is_empty() {
+        bail!(
+            "no VM of {} has a sample in the history window",
+            a.data.display()
+        );
     }
-    let chosen = select_files(&files, a.vms, a.seed);
-    let mut rows = Vec::new();
-    for f in &chosen {
-        let r = bitbrains_rows(f).with_context(|| format!("reading {}", f.display()))?;
-        if r.is_empty() {
-            bail!("{} has no rows", f.display());
-        }
-        rows.push((vm_id(f), r));
+    if rows.len() < a.vms {
+        eprintln!(
+            "note: only {} VMs of {} have a sample in the {} days of history; replaying those",
+            rows.len(),
+            a.data.display(),
+            a.history_days
+        );
     }
-    let first = rows.iter().map(|(_, r)| r[0].time_s).min().unwrap_or(0);
-    let t0 = first.div_euclid(STEP_S) * STEP_S + (a.from_day * 86_400.0) as i64;
     let hist_steps = (a.history_days * 288.0).round() as usize;
     let steps = (a.live_days * 288.0).round() as usize;
     let live_start = t0 + hist_steps as i64 * STEP_S;

@@ -140,7 +140,7 @@ pub struct TracePlan {
 }
 
 impl TracePlan {
-    /// `vms` VMs of `dir` chosen by `seed` ([`select_files`]), `history_days` then
+    /// `vms` VMs of `dir` chosen by `seed` ([`choose_vms`]), `history_days` then
     /// `live_days` from `from_day` days after the earliest trace's start.
     pub fn load(
         dir: &std::path::Path,
@@ -150,17 +150,10 @@ impl TracePlan {
         history_days: f64,
         live_days: f64,
     ) -> Result<Self, umbra_forecasting::data::DataError> {
-        let files = umbra_forecasting::data::bitbrains_files(dir)?;
-        let mut rows = Vec::new();
-        for f in select_files(&files, vms, seed) {
-            rows.push((vm_id(&f), bitbrains_rows(&f)?));
-        }
-        let first = rows
-            .iter()
-            .filter_map(|(_, r)| r.first().map(|x| x.time_s))
-            .min()
-            .unwrap_or(0);
-        let origin_s = first.div_euclid(300) * 300 + (from_day * 86_400.0) as i64;
+        let ChosenVms {
+            origin_s,
+            vms: rows,
+        } = choose_vms(dir, vms, seed, from_day, history_days)?;
         let hist_steps = (history_days * 288.0).round() as usize;
         let live_steps = (live_days * 288.0).round() as usize;
         let live_start_s = origin_s + hist_steps as i64 * 300;
@@ -509,6 +502,27 @@ pub fn static_equal_hits(
     static_headroom("static-equal-hits", events, size, lo, startup_s, duration_s)
 }
 
+/// Every file of `files` in the order a replay takes them for `seed` (seed 0: by name): the
+/// same seed gives the same order on any machine.
+pub fn seeded_order(files: &[std::path::PathBuf], seed: u64) -> Vec<std::path::PathBuf> {
+    let mut sorted: Vec<std::path::PathBuf> = files.to_vec();
+    sorted.sort();
+    if seed == 0 {
+        return sorted;
+    }
+    // A seeded shuffle (splitmix64 keys), so that the choice does not depend on a library's
+    // generator staying the same across versions.
+    let key = |i: usize| {
+        let mut z = seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let mut idx: Vec<usize> = (0..sorted.len()).collect();
+    idx.sort_by_key(|i| key(*i));
+    idx.into_iter().map(|i| sorted[i].clone()).collect()
+}
+
 /// `vms` of `files`, chosen by `seed` (seed 0: the first `vms` by name), in name order: the
 /// same seed gives the same set on any machine.
 pub fn select_files(
@@ -516,29 +530,67 @@ pub fn select_files(
     vms: usize,
     seed: u64,
 ) -> Vec<std::path::PathBuf> {
-    let mut sorted: Vec<std::path::PathBuf> = files.to_vec();
-    sorted.sort();
-    if seed != 0 && vms < sorted.len() {
-        // A seeded shuffle (splitmix64 keys), so that the choice does not depend on a
-        // library's generator staying the same across versions.
-        let key = |i: usize| {
-            let mut z = seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        };
-        let mut idx: Vec<usize> = (0..sorted.len()).collect();
-        idx.sort_by_key(|i| key(*i));
-        let mut chosen: Vec<std::path::PathBuf> = idx
-            .into_iter()
-            .take(vms)
-            .map(|i| sorted[i].clone())
-            .collect();
-        chosen.sort();
-        return chosen;
+    let mut chosen = seeded_order(files, seed);
+    chosen.truncate(vms);
+    chosen.sort();
+    chosen
+}
+
+/// The VMs a replay runs and the Unix second its history starts at.
+#[derive(Debug, Clone)]
+pub struct ChosenVms {
+    /// Start of the history: the earliest first sample of the first `vms` files in the seeded
+    /// order, on the 5-minute grid, plus `from_day`.
+    pub origin_s: i64,
+    /// VM id and rows, in name order.
+    pub vms: Vec<(String, Vec<BitbrainsRow>)>,
+}
+
+/// `vms` VMs of `dir` in the seeded order of [`seeded_order`], skipping every VM without a
+/// sample in the `history_days` from the origin: umbra models a workload from its history
+/// (the scale-up stage sizes and classes it when it begins), and a VM whose trace starts
+/// later (a fifth of the Bitbrains VMs start two weeks or more into the trace) would be a
+/// workload the offline core models from nothing while the pipeline does not model it at all.
+pub fn choose_vms(
+    dir: &std::path::Path,
+    vms: usize,
+    seed: u64,
+    from_day: f64,
+    history_days: f64,
+) -> Result<ChosenVms, umbra_forecasting::data::DataError> {
+    let files = umbra_forecasting::data::bitbrains_files(dir)?;
+    let order = seeded_order(&files, seed);
+    let mut read: Vec<(String, Vec<BitbrainsRow>)> = Vec::new();
+    for f in order.iter().take(vms) {
+        read.push((vm_id(f), bitbrains_rows(f)?));
     }
-    sorted.truncate(vms);
-    sorted
+    let first = read
+        .iter()
+        .filter_map(|(_, r)| r.first().map(|x| x.time_s))
+        .min()
+        .unwrap_or(0);
+    let origin_s = first.div_euclid(300) * 300 + (from_day * 86_400.0) as i64;
+    let live_start_s = origin_s + (history_days * 288.0).round() as i64 * 300;
+    let has_history = |r: &[BitbrainsRow]| {
+        r.iter()
+            .any(|x| x.time_s >= origin_s && x.time_s < live_start_s)
+    };
+    let mut chosen: Vec<(String, Vec<BitbrainsRow>)> =
+        read.into_iter().filter(|(_, r)| has_history(r)).collect();
+    for f in order.iter().skip(vms) {
+        if chosen.len() >= vms {
+            break;
+        }
+        let rows = bitbrains_rows(f)?;
+        if has_history(&rows) {
+            chosen.push((vm_id(f), rows));
+        }
+    }
+    chosen.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(ChosenVms {
+        origin_s,
+        vms: chosen,
+    })
 }
 
 /// CPU the workloads used, core-hours, on a grid of `step_s` seconds (missing steps count 0).
@@ -883,6 +935,39 @@ mod tests {
         );
         let s = static_equal_hits(&ev, largest, 0.9, 30.0, 7 * 86_400, 1_024);
         assert!(s.hit_rate >= 0.9 && s.unclaimed_core_hours > 0.0, "{s:?}");
+    }
+
+    #[test]
+    fn a_replay_takes_only_vms_with_a_history_and_still_as_many() {
+        let dir = umbra_forecasting::data::shared_data_dir().join("bitbrains-rnd");
+        let files = umbra_forecasting::data::bitbrains_files(&dir).unwrap();
+        let (vms, history_days) = (50, 14.0);
+        let c = choose_vms(&dir, vms, 1, 0.0, history_days).unwrap();
+        assert_eq!(c.vms.len(), vms);
+        let live_start = c.origin_s + (history_days * 86_400.0) as i64;
+        for (id, rows) in &c.vms {
+            assert!(
+                rows.iter()
+                    .any(|r| r.time_s >= c.origin_s && r.time_s < live_start),
+                "{id} has no sample in the history"
+            );
+        }
+        assert!(c.vms.windows(2).all(|w| w[0].0 < w[1].0), "in name order");
+        // The plain seeded choice takes some VMs that start after the history (the data has
+        // them), and those are what was replaced.
+        let plain: Vec<String> = select_files(&files, vms, 1)
+            .iter()
+            .map(|f| vm_id(f))
+            .collect();
+        let kept: Vec<&String> = c.vms.iter().map(|(id, _)| id).collect();
+        let dropped: Vec<&String> = plain.iter().filter(|id| !kept.contains(id)).collect();
+        assert!(!dropped.is_empty());
+        assert_eq!(
+            choose_vms(&dir, vms, 1, 0.0, history_days)
+                .unwrap()
+                .origin_s,
+            c.origin_s
+        );
     }
 
     #[test]

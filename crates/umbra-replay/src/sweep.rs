@@ -171,7 +171,13 @@ fn one_size_path(live: &StepTrace, sim: &SimSettings, max_ratio: f64) -> StaticP
             },
             sim,
         );
-        let done = o.reserve_ratio() > max_ratio || o.hits == o.requests;
+        // A slot more that the fleet has no room for changes nothing, and nor would any more.
+        let full = path
+            .last()
+            .is_some_and(|(_, p): &(Vec<usize>, SimOutcome)| {
+                p.hits == o.hits && p.reserve_core_hours == o.reserve_core_hours
+            });
+        let done = o.reserve_ratio() > max_ratio || o.hits == o.requests || full;
         path.push((vec![n], o));
         if done {
             break;
@@ -432,6 +438,36 @@ mod tests {
             },
             ..SweepSettings::default()
         }
+    }
+
+    #[test]
+    fn the_one_size_pool_stops_growing_where_the_fleet_has_no_room_for_a_slot() {
+        // One workload whose replica fills what the fleet has left: no slot can ever be
+        // staged, so neither the reserve nor the hits can reach a stopping point by growing.
+        let steps = 48;
+        let live = StepTrace {
+            step_s: 300,
+            origin_s: 0,
+            ids: vec!["w".into()],
+            sizes: vec![Placeholder {
+                cpu_millicores: 2_000.0,
+                memory_bytes: 1e9,
+            }],
+            cpu: vec![vec![1_500.0; steps]],
+            ups: vec![(0..steps).map(|i| u32::from(i % 6 == 5)).collect()],
+            downs: vec![(0..steps).map(|i| u32::from(i % 6 == 0 && i > 0)).collect()],
+            running: vec![(0..steps).map(|i| 1 + u32::from(i % 6 == 5)).collect()],
+        };
+        let sim = SimSettings {
+            ready_delay_s: 30.0,
+            fleet: Some(crate::pool::FleetCapacity {
+                cpu_millicores: 3_000.0,
+                memory_bytes: 1e12,
+            }),
+        };
+        let path = one_size_path(&live, &sim, 3.6);
+        assert!(path.len() <= 2, "{} points", path.len());
+        assert!(path.iter().all(|(_, o)| o.hits == 0));
     }
 
     #[test]
