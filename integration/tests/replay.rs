@@ -105,6 +105,22 @@ async fn a_lockstep_replay_gives_the_same_summary_twice() {
         shares.len() >= 2 && (shares[0] - shares[1]).abs() <= 1.0,
         "pipeline and offline core disagree: {conformance}"
     );
+    // And the slots the scale-up stage held, step by step, are the offline core's.
+    let slots = log
+        .lines()
+        .find(|l| l.starts_with("slots per pool, step by step"))
+        .unwrap_or_else(|| panic!("no slot conformance line: {log}"));
+    let counts: Vec<usize> = slots
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert!(
+        counts.len() == 2 && counts[0] == counts[1] && counts[0] > 0,
+        "the pipeline's slots part from the offline core's: {slots}"
+    );
     assert_eq!(first["decisions"]["behind_trace_minutes_p99"], 0.0);
 }
 
