@@ -254,7 +254,12 @@ fn plan(a: &ReplayArgs) -> anyhow::Result<Plan> {
     let models: Vec<ReplicaModel> = umbra_replay::replay_models(&history);
     let events = scale_events(&live, STEP_S, &models);
     let fleet = fleet_of(a, &live, &models);
-    let traces = trace_plan(a)?.step_traces();
+    // The same step traces `TracePlan::step_traces` makes for the offline core, from the VMs
+    // already read.
+    let traces = (
+        umbra_replay::steps::StepTrace::new(&history, &models, STEP_S, t0),
+        umbra_replay::steps::StepTrace::from_events(&live, &models, &events, STEP_S, live_start),
+    );
     Ok(Plan {
         traces,
         history_start_ms: t0 * 1000,
