@@ -11,7 +11,8 @@
 //! Every value at step `i` reads only steps before `i`.
 
 use crate::pool::{
-    class_base_rates, class_tails, floor_tails, slots_held, Calibration, SizeClasses, TradeOff,
+    class_base_rates, class_burst_shapes, class_tails, floor_tails, shaped_class_tails, slots_held,
+    Calibration, ClassCount, SizeClasses, TradeOff,
 };
 use crate::scaleup::{burst_tails, ScaleUpError, ScaleUpModel, KMAX};
 use crate::steps::StepTrace;
@@ -43,6 +44,8 @@ pub struct Scorer {
     base: Vec<Vec<f64>>,
     model: Option<ScaleUpModel>,
     tails: Vec<[f64; KMAX + 2]>,
+    /// Each class's burst shape, refreshed with every fit ([`ClassCount::BurstShape`]).
+    shapes: Vec<Option<Vec<f64>>>,
     /// Fits made so far (a fit happens at `warm_from + n * refit_every_steps`).
     pub fits: usize,
 }
@@ -79,6 +82,7 @@ impl Scorer {
             base,
             model: None,
             tails: burst_tails(trace, 0..0, settings.model.tail_prior),
+            shapes: Vec::new(),
             fits: 0,
         };
         let mut scores = Vec::with_capacity(live_from - warm_from);
@@ -105,6 +109,7 @@ impl Scorer {
                 }
                 Err(e) => return Err(e),
             }
+            self.shapes = class_burst_shapes(trace, 0..i, &self.classes, self.settings.class_kmax);
             self.fits += 1;
         }
         let p_up: Vec<f64> = match &self.model {
@@ -116,7 +121,13 @@ impl Scorer {
             None => vec![0.0; trace.workloads()],
         };
         let per_w: Vec<Vec<f64>> = p_up.iter().map(|p| vec![*p]).collect();
-        let mut ct = class_tails(&per_w, &self.tails, &self.classes, self.settings.class_kmax);
+        let kmax = self.settings.class_kmax;
+        let mut ct = match self.settings.class_count {
+            ClassCount::Independent => class_tails(&per_w, &self.tails, &self.classes, kmax),
+            ClassCount::BurstShape => {
+                shaped_class_tails(&per_w, &self.tails, &self.shapes, &self.classes, kmax)
+            }
+        };
         floor_tails(&mut ct, &self.base, self.settings.base_rate_floor);
         let at_least = p_up
             .iter()

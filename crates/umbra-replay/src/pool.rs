@@ -541,6 +541,88 @@ pub fn class_tails(
     out
 }
 
+/// How a class's count of requests at a step is made of its members' forecasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClassCount {
+    /// The members taken as independent: the convolution of their counts ([`class_tails`]).
+    Independent,
+    /// The class's own burst shape, P(N ≥ k | N ≥ 1) over its past steps with a request, scaled
+    /// so that its mean is the members' expected requests ([`shaped_class_tails`]).
+    BurstShape,
+}
+
+/// Per size class, the shape of its bursts: P(N ≥ k | N ≥ 1) for k = 0..=kmax over the steps
+/// `range` of `t` on which the class's members asked for replicas, counted together (`None`:
+/// no such step). Members of one class are often replicas of one application and burst
+/// together, which a convolution of independent members cannot show.
+pub fn class_burst_shapes(
+    t: &StepTrace,
+    range: std::ops::Range<usize>,
+    classes: &SizeClasses,
+    kmax: usize,
+) -> Vec<Option<Vec<f64>>> {
+    let n_classes = classes.slots.len();
+    let mut counts = vec![vec![0u64; kmax + 1]; n_classes];
+    let mut bursts = vec![0u64; n_classes];
+    let mut n = vec![0usize; n_classes];
+    for i in range.start..range.end.min(t.steps()) {
+        n.iter_mut().for_each(|x| *x = 0);
+        for (w, c) in classes.class_of.iter().enumerate() {
+            n[*c] += t.ups[w][i] as usize;
+        }
+        for (c, count) in n.iter().enumerate() {
+            if *count > 0 {
+                bursts[c] += 1;
+                for v in counts[c].iter_mut().take(count.min(&kmax) + 1) {
+                    *v += 1;
+                }
+            }
+        }
+    }
+    counts
+        .into_iter()
+        .zip(bursts)
+        .map(|(cs, b)| (b > 0).then(|| cs.iter().map(|x| *x as f64 / b as f64).collect()))
+        .collect()
+}
+
+// Steps index the workloads' probabilities `[w][i]` across workloads, not one array.
+#[allow(clippy::needless_range_loop)]
+/// Per size class and step, P(N ≥ k) for k = 0..=kmax from the class's burst shape: the
+/// members' expected requests λ (Σ P(N_w ≥ k) over k) spread as the class's past bursts were,
+/// P(N ≥ k) = min(1, λ / μ) × shape(k) with μ the shape's mean. The mean is right whatever
+/// the members' dependence; the shape is the class's own. A class with no shape yet falls back
+/// to the independent convolution.
+pub fn shaped_class_tails(
+    p_up: &[Vec<f64>],
+    tails: &[[f64; KMAX + 2]],
+    shapes: &[Option<Vec<f64>>],
+    classes: &SizeClasses,
+    kmax: usize,
+) -> Vec<Vec<Vec<f64>>> {
+    let mut out = class_tails(p_up, tails, classes, kmax);
+    let steps = p_up.first().map_or(0, Vec::len);
+    for (c, shape) in shapes.iter().enumerate() {
+        let Some(shape) = shape else { continue };
+        let mean: f64 = shape.iter().skip(1).sum();
+        for i in 0..steps {
+            let lambda: f64 = classes
+                .class_of
+                .iter()
+                .enumerate()
+                .filter(|(_, cw)| **cw == c)
+                .map(|(w, _)| p_up[w][i].clamp(0.0, 1.0) * tails[w][1..].iter().sum::<f64>())
+                .sum();
+            let p_any = (lambda / mean.max(1.0)).min(1.0);
+            out[c][i] = (0..=kmax)
+                .map(|k| if k == 0 { 1.0 } else { p_any * shape[k] })
+                .collect();
+        }
+    }
+    out
+}
+
 /// Slots a class of slots of `cores` cores holds at a step whose P(N ≥ k) is `tail[k]`: the
 /// k-th while P(N ≥ k) per core clears `theta`.
 pub fn slots_held(tail: &[f64], cores: f64, theta: f64) -> usize {
@@ -1178,5 +1260,31 @@ mod tests {
         rule.targets(0, &mut out);
         assert_eq!(out, [2]);
         assert_eq!(rule.slots_for(0, 0, 1.0), 1);
+    }
+
+    #[test]
+    fn a_class_that_bursts_together_keeps_its_burst_shape() {
+        // Two members that always ask together, two replicas each: the class's bursts are 4.
+        let t = trace(&[500.0, 500.0], &[&[2, 0, 2, 0], &[2, 0, 2, 0]]);
+        let classes = SizeClasses::of(&t.sizes);
+        let shapes = class_burst_shapes(&t, 0..4, &classes, 6);
+        assert_eq!(shapes, vec![Some(vec![1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0])]);
+        assert_eq!(class_burst_shapes(&t, 1..2, &classes, 6), vec![None]);
+        // Each member: P(N >= 1) = 0.5, two replicas when it asks (mean 1 each, 2 in all).
+        let mut tail = [0.0; KMAX + 2];
+        tail[..3].copy_from_slice(&[1.0, 1.0, 1.0]);
+        let p = [vec![0.5], vec![0.5]];
+        let shaped = shaped_class_tails(&p, &[tail, tail], &shapes, &classes, 6);
+        // lambda = 2, mean of the shape 4: P(any) = 0.5, and then all four come.
+        assert_eq!(shaped[0][0], vec![1.0, 0.5, 0.5, 0.5, 0.5, 0.0, 0.0]);
+        // Taken as independent, four at once would be a 1-in-4 event.
+        let independent = class_tails(&p, &[tail, tail], &classes, 6);
+        assert!((independent[0][0][4] - 0.25).abs() < 1e-12);
+        // The expected count is the same either way: the shape moves it, not its size.
+        let mean = |t: &[f64]| t.iter().skip(1).sum::<f64>();
+        assert!((mean(&shaped[0][0]) - mean(&independent[0][0])).abs() < 1e-12);
+        // With no shape yet, the convolution stands.
+        let none = shaped_class_tails(&p, &[tail, tail], &[None], &classes, 6);
+        assert_eq!(none, independent);
     }
 }

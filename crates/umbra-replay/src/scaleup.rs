@@ -33,6 +33,9 @@ pub const FEATURES: &[&str] = &[
     "forecast_day_utilization",  // seasonal-naive CPU forecast (a day ago) over running capacity
     "forecast_week_utilization", // the same a week ago (missing in the first week)
     "running_replicas",          // replicas running now
+    "threshold_gap_z",           // room to the scale-up threshold, in typical step-to-step moves
+    "volatility",                // typical step-to-step move of CPU over the last day, per replica
+    "utilization_trend",         // change of CPU over the last three steps, over what runs now
 ];
 
 /// Errors of the scale-up model.
@@ -113,6 +116,11 @@ pub fn features(t: &StepTrace, range: std::ops::Range<usize>) -> Vec<f64> {
         for i in 0..t.steps() {
             cum[i + 1] = cum[i] + u64::from(ups[i]);
         }
+        // Step-to-step moves of CPU, summed, for the typical move over a window.
+        let mut moves = vec![0.0f64; t.steps() + 1];
+        for i in 1..t.steps() {
+            moves[i + 1] = moves[i] + (cpu[i] - cpu[i - 1]).abs();
+        }
         let util = |j: usize| {
             if run[j] == 0 {
                 0.0
@@ -139,7 +147,7 @@ pub fn features(t: &StepTrace, range: std::ops::Range<usize>) -> Vec<f64> {
             }
             if i >= range.start {
                 let row = w * len + (i - range.start);
-                let mut f = [0.0f64; 17];
+                let mut f = [0.0f64; 20];
                 if i >= 1 {
                     let j = i - 1;
                     f[0] = util(j);
@@ -169,6 +177,19 @@ pub fn features(t: &StepTrace, range: std::ops::Range<usize>) -> Vec<f64> {
                         f64::NAN
                     };
                     f[16] = f64::from(run[j]);
+                    // The request rule (docs/scale-up.md) fires when CPU passes what the running
+                    // replicas serve by the tolerance: how far away that is, against how far
+                    // CPU typically moves in a step, is the chance of crossing it next.
+                    let from = i.saturating_sub(steps_per_day).max(1);
+                    let typical = if i > from {
+                        (moves[i] - moves[from]) / (i - from) as f64
+                    } else {
+                        0.0
+                    };
+                    let capacity = f64::from(run[j].max(1)) * size;
+                    f[17] = (1.1 * capacity - cpu[j]) / (typical + 1.0);
+                    f[18] = typical / size;
+                    f[19] = (cpu[j] - cpu[j.saturating_sub(3)]) / capacity;
                 }
                 let tod = (origin_step + i) % steps_per_day;
                 if counted_days > 0 {

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::online::{tails_of, Scorer};
 use crate::pool::{
-    budget_thresholds, keep_alive, per_workload_pools, simulate, PoolSpec, PooledScaleUp,
-    Scheduled, SimOutcome, SimSettings, SizeClasses, StaticPools, TradeOff,
+    budget_thresholds, keep_alive, per_workload_pools, simulate, ClassCount, PoolSpec,
+    PooledScaleUp, Scheduled, SimOutcome, SimSettings, SizeClasses, StaticPools, TradeOff,
 };
 use crate::scaleup::{brier, reliability, ModelSettings, ReliabilityBin, ScaleUpError};
 use crate::steps::StepTrace;
@@ -40,6 +40,8 @@ pub struct SweepSettings {
     pub base_rate_floor: f64,
     /// Largest number of requests of one class in one step the rule considers.
     pub class_kmax: usize,
+    /// How a class's count is made of its members' forecasts.
+    pub class_count: ClassCount,
 }
 
 impl Default for SweepSettings {
@@ -53,6 +55,7 @@ impl Default for SweepSettings {
             calibration_window_steps: usize::MAX,
             base_rate_floor: 0.1,
             class_kmax: 40,
+            class_count: ClassCount::BurstShape,
         }
     }
 }
