@@ -37,29 +37,37 @@ fn per_request(ds: &[AllocationDecision]) -> HashMap<&str, usize> {
 }
 
 /// Shadows staged for `workloads` (half a core, 1 GiB at the 80% bound), ready on 3 hosts.
-async fn staged(p: &Pipeline, workloads: &[String]) -> anyhow::Result<()> {
+/// Stages a row for each workload and waits until each has three healthy shadows; returns the
+/// shadows staged, by id.
+async fn staged(p: &Pipeline, workloads: &[String]) -> anyhow::Result<HashSet<String>> {
     let fcs: Vec<DemandForecast> = workloads.iter().map(|w| forecast(w, 500.0, 1.0)).collect();
     p.forecasts(&fcs).await?;
-    p.table_until("ready", Duration::from_secs(150), |t| {
-        workloads.iter().all(|w| {
-            t.get(w).is_some_and(|e| {
-                e.state == ShadowState::Active
-                    && e.candidates
-                        .iter()
-                        .filter(|c| c.status == ShadowStatus::Healthy)
-                        .count()
-                        == 3
+    let table = p
+        .table_until("ready", Duration::from_secs(150), |t| {
+            workloads.iter().all(|w| {
+                t.get(w).is_some_and(|e| {
+                    e.state == ShadowState::Active
+                        && e.candidates
+                            .iter()
+                            .filter(|c| c.status == ShadowStatus::Healthy)
+                            .count()
+                            == 3
+                })
             })
         })
-    })
-    .await?;
-    Ok(())
+        .await?;
+    Ok(workloads
+        .iter()
+        .filter_map(|w| table.get(w))
+        .flat_map(|e| e.candidates.iter().map(|c| c.shadow_id.clone()))
+        .collect())
 }
 
 #[tokio::test]
-async fn two_instances_and_a_burst_for_one_workload_give_exactly_one_hit() -> anyhow::Result<()> {
+async fn two_instances_and_a_burst_for_one_workload_claim_the_staged_shadow_once(
+) -> anyhow::Result<()> {
     let mut p = Pipeline::start().await?;
-    staged(&p, &["hot".to_string()]).await?;
+    let before = staged(&p, &["hot".to_string()]).await?;
     p.add_interceptor(INTERCEPTOR_ENV).await?;
     p.add_interceptor(INTERCEPTOR_ENV).await?;
     let burst: Vec<WorkloadRequest> = (0..20)
@@ -80,10 +88,25 @@ async fn two_instances_and_a_burst_for_one_workload_give_exactly_one_hit() -> an
         .iter()
         .filter(|d| d.outcome == Outcome::ShadowHit)
         .collect();
+    // One claimable shadow was staged before the burst: exactly one request gets it, whichever
+    // instance decides it. After that claim the forecast (500m) is still above what the
+    // workload holds (400m), so the shadow manager may stage a new row while the burst is
+    // still being decided (seen on a loaded machine: a second hit, on another host and
+    // shadow); such a shadow may be claimed too, but no shadow twice.
+    let on_staged: Vec<&&AllocationDecision> = hits
+        .iter()
+        .filter(|d| d.shadow_id.as_ref().is_some_and(|s| before.contains(s)))
+        .collect();
     assert_eq!(
-        hits.len(),
+        on_staged.len(),
         1,
-        "exactly one request gets the shadow: {hits:?}"
+        "exactly one request gets the staged shadow: {hits:?}"
+    );
+    let claimed: HashSet<&str> = hits.iter().filter_map(|d| d.shadow_id.as_deref()).collect();
+    assert_eq!(
+        claimed.len(),
+        hits.len(),
+        "no shadow claimed twice: {hits:?}"
     );
     let others: Vec<&AllocationDecision> = ds
         .iter()
@@ -100,7 +123,7 @@ async fn two_instances_and_a_burst_for_one_workload_give_exactly_one_hit() -> an
         .iter()
         .all(|d| d.decided_at >= d.requested_at && d.request_id.starts_with("burst-")));
     // The claimed shadow became the workload on its host.
-    let hit = hits[0];
+    let hit = on_staged[0];
     let fleet = p.fleet().await?;
     let host = &fleet[hit.host_id.as_deref().unwrap_or_default()];
     assert!(
