@@ -36,9 +36,8 @@ fn per_request(ds: &[AllocationDecision]) -> HashMap<&str, usize> {
     m
 }
 
-/// Shadows staged for `workloads` (half a core, 1 GiB at the 80% bound), ready on 3 hosts.
-/// Stages a row for each workload and waits until each has three healthy shadows; returns the
-/// shadows staged, by id.
+/// Shadows staged for `workloads` (half a core, 1 GiB at the 80% bound), ready on 3 hosts;
+/// returns their ids.
 async fn staged(p: &Pipeline, workloads: &[String]) -> anyhow::Result<HashSet<String>> {
     let fcs: Vec<DemandForecast> = workloads.iter().map(|w| forecast(w, 500.0, 1.0)).collect();
     p.forecasts(&fcs).await?;

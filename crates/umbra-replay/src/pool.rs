@@ -41,6 +41,14 @@ pub struct SizeClasses {
 }
 
 impl SizeClasses {
+    /// Each class's requests at step `i` of `t`, written into `n` (one entry per class).
+    pub fn requests_at(&self, t: &StepTrace, i: usize, n: &mut [usize]) {
+        n.iter_mut().for_each(|x| *x = 0);
+        for (w, c) in self.class_of.iter().enumerate() {
+            n[*c] += t.ups[w][i] as usize;
+        }
+    }
+
     /// Classes by [`CLASS_BOUNDS_MILLICORES`]; classes nobody belongs to are left out.
     pub fn of(sizes: &[Placeholder]) -> Self {
         let raw = |s: &Placeholder| {
@@ -458,12 +466,10 @@ pub enum TradeOff {
 pub fn class_base_rates(history: &StepTrace, classes: &SizeClasses, kmax: usize) -> Vec<Vec<f64>> {
     let mut out = vec![vec![0.0; kmax + 1]; classes.slots.len()];
     let steps = history.steps().max(1) as f64;
+    let mut n = vec![0usize; classes.slots.len()];
     for i in 0..history.steps() {
-        let mut n = vec![0usize; classes.slots.len()];
-        for (w, c) in classes.class_of.iter().enumerate() {
-            n[*c] += history.ups[w][i] as usize;
-        }
-        for (c, count) in n.into_iter().enumerate() {
+        classes.requests_at(history, i, &mut n);
+        for (c, count) in n.iter().copied().enumerate() {
             for v in out[c].iter_mut().take(count.min(kmax) + 1) {
                 *v += 1.0 / steps;
             }
@@ -567,10 +573,7 @@ pub fn class_burst_shapes(
     let mut bursts = vec![0u64; n_classes];
     let mut n = vec![0usize; n_classes];
     for i in range.start..range.end.min(t.steps()) {
-        n.iter_mut().for_each(|x| *x = 0);
-        for (w, c) in classes.class_of.iter().enumerate() {
-            n[*c] += t.ups[w][i] as usize;
-        }
+        classes.requests_at(t, i, &mut n);
         for (c, count) in n.iter().enumerate() {
             if *count > 0 {
                 bursts[c] += 1;
