@@ -49,6 +49,9 @@ use umbra_stream::registry::{HttpRegistry, SchemaRegistry};
 const STEP_S: i64 = 300;
 /// The longest a lockstep barrier may take (the scale-up stage's first fit is the slowest).
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// Steps between trims of the replay's own broker (three hours of trace): a trim deletes
+/// what every reader had passed at the trim before.
+const TRIM_EVERY_STEPS: usize = 36;
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
 /// Arguments of `umbra replay`.
@@ -1224,6 +1227,19 @@ async fn evaluate(
             .collect();
         let mut l = crate::lockstep::Lockstep::new(&kafka, services, &topics)?;
         l.trace_slower_than = a.trace_barriers_ms.map(Duration::from_millis);
+        if a.bootstrap_servers.is_none() && !a.keep_stack {
+            // The decisions stay whole: the replay may read them again from the start. The
+            // tables are trimmed too: their readers restore them at start only, and a
+            // service that exits ends the replay, so nothing restores from a trimmed table.
+            let decisions = topic("umbra.allocation.decisions");
+            l.trim_topics(
+                &kafka,
+                umbra_stream::admin::pipeline_topics(prefix)
+                    .into_iter()
+                    .filter(|t| t.name != decisions)
+                    .map(|t| t.name),
+            )?;
+        }
         l.set_clock(p.live_start_ms).await?;
         l.settle(
             "start",
@@ -1264,6 +1280,9 @@ async fn evaluate(
             l.settles,
             l.waited.as_secs_f64()
         );
+        if l.trimmed() > 0 {
+            eprintln!("  trimmed: {} records every reader had passed", l.trimmed());
+        }
         for (kind, (n, d)) in &l.by_kind {
             eprintln!(
                 "  {kind}: {n} barriers, {:.0} ms each",
@@ -1697,6 +1716,11 @@ async fn live_week(
                 refresh_decisions(&decisions, obs).await?;
                 l.settle("requests", now, SETTLE_TIMEOUT, || procs.exited(), seen)
                     .await?;
+            }
+        }
+        if let Some(l) = lockstep.as_deref_mut() {
+            if (i + 1) % TRIM_EVERY_STEPS == 0 {
+                l.trim().await?;
             }
         }
         observe_step(p, i, obs, &mut m);

@@ -101,7 +101,19 @@ fn running_pid(dir: &Path, name: &str) -> Option<u32> {
         .trim()
         .parse()
         .ok()?;
-    Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+    alive(pid).then_some(pid)
+}
+
+/// Whether process `pid` runs. A child of this process that exited stays in `/proc` as a
+/// zombie until reaped (the replay starts the stack itself and stops it before it exits):
+/// it counts as gone, or stopping the stack would wait out its whole grace for each.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
 }
 
 fn port_free(port: u16) -> bool {
@@ -396,10 +408,7 @@ fn stop(dir: &Path, verbose: bool) -> anyhow::Result<()> {
                     .map(|s| s.success())
                     .unwrap_or(false);
                 let start = Instant::now();
-                while ok
-                    && Path::new(&format!("/proc/{pid}")).exists()
-                    && start.elapsed() < Duration::from_secs(15)
-                {
+                while ok && alive(pid) && start.elapsed() < Duration::from_secs(15) {
                     std::thread::sleep(Duration::from_millis(100));
                 }
                 if verbose {

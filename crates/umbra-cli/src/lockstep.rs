@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use umbra_stream::config::KafkaSettings;
@@ -33,6 +35,18 @@ pub struct Lockstep {
     /// Print every barrier slower than this (`umbra replay --trace-barriers-ms`), to find
     /// where a replay spends its time.
     pub trace_slower_than: Option<Duration>,
+    trim: Option<Trim>,
+}
+
+/// The retention of the replay's own broker: stream topics lose the records every reader
+/// passed a trim period ago (docs/replay.md, *What it costs*).
+struct Trim {
+    admin: AdminClient<DefaultClientContext>,
+    topics: std::collections::BTreeSet<String>,
+    /// The end offsets at the last trim: the next trim deletes below them.
+    mark: Option<Ends>,
+    /// Records deleted so far.
+    deleted: i64,
 }
 
 /// A barrier's account: its kind, its clock time, how long it took, and what the last look
@@ -80,7 +94,78 @@ impl Lockstep {
             by_kind: BTreeMap::new(),
             slowest: None,
             trace_slower_than: None,
+            trim: None,
         })
+    }
+
+    /// Trims `topics` at every [`Self::trim`]. Only for a broker of the replay's own: the
+    /// topics are gone with it anyway, and the in-memory broker's fetch lists every batch
+    /// of a partition, so a fetch costs more the longer the partition (docs/replay.md).
+    pub fn trim_topics(
+        &mut self,
+        kafka: &KafkaSettings,
+        topics: impl IntoIterator<Item = String>,
+    ) -> anyhow::Result<()> {
+        let admin = umbra_stream::kafka::client_config(kafka)
+            .create()
+            .context("creating the lockstep's admin client")?;
+        self.trim = Some(Trim {
+            admin,
+            topics: topics.into_iter().collect(),
+            mark: None,
+            deleted: 0,
+        });
+        Ok(())
+    }
+
+    /// Records deleted by trims so far.
+    pub fn trimmed(&self) -> i64 {
+        self.trim.as_ref().map_or(0, |t| t.deleted)
+    }
+
+    /// Deletes the records of the trimmed topics below the end offsets of the trim before
+    /// this one, and marks the end offsets now for the next. Called at a settled barrier,
+    /// so every service's position is at the ends now; a trim period behind them, the
+    /// replay's own followers are past the cut too.
+    pub async fn trim(&mut self) -> anyhow::Result<()> {
+        if self.trim.is_none() {
+            return Ok(());
+        }
+        let ends = self.ends().await?;
+        let Some(t) = self.trim.as_mut() else {
+            return Ok(());
+        };
+        let Some(mark) = t.mark.replace(ends) else {
+            return Ok(());
+        };
+        let mut tpl = TopicPartitionList::new();
+        let mut cut = 0i64;
+        for (topic, parts) in mark.iter().filter(|(n, _)| t.topics.contains(*n)) {
+            for (p, end) in parts {
+                if *end > 0 {
+                    tpl.add_partition_offset(topic, *p, Offset::Offset(*end))
+                        .context("listing the partitions to trim")?;
+                    cut += end;
+                }
+            }
+        }
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let done = t
+            .admin
+            .delete_records(&tpl, &opts)
+            .await
+            .context("trimming the replay's topics")?;
+        for e in done.elements() {
+            if let Err(err) = e.error() {
+                bail!("trimming {}[{}] refused: {err}", e.topic(), e.partition());
+            }
+        }
+        // Offsets below the cut: what was deleted at this trim and every one before.
+        t.deleted = cut;
+        Ok(())
     }
 
     /// Sets every service's clock to `now_ms`.
