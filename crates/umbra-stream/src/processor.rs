@@ -126,6 +126,14 @@ pub trait Handler<K, V>: Send {
     fn tick(&mut self, _now_ms: i64) -> Vec<Emit> {
         Vec::new()
     }
+
+    /// The driven clock moved to `clock_ms` (docs/replay.md): the driver sent every input
+    /// timed before it before moving the clock. Outputs that this releases (windows that end
+    /// by then, whatever their partition's own inputs say). Called only with
+    /// [`Processor::clock_passes`].
+    fn advance(&mut self, _clock_ms: i64) -> Vec<Emit> {
+        Vec::new()
+    }
 }
 
 /// Sends `emit` and waits for the broker's acknowledgement.
@@ -209,6 +217,9 @@ pub struct Processor<K, V> {
     pub policy: BadDataPolicy,
     /// Metrics.
     pub metrics: Metrics,
+    /// Under a driven clock, each move of the clock is a pass ([`Handler::advance`]) that the
+    /// driver waits for (`crate::progress`); the service declares it acts in passes.
+    pub clock_passes: bool,
 }
 
 enum Step {
@@ -240,12 +251,23 @@ impl<K: Record, V: Record> Processor<K, V> {
         let mut processed: std::collections::HashMap<i32, i64> = std::collections::HashMap::new();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut clock_moved = crate::progress::clock_watch();
         let result = loop {
             let msg = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break Ok(()),
+                _ = clock_moved.changed(), if self.clock_passes => {
+                    let pass = crate::progress::begin_pass();
+                    let outputs = pass.clock_ms().map(|now| handler.advance(now)).unwrap_or_default();
+                    if let Err(e) = self.release(handler, outputs, &processed, "advance").await {
+                        break Err(e);
+                    }
+                    crate::progress::end_pass(pass);
+                    continue;
+                }
                 _ = tick.tick() => {
-                    if let Err(e) = self.tick(handler, &processed).await {
+                    let outputs = handler.tick(crate::now_millis());
+                    if let Err(e) = self.release(handler, outputs, &processed, "tick").await {
                         break Err(e);
                     }
                     continue;
@@ -272,17 +294,19 @@ impl<K: Record, V: Record> Processor<K, V> {
         result.map(|()| stats)
     }
 
-    /// Sends what time alone releases, then stores what became committable.
-    async fn tick<H: Handler<K, V>>(
+    /// Sends what time alone released (`outputs` of a tick or a clock move), then stores
+    /// what became committable.
+    async fn release<H: Handler<K, V>>(
         &self,
         handler: &mut H,
+        outputs: Vec<Emit>,
         processed: &std::collections::HashMap<i32, i64>,
+        cause: &'static str,
     ) -> Result<(), StreamError> {
-        let outputs = handler.tick(crate::now_millis());
         if outputs.is_empty() {
             return Ok(());
         }
-        let trace = TraceCtx::root("tick");
+        let trace = TraceCtx::root(cause);
         let sends = outputs.iter().map(|e| {
             send(
                 &self.producer,

@@ -137,6 +137,13 @@ pub struct Pass {
     clock_ms: Option<i64>,
 }
 
+impl Pass {
+    /// The driven clock's time when the pass began (`None` on a wall clock).
+    pub fn clock_ms(&self) -> Option<i64> {
+        self.clock_ms
+    }
+}
+
 /// Marks the start of a pass: call before reading the state it acts on.
 pub fn begin_pass() -> Pass {
     Pass {

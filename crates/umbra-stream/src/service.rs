@@ -257,6 +257,7 @@ impl<S> Runtime<S> {
             producer: self.producer.clone(),
             policy,
             metrics: self.metrics.clone(),
+            clock_passes: false,
         })
     }
 }

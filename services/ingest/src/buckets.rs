@@ -1,6 +1,7 @@
 //! Time buckets of usage samples: out-of-order and late samples are accepted while their
 //! bucket is open, a bucket closes when the partition's event-time watermark passes its end
-//! plus the allowed lateness (or its partition has been idle for a while), and duplicates and
+//! plus the allowed lateness (or its partition has been idle for a while, or a driven clock
+//! passed it: every partition's watermark is at least the clock), and duplicates and
 //! samples for closed buckets are refused with the reason. Offsets of samples held in open
 //! buckets are not committable, so that a restart reads them again.
 
@@ -46,6 +47,9 @@ pub struct Bucketer {
     held: HashMap<i32, BTreeMap<i64, usize>>,
     /// Wall-clock time of the last sample, per partition.
     last_seen: HashMap<i32, i64>,
+    /// The driven clock's time ([`Bucketer::advance`]): a floor of every partition's
+    /// watermark, so that a partition whose samples stopped still closes its buckets.
+    clock_watermark: i64,
 }
 
 impl Bucketer {
@@ -58,6 +62,7 @@ impl Bucketer {
             watermark: HashMap::new(),
             held: HashMap::new(),
             last_seen: HashMap::new(),
+            clock_watermark: i64::MIN,
         }
     }
 
@@ -76,7 +81,12 @@ impl Bucketer {
         wall_ms: i64,
     ) -> Result<Vec<UsagePoint>, String> {
         let start = s.sample_time.div_euclid(self.width_ms) * self.width_ms;
-        let wm = self.watermark.get(&partition).copied().unwrap_or(i64::MIN);
+        let wm = self
+            .watermark
+            .get(&partition)
+            .copied()
+            .unwrap_or(i64::MIN)
+            .max(self.clock_watermark);
         if start.saturating_add(self.width_ms + self.lateness_ms) <= wm {
             return Err(format!(
                 "sample at {} is too late: its bucket [{start}, {}) closed when the stream reached {wm} (allowed lateness {} ms)",
@@ -115,6 +125,15 @@ impl Bucketer {
                 p == partition && start + width + lateness <= wm
             }),
         )
+    }
+
+    /// The driven clock stands at `clock_ms` and every sample before it has been sent: the
+    /// buckets that end, with the lateness, by then close on every partition, and a sample
+    /// for one of them later is too late.
+    pub fn advance(&mut self, clock_ms: i64) -> Vec<UsagePoint> {
+        self.clock_watermark = self.clock_watermark.max(clock_ms);
+        let wm = self.clock_watermark;
+        self.close(|_, start, width, lateness| start + width + lateness <= wm)
     }
 
     /// Closes the buckets of partitions idle (no sample) for `idle_ms` of wall-clock time.
@@ -242,6 +261,28 @@ mod tests {
         );
         let late = b.add(0, 5, &sample("a", T + 1_000, 1.0), 0).unwrap_err();
         assert!(late.contains("too late"), "{late}");
+        // A driven clock closes what ends by it on every partition, and what comes for a
+        // bucket it closed is too late.
+        let mut c = Bucketer::new(300, 0);
+        c.add(0, 1, &sample("a", T + 10_000, 100.0), 0).unwrap();
+        c.add(1, 1, &sample("b", T + 310_000, 100.0), 0).unwrap();
+        assert!(c.advance(T + 299_999).is_empty(), "no bucket ends by then");
+        let closed = c.advance(T + 300_000);
+        assert_eq!(
+            closed.len(),
+            1,
+            "partition 0's bucket, though its stream stopped"
+        );
+        assert_eq!(
+            (closed[0].workload_id.as_str(), closed[0].bucket_start),
+            ("a", T)
+        );
+        assert!(c
+            .add(0, 2, &sample("a", T + 20_000, 1.0), 0)
+            .unwrap_err()
+            .contains("too late"));
+        assert_eq!(c.open_buckets(), 1, "partition 1's next bucket stays open");
+
         // An idle partition flushes.
         assert_eq!(b.flush_idle(1_000, 5_000).len(), 0);
         assert_eq!(b.flush_idle(5_000, 5_000).len(), 1);

@@ -5,7 +5,7 @@
 //! resource, see [`buckets`]); out-of-order and late samples are accepted while their bucket
 //! is open (`allowed_lateness_ms` behind the partition's newest sample), and a bucket closes
 //! when the stream passes its end plus the lateness, or when its partition has been idle for
-//! `idle_flush_ms`. Invalid, duplicate and too-late samples go to `umbra.usage.raw.dlq` with
+//! `idle_flush_ms`, or, under a driven clock (the lockstep replay), when the clock passes it. Invalid, duplicate and too-late samples go to `umbra.usage.raw.dlq` with
 //! the reason. Offsets of samples in open buckets are not committed, so a restart re-reads them
 //! (a re-emitted bucket replaces the earlier one downstream: usage points are keyed by bucket).
 
@@ -195,6 +195,21 @@ impl Handler<WorkloadKey, UsageSample> for Ingest {
 
     fn tick(&mut self, now_ms: i64) -> Vec<Emit> {
         let closed = self.buckets.flush_idle(now_ms, self.settings.idle_flush_ms);
+        self.closed(closed)
+    }
+
+    // The lockstep replay moves the clock once every sample before it is in: a partition
+    // whose workloads stopped reporting would otherwise hold its last buckets until it has
+    // been idle for `idle_flush_ms` of wall time, and the step they end would be scored
+    // without them, or not, as the machine's speed has it.
+    fn advance(&mut self, clock_ms: i64) -> Vec<Emit> {
+        let closed = self.buckets.advance(clock_ms);
+        self.closed(closed)
+    }
+}
+
+impl Ingest {
+    fn closed(&self, closed: Vec<UsagePoint>) -> Vec<Emit> {
         match self.emits(closed) {
             Ok(e) => e,
             Err(e) => {
@@ -294,9 +309,14 @@ impl Handler<HostKey, HostMetrics> for HostStates {
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StreamError> {
     let rt = Runtime::start(NAME, config, shutdown.clone()).await?;
     let series = Output::new(rt.registry.clone(), rt.config.topic("umbra.usage.series")).await?;
-    let processor = rt
+    let mut processor = rt
         .processor::<WorkloadKey, UsageSample>("umbra.usage.raw", rt.config.service.bad_data)
         .await?;
+    if rt.config.clock.driven {
+        // A driver of the clock waits for the buckets each move closes.
+        processor.clock_passes = true;
+        umbra_stream::progress::act_in_passes();
+    }
     let gate = rt.readiness.gate("consumer umbra.usage.raw");
     let mut handler = Ingest {
         settings: rt.config.service.clone(),
