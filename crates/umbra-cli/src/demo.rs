@@ -2133,6 +2133,17 @@ fn print_misses(o: &Observed, m: &Measured) {
     println!(
         "  of those with no shadow staged: the forecast's 80% upper bound was above what the workload held for {expected}, not above for {not_expected}, no forecast for the step {no_forecast}"
     );
+    // A rejection is the one outcome the issue allows only on a full fleet: each is shown whole.
+    for (id, _) in &m.requests {
+        if let Some(d) = o
+            .decisions
+            .get(id)
+            .and_then(|d| d.first())
+            .filter(|d| d.outcome == Outcome::Rejected)
+        {
+            println!("  rejected {id}: {}", d.reason);
+        }
+    }
 }
 
 fn print_summary(s: &Summary) {

@@ -48,6 +48,43 @@ pub struct Scorer {
     shapes: Vec<Option<Vec<f64>>>,
     /// Fits made so far (a fit happens at `warm_from + n * refit_every_steps`).
     pub fits: usize,
+    /// Fits made ahead of their step ([`Scorer::fit_ahead`]), by step.
+    ahead: std::collections::BTreeMap<usize, Result<Fit, ScaleUpError>>,
+}
+
+/// What a fit at a step gives: the model (none while nothing asked for a replica), each
+/// workload's burst tail and each class's burst shape.
+struct Fit {
+    model: Option<ScaleUpModel>,
+    tails: Vec<[f64; KMAX + 2]>,
+    shapes: Vec<Option<Vec<f64>>>,
+}
+
+impl Fit {
+    /// The fit at step `i` on the steps before it.
+    fn at(
+        trace: &StepTrace,
+        i: usize,
+        settings: &SweepSettings,
+        classes: &SizeClasses,
+    ) -> Result<Self, ScaleUpError> {
+        let (model, tails) = match ScaleUpModel::fit(trace, 0..i, &settings.model) {
+            Ok(m) => {
+                let tails = (0..trace.workloads()).map(|w| *m.tail(w)).collect();
+                (Some(m), tails)
+            }
+            // Nothing asked for a replica yet: nothing to expect.
+            Err(ScaleUpError::NoTrainingData(_)) => {
+                (None, burst_tails(trace, 0..i, settings.model.tail_prior))
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(Self {
+            model,
+            tails,
+            shapes: class_burst_shapes(trace, 0..i, classes, settings.class_kmax),
+        })
+    }
 }
 
 impl std::fmt::Debug for Scorer {
@@ -84,6 +121,7 @@ impl Scorer {
             tails: burst_tails(trace, 0..0, settings.model.tail_prior),
             shapes: Vec::new(),
             fits: 0,
+            ahead: std::collections::BTreeMap::new(),
         };
         let mut scores = Vec::with_capacity(live_from - warm_from);
         for i in warm_from..live_from {
@@ -92,24 +130,55 @@ impl Scorer {
         Ok((s, scores))
     }
 
+    fn fit_due(&self, i: usize) -> bool {
+        let every = self.settings.refit_every_steps.max(1);
+        i >= self.warm_from && (i - self.warm_from).is_multiple_of(every)
+    }
+
+    /// Makes the fits due at `steps` now, on every core, for a trace known ahead (the offline
+    /// sweep): a fit reads only the steps before its own, each is serial and seeded, so the
+    /// scores are those of fitting each at its step, in less wall time.
+    pub fn fit_ahead(&mut self, trace: &StepTrace, steps: std::ops::Range<usize>) {
+        let due: Vec<usize> = steps
+            .filter(|i| self.fit_due(*i) && *i <= trace.steps())
+            .collect();
+        let threads = std::thread::available_parallelism()
+            .map_or(1, std::num::NonZeroUsize::get)
+            .min(due.len());
+        if threads < 2 {
+            return;
+        }
+        let (settings, classes) = (&self.settings, &self.classes);
+        let fits: Vec<(usize, Result<Fit, ScaleUpError>)> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..threads)
+                .map(|k| {
+                    let mine: Vec<usize> = due.iter().copied().skip(k).step_by(threads).collect();
+                    s.spawn(move || {
+                        mine.into_iter()
+                            .map(|i| (i, Fit::at(trace, i, settings, classes)))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap_or_default())
+                .collect()
+        });
+        self.ahead.extend(fits);
+    }
+
     /// Scores step `i` (`trace` holds at least the steps before `i` and is the same trace,
     /// grown, as before); refits first when a refit is due.
     pub fn score(&mut self, trace: &StepTrace, i: usize) -> Result<StepScore, ScaleUpError> {
-        let every = self.settings.refit_every_steps.max(1);
-        if i >= self.warm_from && (i - self.warm_from).is_multiple_of(every) {
-            match ScaleUpModel::fit(trace, 0..i, &self.settings.model) {
-                Ok(m) => {
-                    self.tails = (0..trace.workloads()).map(|w| *m.tail(w)).collect();
-                    self.model = Some(m);
-                }
-                // Nothing asked for a replica yet: nothing to expect.
-                Err(ScaleUpError::NoTrainingData(_)) => {
-                    self.model = None;
-                    self.tails = burst_tails(trace, 0..i, self.settings.model.tail_prior);
-                }
-                Err(e) => return Err(e),
-            }
-            self.shapes = class_burst_shapes(trace, 0..i, &self.classes, self.settings.class_kmax);
+        if self.fit_due(i) {
+            let fit = match self.ahead.remove(&i) {
+                Some(f) => f?,
+                None => Fit::at(trace, i, &self.settings, &self.classes)?,
+            };
+            self.model = fit.model;
+            self.tails = fit.tails;
+            self.shapes = fit.shapes;
             self.fits += 1;
         }
         let p_up: Vec<f64> = match &self.model {

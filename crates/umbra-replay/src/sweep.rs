@@ -281,6 +281,7 @@ pub fn sweep(
     // The rule as the forecast service runs it: begun on the history (its warm-up scored out
     // of sample), then one step at a time.
     let (mut scorer, mut scores) = Scorer::begin(history, s)?;
+    scorer.fit_ahead(&joined, history.steps()..joined.steps());
     for i in history.steps()..joined.steps() {
         scores.push(scorer.score(&joined, i)?);
     }

@@ -78,6 +78,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
     let mut planner = Planner::default();
     let observe_every = Duration::from_millis(s.interval_ms.min(1_000));
     let mut last_plan = 0i64;
+    // Only the first pass at a clock time observes and plans. Under a driven clock that pass
+    // sees the state the last barrier settled (the driver sends the step's inputs only after
+    // moving every clock); a later pass at the same time sees some of the step's inputs, as
+    // many as the machine's speed let in, and a replay would not give the same moves twice.
+    let mut last_pass_at: Option<i64> = None;
     let mut clock_moved = umbra_stream::progress::clock_watch();
     loop {
         tokio::select! {
@@ -89,6 +94,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
         }
         let pass = umbra_stream::progress::begin_pass();
         let now = rt.config.clock.now_ms();
+        if last_pass_at.replace(now) == Some(now) {
+            umbra_stream::progress::end_pass(pass);
+            continue;
+        }
         let moves = {
             let hosts = host_state.read();
             let fc = forecasts.read();
