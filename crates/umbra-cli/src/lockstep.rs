@@ -38,14 +38,14 @@ pub struct Lockstep {
     trim: Option<Trim>,
 }
 
-/// The retention of the replay's own broker: stream topics lose the records every reader
-/// passed a trim period ago (docs/replay.md, *What it costs*).
+/// The retention of the replay's own broker: the trimmed topics (tables too) lose the
+/// records every reader passed a trim period ago (docs/replay.md, *What it costs*).
 struct Trim {
     admin: AdminClient<DefaultClientContext>,
     topics: std::collections::BTreeSet<String>,
     /// The end offsets at the last trim: the next trim deletes below them.
     mark: Option<Ends>,
-    /// Records deleted so far.
+    /// Records below the last cut, in all (what every trim so far deleted).
     deleted: i64,
 }
 
