@@ -92,8 +92,8 @@ pub struct ReplayArgs {
     #[arg(long, conflicts_with = "realtime")]
     pub lockstep: bool,
     /// The services' `fetch.wait.max.ms`: how long a fetch waits at the broker for new records
-    /// (default 10 with `--realtime`, 500 in lockstep). Shorter answers sooner and costs the
-    /// broker more polls (docs/replay.md, *What it costs*).
+    /// (default 10). Shorter answers sooner and costs the broker more polls (docs/replay.md,
+    /// *What it costs*).
     #[arg(long)]
     pub fetch_wait_ms: Option<u64>,
     /// Storage of the replay's own broker: `memory` (default; the run's topics are gone with
@@ -469,8 +469,28 @@ impl Drop for Procs {
     }
 }
 
+/// On the replay's own broker (Nisshi 0.8.1) its producers are not idempotent: that broker
+/// has refused idempotent batches as out of sequence (9701 while it expected 9700, on day 2.8
+/// of a week's replay; earlier 1624 for 1622), which librdkafka takes as fatal, and one
+/// request in flight alone did not prevent it (docs/architecture.md). Without idempotence
+/// there is no sequence to refuse; one request in flight keeps the order on a retry, and a
+/// retried duplicate is what the services already take at least once. An external broker
+/// keeps the services' defaults.
+fn producer_properties(a: &ReplayArgs) -> BTreeMap<String, String> {
+    if a.bootstrap_servers.is_some() {
+        return BTreeMap::new();
+    }
+    [
+        ("enable.idempotence", "false"),
+        ("max.in.flight.requests.per.connection", "1"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
 fn fetch_wait_ms(a: &ReplayArgs) -> u64 {
-    a.fetch_wait_ms.unwrap_or(if a.realtime { 10 } else { 20 })
+    a.fetch_wait_ms.unwrap_or(10)
 }
 
 /// The configuration file of one service (everything but `[http]`).
@@ -493,8 +513,12 @@ fn service_config(
             (wall_ms * p.speed).round() as i64
         }
     };
+    let producer: String = producer_properties(a)
+        .iter()
+        .map(|(k, v)| format!("\"{k}\" = \"{v}\"\n"))
+        .collect();
     let common = format!(
-        "topic_prefix = \"{prefix}\"\nshutdown_grace_ms = 10000\n[kafka]\nbootstrap_servers = \"{bootstrap}\"\n[kafka.properties]\n\"fetch.wait.max.ms\" = \"{}\"\n[registry]\nurl = \"{registry}\"\n[clock]\nspeed = {}\norigin_wall_ms = {}\norigin_trace_ms = {}\ndriven = {}\n",
+        "topic_prefix = \"{prefix}\"\nshutdown_grace_ms = 10000\n[kafka]\nbootstrap_servers = \"{bootstrap}\"\n[kafka.properties]\n\"fetch.wait.max.ms\" = \"{}\"\n[kafka.producer_properties]\n{producer}[registry]\nurl = \"{registry}\"\n[clock]\nspeed = {}\norigin_wall_ms = {}\norigin_trace_ms = {}\ndriven = {}\n",
         fetch_wait_ms(a), clock.speed, clock.origin_wall_ms, clock.origin_trace_ms, clock.driven
     );
     let ready_ms = (a.startup_s * 1000.0) as i64;
@@ -656,6 +680,9 @@ struct Measured {
     hit_rate: Vec<(f64, f64)>,
     /// Per host, CPU used / capacity per step.
     utilization: BTreeMap<String, Vec<f64>>,
+    /// Per step, cores the fleet's real replicas left free: in all, and on the roomiest host
+    /// (shadows aside: standard allocation may preempt them). A rejection is shown with them.
+    room: Vec<(f64, f64)>,
     overload_steps: usize,
     overcommitted: HashSet<String>,
     requests: Vec<(String, ScaleEvent)>,
@@ -896,6 +923,7 @@ async fn evaluate(
             fetch_wait_ms(a).to_string(),
         )]
         .into(),
+        producer_properties: producer_properties(a),
         ..KafkaSettings::default()
     };
     let registry: Arc<dyn SchemaRegistry> = Arc::new(HttpRegistry::new(registry_url)?);
@@ -1795,6 +1823,13 @@ fn observe_step(p: &Plan, i: usize, obs: &Shared, m: &mut Measured) {
             )
         })
         .collect();
+    let (mut free, mut roomiest) = (0.0f64, 0.0f64);
+    for r in o.ledger.hosts().values() {
+        let left = (r.capacity.cpu_millicores - r.committed_by_workloads().cpu_millicores) as f64;
+        free += left / 1000.0;
+        roomiest = roomiest.max(left / 1000.0);
+    }
+    m.room.push((free, roomiest));
     let mut over = false;
     for (h, r) in o.ledger.hosts() {
         let mut used = 0.0;
@@ -2134,7 +2169,7 @@ fn print_misses(o: &Observed, m: &Measured) {
         "  of those with no shadow staged: the forecast's 80% upper bound was above what the workload held for {expected}, not above for {not_expected}, no forecast for the step {no_forecast}"
     );
     // A rejection is the one outcome the issue allows only on a full fleet: each is shown whole.
-    for (id, _) in &m.requests {
+    for (id, e) in &m.requests {
         if let Some(d) = o
             .decisions
             .get(id)
@@ -2142,6 +2177,13 @@ fn print_misses(o: &Observed, m: &Measured) {
             .filter(|d| d.outcome == Outcome::Rejected)
         {
             println!("  rejected {id}: {}", d.reason);
+            // The fleet as the step left it: was it full of real replicas, or only fragmented?
+            let step = usize::try_from(e.t_s / STEP_S).unwrap_or(0);
+            if let Some((free, roomiest)) = m.room.get(step) {
+                println!(
+                    "    after its step ({step}): real replicas left {free:.1} cores free across the fleet, {roomiest:.1} on the roomiest host"
+                );
+            }
         }
     }
 }

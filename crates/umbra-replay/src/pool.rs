@@ -57,7 +57,11 @@ impl SizeClasses {
     /// Classes of at most [`CLASS_TOLERANCE`] spread in CPU, smallest first.
     pub fn of(sizes: &[Placeholder]) -> Self {
         let mut order: Vec<usize> = (0..sizes.len()).collect();
-        order.sort_by(|a, b| sizes[*a].cpu_millicores.total_cmp(&sizes[*b].cpu_millicores));
+        order.sort_by(|a, b| {
+            sizes[*a]
+                .cpu_millicores
+                .total_cmp(&sizes[*b].cpu_millicores)
+        });
         let mut class_of = vec![0usize; sizes.len()];
         let mut slots: Vec<Placeholder> = Vec::new();
         let mut smallest = f64::NAN;

@@ -52,6 +52,9 @@ pub struct KafkaSettings {
     /// Extra librdkafka properties passed through unchanged. Credentials belong in the fields
     /// below, which are never printed.
     pub properties: BTreeMap<String, String>,
+    /// librdkafka properties for producers only, set after `properties` (the replay's own
+    /// broker needs `max.in.flight.requests.per.connection = 1`: docs/replay.md).
+    pub producer_properties: BTreeMap<String, String>,
     /// How long to wait for the broker at start-up before giving up, in milliseconds.
     pub connect_timeout_ms: u64,
     /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`.
@@ -76,6 +79,7 @@ impl Default for KafkaSettings {
             bootstrap_servers: "127.0.0.1:9092".into(),
             group_id: String::new(),
             properties: BTreeMap::new(),
+            producer_properties: BTreeMap::new(),
             connect_timeout_ms: 10_000,
             security_protocol: SecurityProtocol::Plaintext,
             sasl_mechanism: "SCRAM-SHA-512".into(),

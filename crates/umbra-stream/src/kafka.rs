@@ -26,6 +26,14 @@ pub fn client_config(settings: &KafkaSettings) -> ClientConfig {
 
 /// An idempotent producer whose partitioner agrees with Java clients on key → partition.
 pub fn producer(settings: &KafkaSettings) -> Result<FutureProducer, StreamError> {
+    producer_config(settings)
+        .create()
+        .map_err(|e| StreamError::kafka("creating producer", e))
+}
+
+/// The configuration of [`producer`]: the client's, the producer's defaults, then
+/// `producer_properties`.
+pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
     let mut c = client_config(settings);
     // A consumer property set for every client would only earn a configuration warning here.
     c.remove("fetch.wait.max.ms");
@@ -34,8 +42,10 @@ pub fn producer(settings: &KafkaSettings) -> Result<FutureProducer, StreamError>
         .set("partitioner", "murmur2_random")
         .set("linger.ms", "1")
         .set("message.timeout.ms", "30000");
-    c.create()
-        .map_err(|e| StreamError::kafka("creating producer", e))
+    for (k, v) in &settings.producer_properties {
+        c.set(k, v);
+    }
+    c
 }
 
 /// A group consumer for at-least-once processing: offsets are stored by the processor only
@@ -250,4 +260,25 @@ pub fn spawn_lag_reporter<C: rdkafka::consumer::ConsumerContext + 'static>(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn producer_properties_come_last_and_consumer_ones_are_left_out() {
+        let mut s = KafkaSettings::default();
+        s.properties.insert("fetch.wait.max.ms".into(), "10".into());
+        assert_eq!(producer_config(&s).get("enable.idempotence"), Some("true"));
+        assert_eq!(producer_config(&s).get("fetch.wait.max.ms"), None);
+        s.producer_properties
+            .insert("enable.idempotence".into(), "false".into());
+        s.producer_properties
+            .insert("max.in.flight.requests.per.connection".into(), "1".into());
+        let c = producer_config(&s);
+        assert_eq!(c.get("enable.idempotence"), Some("false"));
+        assert_eq!(c.get("max.in.flight.requests.per.connection"), Some("1"));
+        assert_eq!(c.get("acks"), Some("all"));
+    }
 }
