@@ -52,8 +52,9 @@ pub struct KafkaSettings {
     /// Extra librdkafka properties passed through unchanged. Credentials belong in the fields
     /// below, which are never printed.
     pub properties: BTreeMap<String, String>,
-    /// librdkafka properties for producers only, set after `properties` (the replay's own
-    /// broker needs `max.in.flight.requests.per.connection = 1`: docs/replay.md).
+    /// librdkafka properties for producers only, set after `properties` and the producer's
+    /// defaults (the replay turns idempotence off on its own Nisshi broker:
+    /// docs/architecture.md).
     pub producer_properties: BTreeMap<String, String>,
     /// How long to wait for the broker at start-up before giving up, in milliseconds.
     pub connect_timeout_ms: u64,
