@@ -1823,15 +1823,12 @@ fn observe_step(p: &Plan, i: usize, obs: &Shared, m: &mut Measured) {
             )
         })
         .collect();
+    let mut over = false;
     let (mut free, mut roomiest) = (0.0f64, 0.0f64);
-    for r in o.ledger.hosts().values() {
+    for (h, r) in o.ledger.hosts() {
         let left = (r.capacity.cpu_millicores - r.committed_by_workloads().cpu_millicores) as f64;
         free += left / 1000.0;
         roomiest = roomiest.max(left / 1000.0);
-    }
-    m.room.push((free, roomiest));
-    let mut over = false;
-    for (h, r) in o.ledger.hosts() {
         let mut used = 0.0;
         for (w, held) in &r.workloads {
             let total = o.ledger.held(w).cpu_millicores;
@@ -1844,6 +1841,7 @@ fn observe_step(p: &Plan, i: usize, obs: &Shared, m: &mut Measured) {
         over |= used > cap;
         m.utilization.entry(h.clone()).or_default().push(used / cap);
     }
+    m.room.push((free, roomiest));
     if over {
         m.overload_steps += 1;
     }

@@ -5,9 +5,10 @@
 //! resource, see [`buckets`]); out-of-order and late samples are accepted while their bucket
 //! is open (`allowed_lateness_ms` behind the partition's newest sample), and a bucket closes
 //! when the stream passes its end plus the lateness, or when its partition has been idle for
-//! `idle_flush_ms`, or, under a driven clock (the lockstep replay), when the clock passes it. Invalid, duplicate and too-late samples go to `umbra.usage.raw.dlq` with
-//! the reason. Offsets of samples in open buckets are not committed, so a restart re-reads them
-//! (a re-emitted bucket replaces the earlier one downstream: usage points are keyed by bucket).
+//! `idle_flush_ms`, or, under a driven clock (the lockstep replay), when the clock passes it.
+//! Invalid, duplicate and too-late samples go to `umbra.usage.raw.dlq` with the reason.
+//! Offsets of samples in open buckets are not committed, so a restart re-reads them (a
+//! re-emitted bucket replaces the earlier one downstream: usage points are keyed by bucket).
 
 use serde::{Deserialize, Serialize};
 pub mod buckets;

@@ -78,10 +78,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
     let mut planner = Planner::default();
     let observe_every = Duration::from_millis(s.interval_ms.min(1_000));
     let mut last_plan = 0i64;
-    // Only the first pass at a clock time observes and plans. Under a driven clock that pass
-    // sees the state the last barrier settled (the driver sends the step's inputs only after
-    // moving every clock); a later pass at the same time sees some of the step's inputs, as
-    // many as the machine's speed let in, and a replay would not give the same moves twice.
+    // Only the first pass at a clock time observes and plans: a later pass at the same time
+    // sees some of the step's inputs, as many as the machine's speed let in. The first pass
+    // races the other services' reactions to the same move too, so two replays still move
+    // different shadows (docs/replay.md, *What is not yet the same twice*).
     let mut last_pass_at: Option<i64> = None;
     let mut clock_moved = umbra_stream::progress::clock_watch();
     loop {
