@@ -1747,6 +1747,11 @@ async fn live_week(
             }
         }
         if let Some(l) = lockstep.as_deref_mut() {
+            // The step settled: the rebalancer plans now, on what no longer moves, and what
+            // its moves cause settles before the clock moves on.
+            l.mark(now).await?;
+            l.settle("mark", now, SETTLE_TIMEOUT, || procs.exited(), || Ok(()))
+                .await?;
             if (i + 1) % TRIM_EVERY_STEPS == 0 {
                 l.trim().await?;
             }

@@ -36,6 +36,9 @@ pub struct Lockstep {
     /// where a replay spends its time.
     pub trace_slower_than: Option<Duration>,
     trim: Option<Trim>,
+    /// The latest mark sent ([`Self::mark`]): a service acting on marks is behind until it
+    /// has acted on it.
+    mark: Option<i64>,
 }
 
 /// The retention of the replay's own broker: the trimmed topics (tables too) lose the
@@ -95,6 +98,7 @@ impl Lockstep {
             slowest: None,
             trace_slower_than: None,
             trim: None,
+            mark: None,
         })
     }
 
@@ -186,6 +190,27 @@ impl Lockstep {
         Ok(())
     }
 
+    /// Declares the pipeline settled at `now_ms` (the clock's time) to every service: a service
+    /// acting on marks (the rebalancer) plans then, on inputs that no longer move, and the next
+    /// barrier waits until it has.
+    pub async fn mark(&mut self, now_ms: i64) -> anyhow::Result<()> {
+        let body = serde_json::json!({ "now_ms": now_ms, "settled": true });
+        for (name, url) in &self.services {
+            let r = self
+                .http
+                .post(format!("{url}/clock"))
+                .json(&body)
+                .send()
+                .await
+                .with_context(|| format!("marking the clock of {name} settled"))?;
+            if !r.status().is_success() {
+                bail!("{name} refused the mark: {}", r.status());
+            }
+        }
+        self.mark = Some(now_ms);
+        Ok(())
+    }
+
     /// The end offset of every partition of the pipeline, in one request per broker.
     async fn ends(&self) -> anyhow::Result<Ends> {
         let (consumer, tpl) = (self.consumer.clone(), self.partitions.clone());
@@ -247,7 +272,9 @@ impl Lockstep {
             let reports = self.reports().await?;
             let behind: Vec<&str> = reports
                 .iter()
-                .filter(|(_, r)| !r.settled_at(now_ms, &before))
+                .filter(|(_, r)| {
+                    !r.settled_at(now_ms, &before) || self.mark.is_some_and(|m| !r.acted_on(m))
+                })
                 .map(|(n, _)| n.as_str())
                 .collect();
             let own = done();
@@ -282,7 +309,7 @@ impl Lockstep {
             let detail = reports
                 .iter()
                 .filter(|(n, _)| behind.contains(&n.as_str()))
-                .map(|(n, r)| format!("{n}: {}", lag(r, now_ms, &before)))
+                .map(|(n, r)| format!("{n}: {}", lag(r, now_ms, self.mark, &before)))
                 .collect::<Vec<_>>()
                 .join("; ");
             last_wait = Some(if !detail.is_empty() {
@@ -330,10 +357,16 @@ impl Lockstep {
 }
 
 /// What a report is behind on, for the error of a barrier that timed out.
-fn lag(r: &Report, now_ms: i64, ends: &Ends) -> String {
+fn lag(r: &Report, now_ms: i64, mark: Option<i64>, ends: &Ends) -> String {
     let mut parts = Vec::new();
     if r.clock_ms != Some(now_ms) {
         parts.push(format!("clock at {:?}", r.clock_ms));
+    }
+    if let Some(m) = mark.filter(|m| !r.acted_on(*m)) {
+        parts.push(format!(
+            "mark {m} not acted on (last {:?})",
+            r.acted_mark_ms
+        ));
     }
     if r.passes && r.pass_clock_ms.is_none_or(|p| p < now_ms) {
         parts.push(format!("last pass at {:?}", r.pass_clock_ms));

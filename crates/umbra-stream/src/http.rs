@@ -93,10 +93,16 @@ async fn progress() -> Json<crate::progress::Report> {
 #[derive(serde::Deserialize)]
 struct SetClock {
     now_ms: i64,
+    /// The driver declares the pipeline settled at `now_ms` ([`crate::progress::mark`]).
+    #[serde(default)]
+    settled: bool,
 }
 
 async fn set_clock(Json(c): Json<SetClock>) -> Json<crate::progress::Report> {
     crate::progress::drive_clock(c.now_ms);
+    if c.settled {
+        crate::progress::mark(c.now_ms);
+    }
     Json(crate::progress::report())
 }
 

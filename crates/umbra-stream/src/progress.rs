@@ -28,6 +28,11 @@ static ADVANCED: std::sync::OnceLock<tokio::sync::watch::Sender<i64>> = std::syn
 fn advanced() -> &'static tokio::sync::watch::Sender<i64> {
     ADVANCED.get_or_init(|| tokio::sync::watch::Sender::new(i64::MIN))
 }
+/// The latest clock time the driver declared settled (`POST /clock` with `settled`): a service
+/// acting on marks ([`act_on_marks`]) plans once per step on inputs that no longer move.
+static MARK: AtomicI64 = AtomicI64::new(i64::MIN);
+/// Set by a service that acts once per mark.
+static ON_MARKS: AtomicBool = AtomicBool::new(false);
 /// Set by a service whose inputs take effect in passes: its readers' positions count only once
 /// a pass has covered them.
 static IN_PASSES: AtomicBool = AtomicBool::new(false);
@@ -35,12 +40,14 @@ static STATE: Mutex<State> = Mutex::new(State {
     applied: BTreeMap::new(),
     settled: BTreeMap::new(),
     pass_clock_ms: None,
+    acted_mark_ms: None,
 });
 
 struct State {
     applied: BTreeMap<String, BTreeMap<i32, i64>>,
     settled: BTreeMap<String, BTreeMap<i32, i64>>,
     pass_clock_ms: Option<i64>,
+    acted_mark_ms: Option<i64>,
 }
 
 fn state() -> std::sync::MutexGuard<'static, State> {
@@ -67,6 +74,12 @@ pub struct Report {
     pub pass_clock_ms: Option<i64>,
     /// Per topic and partition, the next offset whose effects are complete.
     pub settled: BTreeMap<String, BTreeMap<i32, i64>>,
+    /// Whether the service acts once per mark of the driver ([`act_on_marks`]).
+    #[serde(default)]
+    pub on_marks: bool,
+    /// The latest mark the service acted on, its outputs acknowledged.
+    #[serde(default)]
+    pub acted_mark_ms: Option<i64>,
 }
 
 impl Report {
@@ -89,6 +102,43 @@ impl Report {
             })
         })
     }
+}
+
+impl Report {
+    /// True when a service acting on marks has acted on `mark` (or a later one); always for
+    /// the others.
+    pub fn acted_on(&self, mark: i64) -> bool {
+        !self.on_marks || self.acted_mark_ms.is_some_and(|m| m >= mark)
+    }
+}
+
+/// Declares that this service acts once per mark the driver gives ([`settled_mark`]) rather
+/// than on its first look at a new clock time. Called before its HTTP endpoint serves.
+pub fn act_on_marks() {
+    ON_MARKS.store(true, Ordering::Release);
+}
+
+/// The driver declares the pipeline settled at `now_ms` (the clock's time): passes waiting on
+/// the clock start at once.
+pub fn mark(now_ms: i64) {
+    let before = MARK.fetch_max(now_ms, Ordering::AcqRel);
+    if now_ms > before {
+        advanced().send_modify(|_| {});
+    }
+}
+
+/// The latest time the driver declared settled, if any.
+pub fn settled_mark() -> Option<i64> {
+    match MARK.load(Ordering::Acquire) {
+        i64::MIN => None,
+        t => Some(t),
+    }
+}
+
+/// The service acted on the mark at `mark_ms`, its outputs acknowledged.
+pub fn acted_on_mark(mark_ms: i64) {
+    let mut s = state();
+    s.acted_mark_ms = Some(s.acted_mark_ms.map_or(mark_ms, |m| m.max(mark_ms)));
 }
 
 /// Declares that a partition of `topic` is read, before anything has been read from it: the
@@ -198,6 +248,8 @@ pub fn report() -> Report {
         passes: IN_PASSES.load(Ordering::Acquire),
         pass_clock_ms: s.pass_clock_ms,
         settled: s.settled.clone(),
+        on_marks: ON_MARKS.load(Ordering::Acquire),
+        acted_mark_ms: s.acted_mark_ms,
     }
 }
 
@@ -242,6 +294,8 @@ mod tests {
             passes: false,
             pass_clock_ms: None,
             settled: ends(&[("a", 0, 5), ("a", 1, 3)]),
+            on_marks: false,
+            acted_mark_ms: None,
         };
         assert!(r.settled_at(1_000, &ends(&[("a", 0, 5), ("a", 1, 3), ("b", 0, 9)])));
         assert!(!r.settled_at(2_000, &ends(&[("a", 0, 5)])), "another clock");
@@ -264,5 +318,25 @@ mod tests {
         );
         r.pass_clock_ms = Some(1_000);
         assert!(r.settled_at(1_000, &ends(&[("a", 0, 5)])));
+    }
+
+    #[test]
+    fn a_service_acting_on_marks_is_behind_a_mark_until_it_has_acted_on_it() {
+        let mut r = Report {
+            on_marks: true,
+            ..Report::default()
+        };
+        assert!(!r.acted_on(1_000), "nothing acted on yet");
+        r.acted_mark_ms = Some(999);
+        assert!(!r.acted_on(1_000), "an older mark");
+        r.acted_mark_ms = Some(1_000);
+        assert!(r.acted_on(1_000));
+        assert!(r.acted_on(900), "a later mark covers an earlier one");
+        r.on_marks = false;
+        r.acted_mark_ms = None;
+        assert!(
+            r.acted_on(5_000),
+            "a service not acting on marks is never behind one"
+        );
     }
 }

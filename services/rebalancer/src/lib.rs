@@ -40,6 +40,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
     let rt = Runtime::start(NAME, config, shutdown.clone()).await?;
     // Its inputs take effect in passes: a driver of the clock waits for one.
     umbra_stream::progress::act_in_passes();
+    // On a driven clock it plans once per step, at the driver's mark that the pipeline has
+    // settled: any earlier look races the other services' reactions to the clock's move, and
+    // two replays of one trace then move different shadows (docs/replay.md).
+    let on_marks = rt.config.clock.driven;
+    if on_marks {
+        umbra_stream::progress::act_on_marks();
+    }
     let s = rt.config.service.clone();
     let shadow_table = rt
         .table::<WorkloadKey, ShadowEntry>("umbra.shadow.table")
@@ -78,10 +85,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
     let mut planner = Planner::default();
     let observe_every = Duration::from_millis(s.interval_ms.min(1_000));
     let mut last_plan = 0i64;
-    // Only the first pass at a clock time observes and plans: a later pass at the same time
-    // sees some of the step's inputs, as many as the machine's speed let in. The first pass
-    // races the other services' reactions to the same move too, so two replays still move
-    // different shadows (docs/replay.md, *What is not yet the same twice*).
+    // Only one pass at a clock time observes and plans (on a driven clock, the one at the
+    // driver's mark): a later pass at the same time sees some of the step's inputs, as many
+    // as the machine's speed let in.
     let mut last_pass_at: Option<i64> = None;
     let mut clock_moved = umbra_stream::progress::clock_watch();
     loop {
@@ -94,10 +100,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
         }
         let pass = umbra_stream::progress::begin_pass();
         let now = rt.config.clock.now_ms();
-        if last_pass_at.replace(now) == Some(now) {
+        let marked = !on_marks || umbra_stream::progress::settled_mark() == Some(now);
+        if !marked || last_pass_at == Some(now) {
             umbra_stream::progress::end_pass(pass);
             continue;
         }
+        last_pass_at = Some(now);
         let moves = {
             let hosts = host_state.read();
             let fc = forecasts.read();
@@ -116,6 +124,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
             .with_label_values::<&str>(&[])
             .set(planner.overloaded().len() as i64);
         if moves.is_empty() {
+            if on_marks {
+                umbra_stream::progress::acted_on_mark(now);
+            }
             umbra_stream::progress::end_pass(pass);
             continue;
         }
@@ -137,6 +148,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
             .await?;
             moves_counter.with_label_values::<&str>(&[]).inc();
             rt.metrics.produced.with_label_values(&[out.topic()]).inc();
+        }
+        if on_marks {
+            umbra_stream::progress::acted_on_mark(now);
         }
         umbra_stream::progress::end_pass(pass);
     }
