@@ -102,9 +102,7 @@ impl Report {
             })
         })
     }
-}
 
-impl Report {
     /// True when a service acting on marks has acted on `mark` (or a later one); always for
     /// the others.
     pub fn acted_on(&self, mark: i64) -> bool {
@@ -113,7 +111,8 @@ impl Report {
 }
 
 /// Declares that this service acts once per mark the driver gives ([`settled_mark`]) rather
-/// than on its first look at a new clock time. Called before its HTTP endpoint serves.
+/// than on its first look at a new clock time. Called at start, long before the driver's
+/// first mark (the replay marks only once the live days begin).
 pub fn act_on_marks() {
     ON_MARKS.store(true, Ordering::Release);
 }
