@@ -174,27 +174,21 @@ impl Lockstep {
 
     /// Sets every service's clock to `now_ms`.
     pub async fn set_clock(&self, now_ms: i64) -> anyhow::Result<()> {
-        let body = serde_json::json!({ "now_ms": now_ms });
-        for (name, url) in &self.services {
-            let r = self
-                .http
-                .post(format!("{url}/clock"))
-                .json(&body)
-                .send()
-                .await
-                .with_context(|| format!("setting the clock of {name}"))?;
-            if !r.status().is_success() {
-                bail!("{name} refused the clock: {}", r.status());
-            }
-        }
-        Ok(())
+        self.post_clock(now_ms, false).await
     }
 
     /// Declares the pipeline settled at `now_ms` (the clock's time) to every service: a service
     /// acting on marks (the rebalancer) plans then, on inputs that no longer move, and the next
     /// barrier waits until it has.
     pub async fn mark(&mut self, now_ms: i64) -> anyhow::Result<()> {
-        let body = serde_json::json!({ "now_ms": now_ms, "settled": true });
+        self.post_clock(now_ms, true).await?;
+        self.mark = Some(now_ms);
+        Ok(())
+    }
+
+    /// `POST /clock` to every service: the clock at `now_ms`, declared settled or not.
+    async fn post_clock(&self, now_ms: i64, settled: bool) -> anyhow::Result<()> {
+        let body = serde_json::json!({ "now_ms": now_ms, "settled": settled });
         for (name, url) in &self.services {
             let r = self
                 .http
@@ -202,12 +196,14 @@ impl Lockstep {
                 .json(&body)
                 .send()
                 .await
-                .with_context(|| format!("marking the clock of {name} settled"))?;
+                .with_context(|| format!("setting the clock of {name} (settled: {settled})"))?;
             if !r.status().is_success() {
-                bail!("{name} refused the mark: {}", r.status());
+                bail!(
+                    "{name} refused the clock (settled: {settled}): {}",
+                    r.status()
+                );
             }
         }
-        self.mark = Some(now_ms);
         Ok(())
     }
 
