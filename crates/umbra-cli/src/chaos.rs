@@ -13,7 +13,7 @@
 //! `fleet` (lost and duplicated commands, failing shadows, an unhealthy host), `mixed` (all of
 //! these at once).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -608,9 +608,17 @@ async fn scenario(st: &Stack, name: &str, short: bool, rng: &mut Rng) -> anyhow:
         tokio::time::sleep(Duration::from_millis(if short { 150 } else { 400 })).await;
     }
 
-    // Settle: every request decided (bounded), then a graceful stop.
+    // Settle on conditions, not on time: every request decided and every good sample in a
+    // usage bucket (bounded). After a broker restart a consumer can take seconds to reconnect
+    // and rejoin its group; a fixed wait would judge that delay as a loss.
     let decisions_input: Input<WorkloadKey, AllocationDecision> =
         Input::new(st.registry.clone(), t("umbra.allocation.decisions")).await?;
+    let usage_input: Input<WorkloadKey, UsagePoint> =
+        Input::new(st.registry.clone(), t("umbra.usage.series")).await?;
+    let expected_buckets: BTreeSet<(String, i64)> = sent_samples
+        .keys()
+        .map(|(w, t)| (w.clone(), umbra_history::bucket_start(*t)))
+        .collect();
     let deadline = Instant::now() + Duration::from_secs(if short { 60 } else { 120 });
     loop {
         let decided: std::collections::HashSet<String> = read_values(st, &decisions_input)
@@ -618,16 +626,32 @@ async fn scenario(st: &Stack, name: &str, short: bool, rng: &mut Rng) -> anyhow:
             .into_iter()
             .map(|d| d.request_id)
             .collect();
-        if history
+        let bucketed: BTreeSet<(String, i64)> = read_values(st, &usage_input)
+            .await?
+            .into_iter()
+            .map(|p| (p.workload_id, p.bucket_start))
+            .collect();
+        let settled = history
             .requests
             .iter()
             .all(|r| decided.contains(&r.request_id))
-            || Instant::now() > deadline
-        {
+            && expected_buckets.is_subset(&bucketed);
+        if settled {
+            break;
+        }
+        if Instant::now() > deadline {
+            eprintln!(
+                "chaos: scenario {name} did not settle in time ({} of {} requests decided, {} of {} sample buckets written); judging it as it is",
+                history.requests.iter().filter(|r| decided.contains(&r.request_id)).count(),
+                history.requests.len(),
+                expected_buckets.intersection(&bucketed).count(),
+                expected_buckets.len()
+            );
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // What the faults leave in flight after that (a claim's expansion, a table write) lands.
     tokio::time::sleep(Duration::from_secs(2)).await;
     for s in interceptors
         .iter_mut()
@@ -648,12 +672,7 @@ async fn scenario(st: &Stack, name: &str, short: bool, rng: &mut Rng) -> anyhow:
         &Input::<HostKey, FleetEvent>::new(st.registry.clone(), t("umbra.fleet.events")).await?,
     )
     .await?;
-    history.usage = read_values(
-        st,
-        &Input::<WorkloadKey, UsagePoint>::new(st.registry.clone(), t("umbra.usage.series"))
-            .await?,
-    )
-    .await?;
+    history.usage = read_values(st, &usage_input).await?;
     let table_input: Input<WorkloadKey, ShadowEntry> =
         Input::new(st.registry.clone(), t("umbra.shadow.table")).await?;
     for r in read_raw(st, &t("umbra.shadow.table")).await? {

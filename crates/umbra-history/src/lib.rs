@@ -244,6 +244,11 @@ pub fn table_is_the_fold_of_its_log(h: &History) -> Verdict {
 
 const BUCKET_MS: i64 = 300_000;
 
+/// Start of the usage bucket a sample taken at `t` (ms) belongs to.
+pub fn bucket_start(t: i64) -> i64 {
+    t.div_euclid(BUCKET_MS) * BUCKET_MS
+}
+
 /// Every good sample's bucket is in the usage series of its workload.
 pub fn telemetry_accounted_for(h: &History) -> Verdict {
     let buckets: BTreeSet<(&str, i64)> = h
@@ -258,7 +263,7 @@ pub fn telemetry_accounted_for(h: &History) -> Verdict {
         .map(|s| (s.workload_id.as_str(), s.sample_time))
         .collect();
     for (w, t) in &distinct {
-        let bucket = t.div_euclid(BUCKET_MS) * BUCKET_MS;
+        let bucket = bucket_start(*t);
         if !buckets.contains(&(*w, bucket)) && v.len() < 20 {
             v.push(format!("sample of {w} at {t} is in no usage bucket"));
         }
