@@ -561,6 +561,31 @@ fn differs(a: &Resources, b: &Resources, tol: f64) -> bool {
         || rel(a.disk_io_bytes_per_s, b.disk_io_bytes_per_s)
 }
 
+/// Names new shadows from what they are: the row, the host, the clock time of the pass and a
+/// sequence within that time, so that two replays of one trace stage the same ids: the fleet
+/// breaks ties between equal shadows by id (which one standard allocation preempts), and with
+/// random ids that choice, and the hosts' loads after it, differed run to run. An id repeats only if a
+/// manager restarted at the very clock millisecond it stopped at and staged the same row on
+/// the same host again; a driven clock is not restarted under a running replay.
+#[derive(Debug, Default)]
+pub struct ShadowIds {
+    now: i64,
+    issued: u32,
+}
+
+impl ShadowIds {
+    /// The next shadow id for `row` on `host` in a pass at clock time `now` (ms).
+    pub fn next(&mut self, row: &str, host: &str, now: i64) -> String {
+        if now != self.now {
+            self.now = now;
+            self.issued = 0;
+        }
+        let id = format!("{row}@{host}:{now}.{}", self.issued);
+        self.issued += 1;
+        id
+    }
+}
+
 impl Manager {
     /// A manager over the restored table.
     pub fn new(settings: Settings, table: HashMap<String, ShadowEntry>) -> Self {

@@ -35,7 +35,7 @@ use umbra_stream::table::restore_rows;
 use umbra_stream::telemetry::{with_headers, Parent, TraceCtx};
 use umbra_stream::StreamError;
 
-pub use crate::core::{Action, Alternates, Inputs, Manager, Quantile, Settings};
+pub use crate::core::{Action, Alternates, Inputs, Manager, Quantile, Settings, ShadowIds};
 
 /// Service name: consumer group, metrics label, dead-letter header.
 pub const NAME: &str = "shadow-manager";
@@ -143,6 +143,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
     );
     let interval = Duration::from_millis(settings.reconcile_interval_ms.max(10));
     let mut clock_moved = umbra_stream::progress::clock_watch();
+    let mut ids = ShadowIds::default();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -171,7 +172,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
                 reshadows: &reshadows,
                 scale_ups: pools.rows(),
             };
-            manager.reconcile(&inputs, &mut |_, _| uuid::Uuid::new_v4().to_string())
+            manager.reconcile(&inputs, &mut |row, host| ids.next(row, host, inputs.now))
         };
         if actions.is_empty() {
             umbra_stream::progress::end_pass(pass);

@@ -970,3 +970,20 @@ fn reserve_holds_the_full_size_on_every_ranked_host() {
         e.requirements.plus(&e.requirements).plus(&e.requirements)
     );
 }
+
+#[test]
+fn shadow_ids_name_row_host_and_time_and_repeat_run_to_run() {
+    let mut a = umbra_shadow_manager::ShadowIds::default();
+    let first: Vec<String> = (0..3).map(|_| a.next("pool-1", "host-004", 600_000)).collect();
+    let distinct: HashSet<&String> = first.iter().collect();
+    assert_eq!(distinct.len(), 3, "one pass never names two shadows alike: {first:?}");
+    assert_eq!(first[0], "pool-1@host-004:600000.0");
+    // A later pass starts its sequence again, and its time keeps the ids apart.
+    let later = a.next("pool-1", "host-004", 900_000);
+    assert_eq!(later, "pool-1@host-004:900000.0");
+    assert!(!first.contains(&later));
+    // A second run of the same passes names the same shadows.
+    let mut b = umbra_shadow_manager::ShadowIds::default();
+    let again: Vec<String> = (0..3).map(|_| b.next("pool-1", "host-004", 600_000)).collect();
+    assert_eq!(first, again);
+}
