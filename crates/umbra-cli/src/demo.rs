@@ -13,7 +13,8 @@
 //!    releases to the fleet. The driver watches the fleet events, decisions and forecasts and
 //!    measures as it goes.
 //! 4. Report: umbra's row from what the pipeline did; the baselines on the same requests
-//!    without Kafka; `summary.json`, `report.html` and the plots in `--out`.
+//!    without Kafka; `summary.json`, `report.html`, the plots and `decisions.jsonl` (each
+//!    request's first decision, in trace order) in `--out`.
 //!
 //! The plan, the requests and the baselines are deterministic for a seed; umbra's row comes
 //! from real processes and can vary a little with timing.
@@ -1391,7 +1392,34 @@ async fn evaluate(
     }
     let data = report_data(a, p, &lock(&obs), &measured);
     write_report(&a.out, &summary, &data)?;
+    write_decisions(&a.out, &lock(&obs), &measured)?;
     Ok(summary)
+}
+
+/// `decisions.jsonl` in the report folder: each request of the trace, in trace order, with
+/// its first decision (outcome, host, shadow), so that two runs can be compared request by
+/// request. Wall-clock fields are left out.
+fn write_decisions(out: &Path, o: &Observed, m: &Measured) -> anyhow::Result<()> {
+    use std::io::Write;
+    let path = out.join("decisions.jsonl");
+    let mut f = std::io::BufWriter::new(
+        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?,
+    );
+    for (rid, ev) in &m.requests {
+        let d = o.decisions.get(rid).and_then(|ds| ds.first());
+        let line = serde_json::json!({
+            "request_id": rid,
+            "t_s": ev.t_s,
+            "workload_id": d.map(|d| d.workload_id.as_str()),
+            "outcome": d.map(|d| format!("{:?}", d.outcome)),
+            "host_id": d.and_then(|d| d.host_id.as_deref()),
+            "shadow_id": d.and_then(|d| d.shadow_id.as_deref()),
+            "decisions": o.decisions.get(rid).map_or(0, Vec::len),
+        });
+        writeln!(f, "{line}")?;
+    }
+    f.flush()?;
+    Ok(())
 }
 
 /// Step by step, the slots per pool the pipeline's scale-up stage held against the offline
@@ -1581,12 +1609,13 @@ async fn live_week(
             &mut last_scale,
             scale,
         )?;
-        // Lockstep, in four barriers a step: the step's samples close the step before's
-        // usage point, which the scale-up stage scores (a step whose points are all in);
-        // a millisecond later the steps still missing a point are scored with what came;
-        // the slots staged then are ready one start-up delay later, when the step's requests
-        // arrive with the replica counts they lead to. As the offline core, slots decided on
-        // a step's point are ready for the next step's requests.
+        // Lockstep (docs/replay.md, *A step in lockstep*): the step's samples close the step
+        // before's usage point, which the scale-up stage scores (a step whose points are all
+        // in); a millisecond later the steps still missing a point are scored with what came;
+        // at a mark the shadow manager stages the slots, which are ready one start-up delay
+        // later, and at another it writes them ready, before the step's requests arrive with
+        // the replica counts they lead to. As the offline core, slots decided on a step's
+        // point are ready for the next step's requests.
         let step_requests_from = m.requests.len();
         let now = if let Some(l) = lockstep.as_deref_mut() {
             l.set_clock(t).await?;
@@ -1608,12 +1637,36 @@ async fn live_week(
                 if kind == "late points" && !late {
                     continue;
                 }
+                if kind == "slots ready" {
+                    // The step's pool forecasts are all in: the shadow manager stages the
+                    // slots at once, in one pass (docs/replay.md).
+                    let last = if late { t + 1 } else { t };
+                    l.mark(last, &["shadow-manager"]).await?;
+                    l.settle(
+                        "placement mark",
+                        last,
+                        SETTLE_TIMEOUT,
+                        || procs.exited(),
+                        || Ok(()),
+                    )
+                    .await?;
+                }
                 if at > t {
                     l.set_clock(at).await?;
                 }
                 l.settle(kind, at, SETTLE_TIMEOUT, || procs.exited(), || Ok(()))
                     .await?;
             }
+            // The slots the fleet made ready go into the table before the requests come.
+            l.mark(t + 1 + ready_ms, &["shadow-manager"]).await?;
+            l.settle(
+                "health mark",
+                t + 1 + ready_ms,
+                SETTLE_TIMEOUT,
+                || procs.exited(),
+                || Ok(()),
+            )
+            .await?;
             t + 1 + ready_ms
         } else {
             clock.now_ms()
@@ -1749,7 +1802,7 @@ async fn live_week(
         if let Some(l) = lockstep.as_deref_mut() {
             // The step settled: the rebalancer plans now, on what no longer moves, and what
             // its moves cause settles before the clock moves on.
-            l.mark(now).await?;
+            l.mark(now, &["rebalancer"]).await?;
             l.settle("mark", now, SETTLE_TIMEOUT, || procs.exited(), || Ok(()))
                 .await?;
             if (i + 1) % TRIM_EVERY_STEPS == 0 {

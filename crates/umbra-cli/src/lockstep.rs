@@ -36,9 +36,9 @@ pub struct Lockstep {
     /// where a replay spends its time.
     pub trace_slower_than: Option<Duration>,
     trim: Option<Trim>,
-    /// The latest mark sent ([`Self::mark`]): a service acting on marks is behind until it
-    /// has acted on it.
-    mark: Option<i64>,
+    /// The latest mark sent to each service ([`Self::mark`]): a service acting on marks is
+    /// behind until it has acted on its latest.
+    marks: BTreeMap<String, i64>,
 }
 
 /// The retention of the replay's own broker: the trimmed topics (tables too) lose the
@@ -98,7 +98,7 @@ impl Lockstep {
             slowest: None,
             trace_slower_than: None,
             trim: None,
-            mark: None,
+            marks: BTreeMap::new(),
         })
     }
 
@@ -174,22 +174,37 @@ impl Lockstep {
 
     /// Sets every service's clock to `now_ms`.
     pub async fn set_clock(&self, now_ms: i64) -> anyhow::Result<()> {
-        self.post_clock(now_ms, false).await
+        self.post_clock(now_ms, false, |_| true).await
     }
 
-    /// Declares the pipeline settled at `now_ms` (the clock's time) to every service: a service
-    /// acting on marks (the rebalancer) plans then, on inputs that no longer move, and the next
-    /// barrier waits until it has.
-    pub async fn mark(&mut self, now_ms: i64) -> anyhow::Result<()> {
-        self.post_clock(now_ms, true).await?;
-        self.mark = Some(now_ms);
+    /// Declares the pipeline settled at `now_ms` (the clock's time) to the named services: a
+    /// service acting on marks (the shadow manager, the rebalancer) acts then, on inputs that
+    /// no longer move, and the next barrier waits until it has. Marks go to one service at a
+    /// time so that two services acting on marks never act on the same inputs at once.
+    pub async fn mark(&mut self, now_ms: i64, services: &[&str]) -> anyhow::Result<()> {
+        for name in services {
+            if !self.services.iter().any(|(n, _)| n == name) {
+                bail!("no service '{name}' to mark");
+            }
+        }
+        self.post_clock(now_ms, true, |n| services.contains(&n))
+            .await?;
+        for name in services {
+            self.marks.insert(name.to_string(), now_ms);
+        }
         Ok(())
     }
 
-    /// `POST /clock` to every service: the clock at `now_ms`, declared settled or not.
-    async fn post_clock(&self, now_ms: i64, settled: bool) -> anyhow::Result<()> {
+    /// `POST /clock` to the services `to` selects: the clock at `now_ms`, declared settled or
+    /// not.
+    async fn post_clock(
+        &self,
+        now_ms: i64,
+        settled: bool,
+        to: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<()> {
         let body = serde_json::json!({ "now_ms": now_ms, "settled": settled });
-        for (name, url) in &self.services {
+        for (name, url) in self.services.iter().filter(|(n, _)| to(n)) {
             let r = self
                 .http
                 .post(format!("{url}/clock"))
@@ -268,8 +283,9 @@ impl Lockstep {
             let reports = self.reports().await?;
             let behind: Vec<&str> = reports
                 .iter()
-                .filter(|(_, r)| {
-                    !r.settled_at(now_ms, &before) || self.mark.is_some_and(|m| !r.acted_on(m))
+                .filter(|(n, r)| {
+                    !r.settled_at(now_ms, &before)
+                        || self.marks.get(n.as_str()).is_some_and(|m| !r.acted_on(*m))
                 })
                 .map(|(n, _)| n.as_str())
                 .collect();
@@ -305,7 +321,10 @@ impl Lockstep {
             let detail = reports
                 .iter()
                 .filter(|(n, _)| behind.contains(&n.as_str()))
-                .map(|(n, r)| format!("{n}: {}", lag(r, now_ms, self.mark, &before)))
+                .map(|(n, r)| {
+                    let mark = self.marks.get(n.as_str()).copied();
+                    format!("{n}: {}", lag(r, now_ms, mark, &before))
+                })
                 .collect::<Vec<_>>()
                 .join("; ");
             last_wait = Some(if !detail.is_empty() {

@@ -1102,7 +1102,15 @@ impl Manager {
             let taken = c.status == ShadowStatus::Claimed
                 || inp.claims.contains_key(&c.shadow_id)
                 || matches!(inp.ledger.ended(&c.shadow_id), Some(ShadowEnd::Expanded));
-            if taken && pc.seen.insert(c.shadow_id.clone()) {
+            // A claim counts against the step it was made in, not the step in force when this
+            // pass sees it: on a driven clock the manager sees a step's claims at the next
+            // step's mark, and counting them there would hold fewer slots than the next
+            // forecast asks. (A claim known only from the table or the ledger has no time.)
+            let this_step = inp
+                .claims
+                .get(&c.shadow_id)
+                .is_none_or(|k| k.claimed_at >= step);
+            if taken && pc.seen.insert(c.shadow_id.clone()) && this_step {
                 pc.claimed += 1;
             }
         }

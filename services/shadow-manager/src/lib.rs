@@ -65,6 +65,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
 
     // Its inputs take effect in reconcile passes: a driver of the clock waits for a pass.
     umbra_stream::progress::act_in_passes();
+    // On a driven clock it reconciles only at the driver's marks that its inputs have settled
+    // (docs/replay.md): a pass on the first of a step's pool forecasts places those slots
+    // before the next forecast is in, and where slots stand then depends on how the
+    // forecasts were split into passes, which differs run to run.
+    let on_marks = rt.config.clock.driven;
+    if on_marks {
+        umbra_stream::progress::act_on_marks();
+    }
     let notify = Arc::new(Notify::new());
     let folded = Arc::new(Mutex::new(Folded::default()));
     let forecasts = rt
@@ -144,6 +152,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
     let interval = Duration::from_millis(settings.reconcile_interval_ms.max(10));
     let mut clock_moved = umbra_stream::progress::clock_watch();
     let mut ids = ShadowIds::default();
+    // The clock time of the last pass at a mark: one pass per mark.
+    let mut acted_at: Option<i64> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -157,6 +167,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
             _ = umbra_stream::progress::wait_unsettled() => {}
         }
         let pass = umbra_stream::progress::begin_pass();
+        let now = rt.config.clock.now_ms();
+        if on_marks
+            && (umbra_stream::progress::settled_mark() != Some(now) || acted_at == Some(now))
+        {
+            umbra_stream::progress::end_pass(pass);
+            continue;
+        }
+        acted_at = Some(now);
         let actions = {
             let forecasts = forecasts.read();
             let hosts = host_state.read();
@@ -164,7 +182,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
             let mut folded = folded.lock().unwrap_or_else(|p| p.into_inner());
             let reshadows = std::mem::take(&mut folded.reshadows);
             let inputs = Inputs {
-                now: rt.config.clock.now_ms(),
+                now,
                 forecasts: forecasts.rows(),
                 host_state: hosts.rows(),
                 ledger: &folded.ledger,
@@ -172,9 +190,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
                 reshadows: &reshadows,
                 scale_ups: pools.rows(),
             };
-            manager.reconcile(&inputs, &mut |row, host| ids.next(row, host, inputs.now))
+            manager.reconcile(&inputs, &mut |row, host| ids.next(row, host, now))
         };
         if actions.is_empty() {
+            if on_marks {
+                umbra_stream::progress::acted_on_mark(now);
+            }
             umbra_stream::progress::end_pass(pass);
             continue;
         }
@@ -244,6 +265,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
             if let Some(t) = first_topic {
                 rt.metrics.produced.with_label_values(&[&t]).inc_by(n);
             }
+        }
+        if on_marks {
+            umbra_stream::progress::acted_on_mark(now);
         }
         umbra_stream::progress::end_pass(pass);
         rows_gauge.set(manager.table().len() as i64);

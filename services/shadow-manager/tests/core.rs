@@ -974,9 +974,15 @@ fn reserve_holds_the_full_size_on_every_ranked_host() {
 #[test]
 fn shadow_ids_name_row_host_and_time_and_repeat_run_to_run() {
     let mut a = umbra_shadow_manager::ShadowIds::default();
-    let first: Vec<String> = (0..3).map(|_| a.next("pool-1", "host-004", 600_000)).collect();
+    let first: Vec<String> = (0..3)
+        .map(|_| a.next("pool-1", "host-004", 600_000))
+        .collect();
     let distinct: HashSet<&String> = first.iter().collect();
-    assert_eq!(distinct.len(), 3, "one pass never names two shadows alike: {first:?}");
+    assert_eq!(
+        distinct.len(),
+        3,
+        "one pass never names two shadows alike: {first:?}"
+    );
     assert_eq!(first[0], "pool-1@host-004:600000.0");
     // A later pass starts its sequence again, and its time keeps the ids apart.
     let later = a.next("pool-1", "host-004", 900_000);
@@ -984,6 +990,53 @@ fn shadow_ids_name_row_host_and_time_and_repeat_run_to_run() {
     assert!(!first.contains(&later));
     // A second run of the same passes names the same shadows.
     let mut b = umbra_shadow_manager::ShadowIds::default();
-    let again: Vec<String> = (0..3).map(|_| b.next("pool-1", "host-004", 600_000)).collect();
+    let again: Vec<String> = (0..3)
+        .map(|_| b.next("pool-1", "host-004", 600_000))
+        .collect();
     assert_eq!(first, again);
+}
+
+/// On a driven clock the manager sees a step's claims at the next step's mark: a claim made
+/// in the step before does not count against the slots the new step's forecast asks.
+#[test]
+fn a_claim_seen_only_in_the_next_step_counts_against_its_own_step() {
+    let mut w = pooled_world();
+    w.scale_ups
+        .insert("pool/0".into(), pool_forecast(1, res(1_200, 2), T0));
+    w.run(5);
+    let taken = w.manager.table()["pool/0"].candidates[0].clone();
+    // The next step's forecast, one slot again, arrives with the claim made before it.
+    w.scale_ups.insert(
+        "pool/0".into(),
+        pool_forecast(1, res(1_200, 2), T0 + 300_000),
+    );
+    w.claims.insert(
+        taken.shadow_id.clone(),
+        Claim {
+            shadow_id: taken.shadow_id.clone(),
+            workload_id: "w7".into(),
+            request_id: "r1".into(),
+            host_id: taken.host_id.clone(),
+            entry_version: 1,
+            claimed_at: T0 + 1,
+        },
+    );
+    let expand = FleetCommand {
+        command_id: "expand-r1".into(),
+        kind: FleetCommandKind::ExpandShadow,
+        host_id: taken.host_id.clone(),
+        target_host_id: None,
+        shadow_id: Some(taken.shadow_id.clone()),
+        workload_id: "w7".into(),
+        request_id: Some("r1".into()),
+        resources: res(1_000, 2),
+        issued_at: T0 + 1,
+    };
+    let ev = w.sim.execute(&expand, w.now);
+    w.deliver(ev);
+    w.run(5);
+    let ids = slot_ids(&w);
+    assert_eq!(ids.len(), 1, "the new step's slot is held: {ids:?}");
+    assert_ne!(ids[0], taken.shadow_id, "a new slot, not the claimed one");
+    assert_eq!(w.healthy("pool/0"), 1);
 }
