@@ -72,8 +72,19 @@ fn run_replay(
 async fn a_lockstep_replay_gives_the_same_summary_twice() {
     let stack = Stack::connect().await.expect("test stack");
     // A quarter of a day: 72 steps, about two seconds each here (debug build).
-    let (first, log) = run_replay(&stack, &tempfile_dir("replay-det-1"), "0.25", &[]);
-    let (second, _) = run_replay(&stack, &tempfile_dir("replay-det-2"), "0.25", &[]);
+    let (dir1, dir2) = (tempfile_dir("replay-det-1"), tempfile_dir("replay-det-2"));
+    let (first, log) = run_replay(&stack, &dir1, "0.25", &[]);
+    let (second, _) = run_replay(&stack, &dir2, "0.25", &[]);
+    // Request by request, the same decision on the same host and shadow.
+    let decisions = |d: &Path| {
+        std::fs::read_to_string(d.join("report").join("decisions.jsonl")).expect("decisions.jsonl")
+    };
+    let (d1, d2) = (decisions(&dir1), decisions(&dir2));
+    assert!(d1.lines().count() > 0, "no decisions written");
+    for (a, b) in d1.lines().zip(d2.lines()) {
+        assert_eq!(a, b, "two runs of the same seed decided a request apart");
+    }
+    assert_eq!(d1.lines().count(), d2.lines().count());
     assert_eq!(first["mode"], "lockstep", "{first}");
     assert!(log.contains("lockstep:"), "{log}");
     assert!(
