@@ -264,8 +264,24 @@ pub fn read_m4(path: &Path) -> Result<Vec<(String, Vec<f64>)>, DataError> {
 }
 
 /// The shared data folder: `UMBRA_DATA_DIR`, else `../shared/data` beside the project root.
+/// The project root is where this crate was built, or, when that folder is gone, the nearest
+/// one above the working directory that has `../shared/data` beside it: cargo reuses a build
+/// made from another checkout of the same sources when they share a target folder, and the
+/// path compiled in then names that checkout.
 pub fn shared_data_dir() -> PathBuf {
-    std::env::var_os("UMBRA_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"))
+    if let Some(d) = std::env::var_os("UMBRA_DATA_DIR") {
+        return PathBuf::from(d);
+    }
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
+    if built.is_dir() {
+        return built;
+    }
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| {
+            cwd.ancestors()
+                .map(|a| a.join("../shared/data"))
+                .find(|d| d.is_dir())
+        })
+        .unwrap_or(built)
 }
