@@ -16,8 +16,9 @@
 //!    without Kafka; `summary.json`, `report.html`, the plots and `decisions.jsonl` (each
 //!    request's first decision, in trace order) in `--out`.
 //!
-//! The plan, the requests and the baselines are deterministic for a seed; umbra's row comes
-//! from real processes and can vary a little with timing.
+//! The plan, the requests and the baselines are deterministic for a seed; so is umbra's row in
+//! lockstep, the default (docs/replay.md, *The same twice*). Under `--realtime` it comes from
+//! real processes racing a compressed clock and varies with the machine.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write as _;
