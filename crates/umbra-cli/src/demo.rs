@@ -1401,7 +1401,6 @@ async fn evaluate(
 /// its first decision (outcome, host, shadow), so that two runs can be compared request by
 /// request. Wall-clock fields are left out.
 fn write_decisions(out: &Path, o: &Observed, m: &Measured) -> anyhow::Result<()> {
-    use std::io::Write;
     let path = out.join("decisions.jsonl");
     let mut f = std::io::BufWriter::new(
         std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?,
@@ -1804,8 +1803,14 @@ async fn live_week(
             // The step settled: the rebalancer plans now, on what no longer moves, and what
             // its moves cause settles before the clock moves on.
             l.mark(now, &["rebalancer"]).await?;
-            l.settle("mark", now, SETTLE_TIMEOUT, || procs.exited(), || Ok(()))
-                .await?;
+            l.settle(
+                "rebalancer mark",
+                now,
+                SETTLE_TIMEOUT,
+                || procs.exited(),
+                || Ok(()),
+            )
+            .await?;
             if (i + 1) % TRIM_EVERY_STEPS == 0 {
                 l.trim().await?;
             }
