@@ -1641,13 +1641,12 @@ async fn live_week(
                     // The step's pool forecasts are all in: the shadow manager stages the
                     // slots at once, in one pass (docs/replay.md).
                     let last = if late { t + 1 } else { t };
-                    l.mark(last, &["shadow-manager"]).await?;
-                    l.settle(
+                    l.mark_and_settle(
                         "placement mark",
                         last,
+                        "shadow-manager",
                         SETTLE_TIMEOUT,
                         || procs.exited(),
-                        || Ok(()),
                     )
                     .await?;
                 }
@@ -1658,13 +1657,12 @@ async fn live_week(
                     .await?;
             }
             // The slots the fleet made ready go into the table before the requests come.
-            l.mark(t + 1 + ready_ms, &["shadow-manager"]).await?;
-            l.settle(
+            l.mark_and_settle(
                 "health mark",
                 t + 1 + ready_ms,
+                "shadow-manager",
                 SETTLE_TIMEOUT,
                 || procs.exited(),
-                || Ok(()),
             )
             .await?;
             t + 1 + ready_ms
@@ -1802,14 +1800,9 @@ async fn live_week(
         if let Some(l) = lockstep.as_deref_mut() {
             // The step settled: the rebalancer plans now, on what no longer moves, and what
             // its moves cause settles before the clock moves on.
-            l.mark(now, &["rebalancer"]).await?;
-            l.settle(
-                "rebalancer mark",
-                now,
-                SETTLE_TIMEOUT,
-                || procs.exited(),
-                || Ok(()),
-            )
+            l.mark_and_settle("rebalancer mark", now, "rebalancer", SETTLE_TIMEOUT, || {
+                procs.exited()
+            })
             .await?;
             if (i + 1) % TRIM_EVERY_STEPS == 0 {
                 l.trim().await?;

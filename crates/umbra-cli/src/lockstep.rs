@@ -177,22 +177,31 @@ impl Lockstep {
         self.post_clock(now_ms, false, |_| true).await
     }
 
-    /// Declares the pipeline settled at `now_ms` (the clock's time) to the named services: a
-    /// service acting on marks (the shadow manager, the rebalancer) acts then, on inputs that
-    /// no longer move, and the next barrier waits until it has. Marks go to one service at a
+    /// Declares the pipeline settled at `now_ms` (the clock's time) to `service`: a service
+    /// acting on marks (the shadow manager, the rebalancer) acts then, on inputs that no
+    /// longer move, and the next barrier waits until it has. Marks go to one service at a
     /// time so that two services acting on marks never act on the same inputs at once.
-    pub async fn mark(&mut self, now_ms: i64, services: &[&str]) -> anyhow::Result<()> {
-        for name in services {
-            if !self.services.iter().any(|(n, _)| n == name) {
-                bail!("no service '{name}' to mark");
-            }
+    async fn mark(&mut self, now_ms: i64, service: &str) -> anyhow::Result<()> {
+        if !self.services.iter().any(|(n, _)| n == service) {
+            bail!("no service '{service}' to mark");
         }
-        self.post_clock(now_ms, true, |n| services.contains(&n))
-            .await?;
-        for name in services {
-            self.marks.insert(name.to_string(), now_ms);
-        }
+        self.post_clock(now_ms, true, |n| n == service).await?;
+        self.marks.insert(service.to_string(), now_ms);
         Ok(())
+    }
+
+    /// [`Self::mark`] for one service, then the barrier (`kind`) that waits until it has
+    /// acted on the mark and what that caused has settled.
+    pub async fn mark_and_settle(
+        &mut self,
+        kind: &'static str,
+        now_ms: i64,
+        service: &str,
+        timeout: Duration,
+        alive: impl FnMut() -> Option<String>,
+    ) -> anyhow::Result<()> {
+        self.mark(now_ms, service).await?;
+        self.settle(kind, now_ms, timeout, alive, || Ok(())).await
     }
 
     /// `POST /clock` to the services `to` selects: the clock at `now_ms`, declared settled or

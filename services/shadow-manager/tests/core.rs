@@ -692,6 +692,38 @@ fn pooled_world() -> World {
     w
 }
 
+/// Request `r1` of another workload (`w7`) takes the slot `taken` at `at`, as the
+/// interceptor does: its claim, and the fleet's answer to its expand command.
+fn claim_pool_slot(
+    w: &mut World,
+    taken: &umbra_schemas::ShadowCandidate,
+    at: i64,
+) -> Vec<FleetEvent> {
+    w.claims.insert(
+        taken.shadow_id.clone(),
+        Claim {
+            shadow_id: taken.shadow_id.clone(),
+            workload_id: "w7".into(),
+            request_id: "r1".into(),
+            host_id: taken.host_id.clone(),
+            entry_version: 1,
+            claimed_at: at,
+        },
+    );
+    let expand = FleetCommand {
+        command_id: "expand-r1".into(),
+        kind: FleetCommandKind::ExpandShadow,
+        host_id: taken.host_id.clone(),
+        target_host_id: None,
+        shadow_id: Some(taken.shadow_id.clone()),
+        workload_id: "w7".into(),
+        request_id: Some("r1".into()),
+        resources: res(1_000, 2),
+        issued_at: at,
+    };
+    w.sim.execute(&expand, w.now)
+}
+
 fn slot_ids(w: &World) -> Vec<String> {
     w.manager.table()["pool/0"]
         .candidates
@@ -741,29 +773,8 @@ fn a_claimed_slot_becomes_the_workload_and_is_refilled() {
     w.run(5);
     let taken = w.manager.table()["pool/0"].candidates[0].clone();
     // A request of another workload takes the slot, as the interceptor does.
-    w.claims.insert(
-        taken.shadow_id.clone(),
-        Claim {
-            shadow_id: taken.shadow_id.clone(),
-            workload_id: "w7".into(),
-            request_id: "r1".into(),
-            host_id: taken.host_id.clone(),
-            entry_version: 1,
-            claimed_at: w.now,
-        },
-    );
-    let expand = FleetCommand {
-        command_id: "expand-r1".into(),
-        kind: FleetCommandKind::ExpandShadow,
-        host_id: taken.host_id.clone(),
-        target_host_id: None,
-        shadow_id: Some(taken.shadow_id.clone()),
-        workload_id: "w7".into(),
-        request_id: Some("r1".into()),
-        resources: res(1_000, 2),
-        issued_at: w.now,
-    };
-    let ev = w.sim.execute(&expand, w.now);
+    let now = w.now;
+    let ev = claim_pool_slot(&mut w, &taken, now);
     assert!(
         ev.iter()
             .any(|e| e.kind == umbra_schemas::FleetEventKind::Expanded),
@@ -869,29 +880,8 @@ fn a_pool_whose_only_slot_was_claimed_writes_nothing_more_in_its_step() {
         .insert("pool/0".into(), pool_forecast(1, res(1_200, 2), T0));
     w.run(5);
     let taken = w.manager.table()["pool/0"].candidates[0].clone();
-    w.claims.insert(
-        taken.shadow_id.clone(),
-        Claim {
-            shadow_id: taken.shadow_id.clone(),
-            workload_id: "w7".into(),
-            request_id: "r1".into(),
-            host_id: taken.host_id.clone(),
-            entry_version: 1,
-            claimed_at: w.now,
-        },
-    );
-    let expand = FleetCommand {
-        command_id: "expand-r1".into(),
-        kind: FleetCommandKind::ExpandShadow,
-        host_id: taken.host_id.clone(),
-        target_host_id: None,
-        shadow_id: Some(taken.shadow_id.clone()),
-        workload_id: "w7".into(),
-        request_id: Some("r1".into()),
-        resources: res(1_000, 2),
-        issued_at: w.now,
-    };
-    let ev = w.sim.execute(&expand, w.now);
+    let now = w.now;
+    let ev = claim_pool_slot(&mut w, &taken, now);
     w.deliver(ev);
     // The slot became the workload: the row goes, once.
     let deletes: usize = (0..5)
@@ -1010,29 +1000,7 @@ fn a_claim_seen_only_in_the_next_step_counts_against_its_own_step() {
         "pool/0".into(),
         pool_forecast(1, res(1_200, 2), T0 + 300_000),
     );
-    w.claims.insert(
-        taken.shadow_id.clone(),
-        Claim {
-            shadow_id: taken.shadow_id.clone(),
-            workload_id: "w7".into(),
-            request_id: "r1".into(),
-            host_id: taken.host_id.clone(),
-            entry_version: 1,
-            claimed_at: T0 + 1,
-        },
-    );
-    let expand = FleetCommand {
-        command_id: "expand-r1".into(),
-        kind: FleetCommandKind::ExpandShadow,
-        host_id: taken.host_id.clone(),
-        target_host_id: None,
-        shadow_id: Some(taken.shadow_id.clone()),
-        workload_id: "w7".into(),
-        request_id: Some("r1".into()),
-        resources: res(1_000, 2),
-        issued_at: T0 + 1,
-    };
-    let ev = w.sim.execute(&expand, w.now);
+    let ev = claim_pool_slot(&mut w, &taken, T0 + 1);
     w.deliver(ev);
     w.run(5);
     let ids = slot_ids(&w);
