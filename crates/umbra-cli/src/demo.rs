@@ -13,8 +13,9 @@
 //!    releases to the fleet. The driver watches the fleet events, decisions and forecasts and
 //!    measures as it goes.
 //! 4. Report: umbra's row from what the pipeline did; the baselines on the same requests
-//!    without Kafka; `summary.json`, `report.html`, the plots and `decisions.jsonl` (each
-//!    request's first decision, in trace order) in `--out`.
+//!    without Kafka; `summary.json`, `report.html`, the plots, `decisions.jsonl` (each
+//!    request's first decision, in trace order) and `conformance.jsonl` (the pipeline against
+//!    the offline core, step by step) in `--out`.
 //!
 //! The plan, the requests and the baselines are deterministic for a seed; so is umbra's row in
 //! lockstep, the default (docs/replay.md, *The same twice*). Under `--realtime` it comes from
@@ -302,6 +303,9 @@ struct Observed {
     /// Slots the scale-up stage held per step and pool: (step start ms, pool index) → slots
     /// (the last forecast for the step counts).
     pool_slots: BTreeMap<(i64, usize), i32>,
+    /// Shadows the fleet refused or failed: (trace ms, kind, reason). Where the pipeline held
+    /// fewer slots than its forecasts asked, these say why.
+    shadow_setbacks: Vec<(i64, FleetEventKind, String)>,
 }
 
 type Shared = Arc<Mutex<Observed>>;
@@ -685,6 +689,9 @@ struct Measured {
     /// Per step, cores the fleet's real replicas left free: in all, and on the roomiest host
     /// (shadows aside: standard allocation may preempt them). A rejection is shown with them.
     room: Vec<(f64, f64)>,
+    /// Per step, cores real replicas hold in the fleet against what the trace runs (replicas
+    /// after the step × replica size), with the workloads furthest apart (id, fleet, trace).
+    real_cores: Vec<(f64, f64, Vec<(String, f64, f64)>)>,
     overload_steps: usize,
     overcommitted: HashSet<String>,
     requests: Vec<(String, ScaleEvent)>,
@@ -980,6 +987,12 @@ async fn evaluate(
                     && e.reason.starts_with(umbra_fleet::sim::PREEMPTED)
                 {
                     o.preempted += 1;
+                }
+                if e.shadow_id.is_some()
+                    && matches!(e.kind, FleetEventKind::Failed | FleetEventKind::Refused)
+                {
+                    o.shadow_setbacks
+                        .push((e.occurred_at, e.kind, e.reason.clone()));
                 }
                 o.ledger.apply(&e)
             },
@@ -1383,8 +1396,20 @@ async fn evaluate(
                     }
                 );
             }
-            if let Some((_, offline)) = sweep.umbra_slots.iter().find(|(b, _)| *b == a.budget) {
-                print_slot_conformance(p, &lock(&obs).pool_slots, offline);
+            if let Some(offline) = sweep.umbra_steps.iter().find(|u| u.budget == a.budget) {
+                print_slot_conformance(p, &lock(&obs).pool_slots, &offline.slots);
+                print_reserve_conformance(&measured.reserved, &offline.reserve_cores);
+                {
+                    let o = lock(&obs);
+                    write_conformance(
+                        &a.out,
+                        p,
+                        &o.pool_slots,
+                        &measured,
+                        offline,
+                        &o.shadow_setbacks,
+                    )?;
+                }
             }
             summary.curve = sweep.curve.clone();
             summary.sweep = Some(sweep);
@@ -1458,6 +1483,78 @@ fn print_slot_conformance(
             .collect::<Vec<_>>()
             .join("; ")
     );
+}
+
+/// Step by step, the cores the pipeline held in slots after the step's requests against the
+/// offline core's: where the reserve ratios part.
+fn print_reserve_conformance(pipeline: &[(f64, f64, f64)], offline: &[f64]) {
+    let step_h = STEP_S as f64 / 3600.0;
+    let (mut same, mut less, mut more) = (0usize, (0usize, 0.0f64), (0usize, 0.0f64));
+    let mut differ: Vec<String> = Vec::new();
+    for (i, (held, want)) in pipeline.iter().map(|r| r.1).zip(offline).enumerate() {
+        let d = held - want;
+        if d.abs() < 1e-6 {
+            same += 1;
+            continue;
+        }
+        let side = if d < 0.0 { &mut less } else { &mut more };
+        side.0 += 1;
+        side.1 += d * step_h;
+        differ.push(format!("step {i}: pipeline {held:.3}, offline {want:.3}"));
+    }
+    println!(
+        "reserve per step (cores in slots after the step's requests): the same at {same} of {} live steps; the pipeline held less at {} ({:+.1} core-hours) and more at {} ({:+.1}){}{}",
+        pipeline.len().min(offline.len()),
+        less.0,
+        less.1,
+        more.0,
+        more.1,
+        if differ.is_empty() { "" } else { "; first differences: " },
+        differ.iter().take(4).cloned().collect::<Vec<_>>().join("; ")
+    );
+}
+
+/// `conformance.jsonl` in the report folder: per live step, the slots per pool and the
+/// cores held in slots, the pipeline's against the offline core's at the same budget.
+fn write_conformance(
+    out: &Path,
+    p: &Plan,
+    pipeline_slots: &BTreeMap<(i64, usize), i32>,
+    m: &Measured,
+    offline: &umbra_replay::sweep::UmbraSteps,
+    setbacks: &[(i64, FleetEventKind, String)],
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let path = out.join("conformance.jsonl");
+    let mut f = std::io::BufWriter::new(
+        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?,
+    );
+    for (i, want) in offline.slots.iter().enumerate().take(p.steps) {
+        let t = p.live_start_ms + i as i64 * STEP_S * 1000;
+        let held: Vec<i32> = (0..want.len())
+            .map(|c| pipeline_slots.get(&(t, c)).copied().unwrap_or(0))
+            .collect();
+        let line = serde_json::json!({
+            "step": i,
+            "slots_pipeline": held,
+            "slots_offline": want,
+            "reserve_cores_pipeline": m.reserved.get(i).map(|r| r.1),
+            "reserve_cores_offline": offline.reserve_cores.get(i),
+            "free_cores_beside_real_replicas": m.room.get(i).map(|r| r.0),
+            "roomiest_host_free_cores": m.room.get(i).map(|r| r.1),
+            "real_cores_fleet": m.real_cores.get(i).map(|r| r.0),
+            "real_cores_trace": m.real_cores.get(i).map(|r| r.1),
+            "real_cores_apart": m.real_cores.get(i).map(|r| &r.2),
+            "shadows_refused_or_failed": setbacks
+                .iter()
+                .filter(|(at, _, _)| (t..t + STEP_S * 1000).contains(at))
+                .map(|(_, k, why)| format!("{k:?}: {why}"))
+                .collect::<Vec<_>>(),
+        });
+        writeln!(f, "{line}")?;
+    }
+    f.flush()?;
+    Ok(())
 }
 
 /// Waits for `done`, failing after `timeout` or as soon as a service exits.
@@ -1674,6 +1771,9 @@ async fn live_week(
         // the interceptor takes them in the order the offline core does (smaller first), not
         // in whatever order its partitions deliver them.
         let mut one_by_one: Vec<(String, Emit)> = Vec::new();
+        // CPU this step's releases take from each (host, workload): the ledger shows them
+        // only once the fleet has answered.
+        let mut releasing: HashMap<(String, String), i64> = HashMap::new();
         while next_event < events.len() && events[next_event].t_s * 1000 <= t - p.live_start_ms {
             let e = events[next_event];
             next_event += 1;
@@ -1709,21 +1809,11 @@ async fn live_week(
                     m.requests.push((id, e));
                 }
                 Change::Down => {
-                    // From the host holding the most of the workload.
-                    let host = {
-                        let o = lock(obs);
-                        o.ledger
-                            .hosts()
-                            .iter()
-                            .filter_map(|(h, r)| {
-                                r.workloads
-                                    .get(&wl.id)
-                                    .map(|x| (h.clone(), x.cpu_millicores))
-                            })
-                            .max_by_key(|(_, c)| *c)
-                            .map(|(h, _)| h)
-                    };
+                    let size = replica_resources(&p.models[e.workload]);
+                    let host = release_host(&lock(obs).ledger, &wl.id, &releasing);
                     if let Some(host) = host {
+                        *releasing.entry((host.clone(), wl.id.clone())).or_default() +=
+                            size.cpu_millicores;
                         emits.push(commands.record(
                             &HostKey {
                                 host_id: host.clone(),
@@ -1736,7 +1826,7 @@ async fn live_week(
                                 shadow_id: None,
                                 workload_id: wl.id.clone(),
                                 request_id: None,
-                                resources: replica_resources(&p.models[e.workload]),
+                                resources: size,
                                 issued_at: now,
                             },
                         )?);
@@ -1820,6 +1910,30 @@ async fn live_week(
     Ok(m)
 }
 
+/// The host a replica of `workload` is released from: the one holding the most of it once the
+/// releases already sent this step (`releasing`, CPU per host and workload) are taken off.
+/// Without them every release of a step would go to the same host, and those past what it
+/// holds would free nothing: the replicas would stay in the fleet for good.
+fn release_host(
+    ledger: &Ledger,
+    workload: &str,
+    releasing: &HashMap<(String, String), i64>,
+) -> Option<String> {
+    ledger
+        .hosts()
+        .iter()
+        .filter_map(|(h, r)| {
+            let held = r.workloads.get(workload)?.cpu_millicores;
+            let going = releasing
+                .get(&(h.clone(), workload.to_string()))
+                .copied()
+                .unwrap_or(0);
+            (held > going).then(|| (h.clone(), held - going))
+        })
+        .max_by_key(|(_, left)| *left)
+        .map(|(h, _)| h)
+}
+
 /// Reads the decisions topic from the start to its end and adds the decisions the replay's
 /// follower has not delivered (a request already seen keeps what it has).
 async fn refresh_decisions(
@@ -1864,12 +1978,11 @@ fn observe_step(p: &Plan, i: usize, obs: &Shared, m: &mut Measured) {
     let o = lock(obs);
     // Seconds since the live start: the report draws hours.
     let t_s = i as f64 * STEP_S as f64;
-    let (mut cpu, mut mem) = (0.0, 0.0);
-    for s in o.ledger.shadows().values() {
-        cpu += s.resources.cpu_millicores as f64 / 1000.0;
-        mem += s.resources.memory_bytes as f64 / GIB;
-    }
-    m.reserved.push((t_s, cpu, mem));
+    // Summed in whole millicores and bytes: the same whatever order the shadows come in.
+    let (cpu, mem) = o.ledger.shadows().values().fold((0i64, 0i64), |(c, b), s| {
+        (c + s.resources.cpu_millicores, b + s.resources.memory_bytes)
+    });
+    m.reserved.push((t_s, cpu as f64 / 1000.0, mem as f64 / GIB));
     let usage: HashMap<&str, f64> = p
         .live
         .iter()
@@ -1899,6 +2012,24 @@ fn observe_step(p: &Plan, i: usize, obs: &Shared, m: &mut Measured) {
         m.utilization.entry(h.clone()).or_default().push(used / cap);
     }
     m.room.push((free, roomiest));
+    let t1 = &p.traces.1;
+    let mut apart: Vec<(String, f64, f64)> = (0..t1.workloads())
+        .map(|w| {
+            let id = &t1.ids[w];
+            let fleet = o.ledger.held(id).cpu_millicores as f64 / 1000.0;
+            let trace = f64::from(t1.running[w].get(i).copied().unwrap_or(0))
+                * t1.sizes[w].cpu_millicores
+                / 1000.0;
+            (id.clone(), fleet, trace)
+        })
+        .collect();
+    let (fleet, trace) = apart
+        .iter()
+        .fold((0.0, 0.0), |(f, t), x| (f + x.1, t + x.2));
+    apart.retain(|x| (x.1 - x.2).abs() > 1e-6);
+    apart.sort_by(|a, b| (b.1 - b.2).abs().total_cmp(&(a.1 - a.2).abs()));
+    apart.truncate(3);
+    m.real_cores.push((fleet, trace, apart));
     if over {
         m.overload_steps += 1;
     }
@@ -2290,4 +2421,48 @@ fn print_summary(s: &Summary) {
         "replay: {}; decisions behind the trace p50 {:.1} min, p99 {:.1} min",
         s.mode, s.decisions.behind_trace_minutes_p50, s.decisions.behind_trace_minutes_p99
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn placed(host: &str, workload: &str, cpu: i64) -> FleetEvent {
+        FleetEvent {
+            event_id: format!("{host}-{workload}-{cpu}"),
+            command_id: None,
+            kind: FleetEventKind::Placed,
+            host_id: host.into(),
+            shadow_id: None,
+            workload_id: Some(workload.into()),
+            resources: Resources {
+                cpu_millicores: cpu,
+                memory_bytes: 0,
+                disk_io_bytes_per_s: 0,
+            },
+            reason: String::new(),
+            occurred_at: 0,
+        }
+    }
+
+    #[test]
+    fn releases_of_one_step_spread_over_the_hosts_that_hold_the_replicas() {
+        let mut ledger = Ledger::default();
+        ledger.apply(&placed("host-1", "w", 1000));
+        ledger.apply(&placed("host-2", "w", 2000));
+        ledger.apply(&placed("host-3", "other", 5000));
+        let mut releasing = HashMap::new();
+        let mut hosts = Vec::new();
+        // Three replicas of w, released in one step before the fleet answers any: each from
+        // a host that still holds one, so that all three are freed.
+        for _ in 0..3 {
+            let h = release_host(&ledger, "w", &releasing).expect("a host holds w");
+            *releasing.entry((h.clone(), "w".to_string())).or_default() += 1000;
+            hosts.push(h);
+        }
+        hosts.sort();
+        assert_eq!(hosts, ["host-1", "host-2", "host-2"]);
+        // A fourth finds nothing left to release.
+        assert_eq!(release_host(&ledger, "w", &releasing), None);
+    }
 }

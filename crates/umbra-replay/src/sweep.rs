@@ -110,10 +110,20 @@ pub struct SweepResult {
     pub against_static: Vec<AgainstStatic>,
     /// The scale-up probabilities' score.
     pub scale_up: ScaleUpScore,
-    /// umbra's slots per live step and size class at each budget (`(budget, [i][class])`):
-    /// what the pipeline's run at that budget is compared with.
+    /// umbra's steps at each budget: what the pipeline's run at that budget is compared with.
     #[serde(skip)]
-    pub umbra_slots: Vec<(f64, Vec<Vec<usize>>)>,
+    pub umbra_steps: Vec<UmbraSteps>,
+}
+
+/// umbra's rule at one budget, step by step over the live part.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UmbraSteps {
+    /// The budget.
+    pub budget: f64,
+    /// Slots held per step and size class (`[i][class]`).
+    pub slots: Vec<Vec<usize>>,
+    /// Cores held in slots and not claimed, per step (after the step's requests).
+    pub reserve_cores: Vec<f64>,
 }
 
 /// umbra at one budget against the best static pool (one size or by size class, counts tuned
@@ -298,7 +308,7 @@ pub fn sweep(
     let max_ratio = s.budgets.iter().copied().fold(0.0, f64::max) * 1.2;
     let mut curve = Vec::new();
     let mut against = Vec::new();
-    let mut umbra_slots = Vec::new();
+    let mut umbra_steps = Vec::new();
     let statics = [
         ("static-one-size", one_size_path(live, &s.sim, max_ratio)),
         (
@@ -316,7 +326,11 @@ pub fn sweep(
             s,
         );
         curve.push(outcome_point("umbra", Some(b), &u, format!("budget {b}")));
-        umbra_slots.push((b, u.targets.clone()));
+        umbra_steps.push(UmbraSteps {
+            budget: b,
+            slots: u.targets.clone(),
+            reserve_cores: u.reserve_cores.clone(),
+        });
         for (name, path) in &statics {
             if let Some((counts, o)) = best_within(path, b) {
                 curve.push(outcome_point(name, Some(b), o, format!("slots {counts:?}")));
@@ -373,7 +387,7 @@ pub fn sweep(
         curve,
         against_static: against,
         scale_up: score(history, live, &live_p),
-        umbra_slots,
+        umbra_steps,
     })
 }
 
