@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
-use umbra_fleet::Ledger;
+use umbra_ledger::Ledger;
 use umbra_schemas::*;
 use umbra_shadow_manager::{Inputs, Manager, Settings};
 use umbra_stream::admin::{ensure_topics, TopicSpec};

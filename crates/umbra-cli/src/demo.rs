@@ -33,7 +33,7 @@ use anyhow::{bail, Context};
 use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::message::OwnedHeaders;
 use tokio_util::sync::CancellationToken;
-use umbra_fleet::Ledger;
+use umbra_ledger::Ledger;
 use umbra_replay::pipeline::{umbra_row, Decided, PipelineRun, RequestFate};
 use umbra_replay::report::{
     write_report, ForecastPlot, ForecastScore, PolicyRow, ReportData, Summary,
@@ -677,6 +677,16 @@ async fn send_all(
     Ok(())
 }
 
+/// Cores real replicas hold in the fleet after a step against what the trace runs then
+/// (replicas × replica size), with the workloads furthest apart.
+#[derive(Debug, Clone, serde::Serialize)]
+struct RealCores {
+    fleet: f64,
+    trace: f64,
+    /// Up to three (workload, fleet cores, trace cores), the furthest apart first.
+    apart: Vec<(String, f64, f64)>,
+}
+
 /// What the live part measured, step by step.
 #[derive(Default)]
 struct Measured {
@@ -689,9 +699,8 @@ struct Measured {
     /// Per step, cores the fleet's real replicas left free: in all, and on the roomiest host
     /// (shadows aside: standard allocation may preempt them). A rejection is shown with them.
     room: Vec<(f64, f64)>,
-    /// Per step, cores real replicas hold in the fleet against what the trace runs (replicas
-    /// after the step × replica size), with the workloads furthest apart (id, fleet, trace).
-    real_cores: Vec<(f64, f64, Vec<(String, f64, f64)>)>,
+    /// Per step, cores real replicas hold in the fleet against what the trace runs.
+    real_cores: Vec<RealCores>,
     overload_steps: usize,
     overcommitted: HashSet<String>,
     requests: Vec<(String, ScaleEvent)>,
@@ -1542,9 +1551,9 @@ fn write_conformance(
             "reserve_cores_offline": offline.reserve_cores.get(i),
             "free_cores_beside_real_replicas": m.room.get(i).map(|r| r.0),
             "roomiest_host_free_cores": m.room.get(i).map(|r| r.1),
-            "real_cores_fleet": m.real_cores.get(i).map(|r| r.0),
-            "real_cores_trace": m.real_cores.get(i).map(|r| r.1),
-            "real_cores_apart": m.real_cores.get(i).map(|r| &r.2),
+            "real_cores_fleet": m.real_cores.get(i).map(|r| r.fleet),
+            "real_cores_trace": m.real_cores.get(i).map(|r| r.trace),
+            "real_cores_apart": m.real_cores.get(i).map(|r| &r.apart),
             "shadows_refused_or_failed": setbacks
                 .iter()
                 .filter(|(at, _, _)| (t..t + STEP_S * 1000).contains(at))
@@ -1982,7 +1991,8 @@ fn observe_step(p: &Plan, i: usize, obs: &Shared, m: &mut Measured) {
     let (cpu, mem) = o.ledger.shadows().values().fold((0i64, 0i64), |(c, b), s| {
         (c + s.resources.cpu_millicores, b + s.resources.memory_bytes)
     });
-    m.reserved.push((t_s, cpu as f64 / 1000.0, mem as f64 / GIB));
+    m.reserved
+        .push((t_s, cpu as f64 / 1000.0, mem as f64 / GIB));
     let usage: HashMap<&str, f64> = p
         .live
         .iter()
@@ -2029,7 +2039,11 @@ fn observe_step(p: &Plan, i: usize, obs: &Shared, m: &mut Measured) {
     apart.retain(|x| (x.1 - x.2).abs() > 1e-6);
     apart.sort_by(|a, b| (b.1 - b.2).abs().total_cmp(&(a.1 - a.2).abs()));
     apart.truncate(3);
-    m.real_cores.push((fleet, trace, apart));
+    m.real_cores.push(RealCores {
+        fleet,
+        trace,
+        apart,
+    });
     if over {
         m.overload_steps += 1;
     }

@@ -1,7 +1,6 @@
-//! The fleet protocol's accounting and the fleet simulator.
+//! The fleet simulator.
 //!
-//! [`Ledger`] folds fleet events into what the fleet holds (per host: capacity, health, shadow
-//! reservations, placed workloads). The simulator ([`Simulator`], run by `umbra-fleet-sim`)
+//! The simulator ([`Simulator`], run by `umbra-fleet-sim`)
 //! executes fleet commands against simulated hosts, admits nothing beyond capacity and says
 //! why it refuses, runs health checks and workload start-ups after configurable delays, and
 //! injects faults by chance (`[service.faults]`) or on request through its HTTP API:
@@ -20,7 +19,6 @@
 //! in a group with offsets stored after their events are acknowledged, and a command id that
 //! was answered before (a replay or a duplicate) changes nothing.
 
-pub mod ledger;
 pub mod sim;
 
 use std::collections::BTreeMap;
@@ -37,6 +35,7 @@ use rdkafka::producer::FutureProducer;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use umbra_ledger::Ledger;
 use umbra_schemas::{FleetCommand, FleetEvent, HostKey, HostMetrics, Resources};
 use umbra_stream::config::ServiceConfig;
 use umbra_stream::dlq::dead_letter;
@@ -46,7 +45,6 @@ use umbra_stream::service::Runtime;
 use umbra_stream::telemetry::{with_headers, TraceCtx};
 use umbra_stream::{kafka, StreamError};
 
-pub use ledger::{Answer, HostRecord, Ledger, ShadowEnd, ShadowHealth, ShadowRecord};
 pub use sim::{FaultSettings, ShadowSelector, SimSettings, Simulator};
 
 /// Name of the simulator: consumer group, metrics label, dead-letter header.

@@ -11,7 +11,7 @@ use umbra_schemas::{
     FleetCommand, FleetCommandKind, FleetEvent, FleetEventKind, HostMetrics, Resources,
 };
 
-use crate::ledger::{Ledger, ShadowHealth};
+use umbra_ledger::{Ledger, ShadowHealth};
 
 /// Fault injection driven by chance (reproducible for a seed). Faults on request go through
 /// the simulator's HTTP API instead (see the crate docs).

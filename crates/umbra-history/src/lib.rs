@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use umbra_fleet::Ledger;
+use umbra_ledger::Ledger;
 use umbra_schemas::{
     AllocationDecision, Claim, FleetEvent, ShadowEntry, UsagePoint, UsageSample, WorkloadRequest,
 };

@@ -16,7 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client};
 use serde::Deserialize;
-use umbra_fleet::{Ledger, ShadowHealth};
+use umbra_ledger::{Ledger, ShadowHealth};
 use umbra_schemas::{FleetCommand, FleetCommandKind, FleetEvent, FleetEventKind, HostMetrics};
 
 use crate::{

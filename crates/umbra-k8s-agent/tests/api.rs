@@ -10,9 +10,9 @@ use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus};
 use kube::client::Body;
 use kube::runtime::watcher::Event;
 use serde_json::{json, Value};
-use umbra_fleet::{Ledger, ShadowHealth};
 use umbra_k8s_agent::cluster::{news, ApiCall, Cluster, Scope, API_CALLS};
 use umbra_k8s_agent::*;
+use umbra_ledger::{Ledger, ShadowHealth};
 use umbra_schemas::{FleetCommand, FleetCommandKind, FleetEvent, FleetEventKind, Resources};
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;

@@ -5,10 +5,12 @@
 //! derive their own Avro schema; `tests/agreement.rs` fails when the two drift apart (their
 //! Parsing Canonical Forms must be equal), so a field cannot be added on one side only.
 
+mod bad_data;
 mod catalog;
 mod examples;
 mod types;
 
+pub use bad_data::BadDataPolicy;
 pub use catalog::{topic, Topic, TopicKind, TOPICS};
 pub use types::*;
 

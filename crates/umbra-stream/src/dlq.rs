@@ -20,18 +20,9 @@ pub mod header {
     pub const SERVICE: &str = "umbra.dlq.service";
 }
 
-/// What to do with a record that cannot be decoded or fails validation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BadDataPolicy {
-    /// Stop the service with an error: for inputs where a bad record means a bug upstream.
-    Fail,
-    /// Log, count and skip.
-    Drop,
-    /// Send to `<topic>.dlq` and go on.
-    #[default]
-    DeadLetter,
-}
+// Declared with the contracts, so that decision cores can carry it in their settings
+// without the Kafka runtime.
+pub use umbra_schemas::BadDataPolicy;
 
 /// A record bound for a dead-letter topic.
 #[derive(Debug, Clone)]

@@ -7,12 +7,12 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
-use umbra_fleet::{HostRecord, Ledger};
+use umbra_ledger::{HostRecord, Ledger};
 use umbra_schemas::{
-    AllocationDecision, Claim, FleetCommand, FleetCommandKind, FleetEventKind, HostHealth,
-    HostState, Outcome, Resources, ShadowEntry, ShadowState, ShadowStatus, WorkloadRequest,
+    AllocationDecision, BadDataPolicy, Claim, FleetCommand, FleetCommandKind, FleetEventKind,
+    HostHealth, HostState, Outcome, Resources, ShadowEntry, ShadowState, ShadowStatus,
+    WorkloadRequest,
 };
-use umbra_stream::dlq::BadDataPolicy;
 
 /// Settings of the interceptor (`[service]`).
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -38,7 +38,7 @@ use rdkafka::producer::FutureProducer;
 use rdkafka::ClientContext;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use umbra_fleet::Ledger;
+use umbra_ledger::Ledger;
 use umbra_schemas::{
     AllocationDecision, Claim, DemandForecast, FleetCommand, FleetEvent, HostKey, HostState,
     ShadowEntry, WorkloadKey, WorkloadRequest,

@@ -4,9 +4,10 @@
 use std::collections::{HashMap, HashSet};
 
 use proptest::prelude::*;
-use umbra_fleet::{Ledger, SimSettings, Simulator};
+use umbra_fleet::{SimSettings, Simulator};
 use umbra_interceptor::core::{expand_id, place_id};
 use umbra_interceptor::{Core, Settings, Step, World};
+use umbra_ledger::Ledger;
 use umbra_schemas::*;
 
 const T0: i64 = 1_700_000_000_000;

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
-use umbra_fleet::Ledger;
+use umbra_ledger::Ledger;
 use umbra_schemas::{
     DemandForecast, HostHealth, HostState, ReshadowRequest, Resources, ShadowEntry, ShadowStatus,
 };

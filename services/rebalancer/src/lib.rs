@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use rdkafka::message::OwnedHeaders;
 use tokio_util::sync::CancellationToken;
-use umbra_fleet::Ledger;
+use umbra_ledger::Ledger;
 use umbra_schemas::{
     DemandForecast, FleetEvent, HostKey, HostState, ReshadowRequest, ShadowEntry, WorkloadKey,
 };

@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
-use umbra_fleet::{Ledger, ShadowEnd, ShadowHealth};
+use umbra_ledger::{Ledger, ShadowEnd, ShadowHealth};
 use umbra_schemas::{
     Claim, DemandForecast, FleetCommand, FleetCommandKind, HostHealth, HostState, Interval,
     ReshadowRequest, Resources, ScaleUpForecast, ScaleUpSubject, ShadowCandidate, ShadowEntry,

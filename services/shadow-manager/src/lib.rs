@@ -23,7 +23,7 @@ use std::time::Duration;
 use rdkafka::message::OwnedHeaders;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use umbra_fleet::Ledger;
+use umbra_ledger::Ledger;
 use umbra_schemas::{
     Claim, DemandForecast, FleetCommand, FleetEvent, HostKey, HostState, ReshadowRequest,
     ScaleUpForecast, ShadowEntry, WorkloadKey,

@@ -4,7 +4,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use proptest::prelude::*;
-use umbra_fleet::{Ledger, SimSettings, Simulator};
+use umbra_fleet::{SimSettings, Simulator};
+use umbra_ledger::Ledger;
 use umbra_schemas::{
     Claim, DemandForecast, FleetCommand, FleetCommandKind, FleetEvent, ForecastPoint, Horizon,
     HorizonForecast, HostHealth, HostState, Interval, ReshadowRequest, Resources, ScaleUpForecast,

@@ -1,7 +1,8 @@
 //! What the fleet holds, folded from fleet events: per host its capacity, health, shadow
-//! reservations and placed workloads. The simulator restores its own state with it; the shadow
-//! manager (and later the interceptor and the history checker) use it as their view of the
-//! fleet. `apply` is pure and order-sensitive only per host, which is how fleet events are
+//! reservations and placed workloads. The fleet simulator restores its own state with it; the
+//! shadow manager, the interceptor, the rebalancer, the Kubernetes agent and the history
+//! checker use it as their view of the fleet. A crate of its own, depending on the contracts
+//! alone, so that the decision cores that read it need no Kafka runtime. `apply` is pure and order-sensitive only per host, which is how fleet events are
 //! partitioned (keyed by host id).
 
 use std::collections::{BTreeMap, HashMap};
