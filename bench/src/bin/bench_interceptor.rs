@@ -27,9 +27,9 @@ use umbra_ledger::Ledger;
 use umbra_schemas::*;
 use umbra_stream::admin::{ensure_topics, pipeline_topics, TopicSpec};
 use umbra_stream::config::KafkaSettings;
+use umbra_stream::kafka;
 use umbra_stream::processor::{send, Output};
 use umbra_stream::registry::{HttpRegistry, SchemaRegistry};
-use umbra_stream::{kafka, table};
 
 const GIB: i64 = 1 << 30;
 
@@ -217,7 +217,7 @@ async fn tail(
 ) -> Result<StreamConsumer, Box<dyn std::error::Error>> {
     let c: StreamConsumer = kafka::reader(settings)?;
     let parts = kafka::partitions(settings, topic).await?;
-    let ends = table::end_offsets(&c, topic, &parts).await?;
+    let ends = kafka::end_offsets(&c, topic, &parts).await?;
     let mut tpl = TopicPartitionList::new();
     for (p, e) in ends {
         tpl.add_partition_offset(topic, p, Offset::Offset(e))?;

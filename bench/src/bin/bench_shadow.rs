@@ -349,7 +349,7 @@ async fn restore(
     // Baseline: a plain consumer reads every record up to the end offsets, no decoding.
     let parts = kafka::partitions(&settings, &topic).await?;
     let consumer: StreamConsumer = kafka::reader(&settings)?;
-    let end = table::end_offsets(&consumer, &topic, &parts).await?;
+    let end = kafka::end_offsets(&consumer, &topic, &parts).await?;
     let start = Instant::now();
     let mut tpl = TopicPartitionList::new();
     for p in &parts {

@@ -748,7 +748,7 @@ async fn read_raw(st: &Stack, topic: &str) -> anyhow::Result<Vec<Read>> {
     let settings = st.settings();
     let partitions = kafka::partitions(&settings, topic).await?;
     let consumer = kafka::reader(&settings)?;
-    let end = table::end_offsets(&consumer, topic, &partitions).await?;
+    let end = kafka::end_offsets(&consumer, topic, &partitions).await?;
     let mut tpl = TopicPartitionList::new();
     for p in &partitions {
         tpl.add_partition_offset(topic, *p, Offset::Beginning)?;

@@ -12,10 +12,10 @@ use umbra_schemas::{
     AllocationDecision, Record, Resources, ShadowEntry, WorkloadKey, WorkloadRequest,
 };
 use umbra_stream::config::KafkaSettings;
+use umbra_stream::kafka;
 use umbra_stream::processor::{send, Input, Output};
 use umbra_stream::registry::{HttpRegistry, SchemaRegistry};
 use umbra_stream::telemetry::{with_headers, TraceCtx};
-use umbra_stream::{kafka, table};
 
 use crate::Endpoints;
 
@@ -131,7 +131,7 @@ async fn dump<V: Record>(
     let partitions = kafka::partitions(&settings, &topic).await?;
     let input: Input<WorkloadKey, V> = Input::new(registry, topic.clone()).await?;
     let consumer = kafka::reader(&settings)?;
-    let end = table::end_offsets(&consumer, &topic, &partitions).await?;
+    let end = kafka::end_offsets(&consumer, &topic, &partitions).await?;
     let mut tpl = TopicPartitionList::new();
     for p in &partitions {
         tpl.add_partition_offset(&topic, *p, Offset::Beginning)?;

@@ -1,5 +1,6 @@
 //! librdkafka clients configured as docs/architecture.md describes.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
@@ -260,6 +261,22 @@ pub fn spawn_lag_reporter<C: rdkafka::consumer::ConsumerContext + 'static>(
             }
         }
     })
+}
+
+/// High watermarks of `partitions`, read once: the restore target.
+pub async fn end_offsets(
+    consumer: &StreamConsumer,
+    topic: &str,
+    partitions: &[i32],
+) -> Result<HashMap<i32, i64>, StreamError> {
+    let mut out = HashMap::new();
+    for p in partitions {
+        let (_low, high) = consumer
+            .fetch_watermarks(topic, *p, Duration::from_secs(10))
+            .map_err(|e| StreamError::kafka(format!("reading end offsets of {topic}"), e))?;
+        out.insert(*p, high);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

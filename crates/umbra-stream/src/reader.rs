@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::KafkaSettings;
 use crate::metrics::Metrics;
-use crate::{kafka, table, StreamError};
+use crate::{kafka, StreamError};
 
 /// One record as read, with its bytes owned.
 #[derive(Debug, Clone)]
@@ -45,7 +45,7 @@ impl RestoringReader {
     pub async fn open(settings: &KafkaSettings, topic: &str) -> Result<Self, StreamError> {
         let partitions = kafka::partitions(settings, topic).await?;
         let consumer = kafka::reader(settings)?;
-        let end = table::end_offsets(&consumer, topic, &partitions).await?;
+        let end = kafka::end_offsets(&consumer, topic, &partitions).await?;
         let mut tpl = TopicPartitionList::new();
         for p in &partitions {
             tpl.add_partition_offset(topic, *p, Offset::Beginning)

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use tokio_util::sync::CancellationToken;
 use umbra_schemas::{EntityKey, Record};
 
@@ -255,22 +254,6 @@ async fn decode_row<K: EntityKey, V: Record>(
         Some(v) => Some(codecs.decode_value(v).await.map_err(|e| e.to_string())?),
     };
     Ok((key, value))
-}
-
-/// High watermarks of `partitions`, read once: the restore target.
-pub async fn end_offsets(
-    consumer: &StreamConsumer,
-    topic: &str,
-    partitions: &[i32],
-) -> Result<HashMap<i32, i64>, StreamError> {
-    let mut out = HashMap::new();
-    for p in partitions {
-        let (_low, high) = consumer
-            .fetch_watermarks(topic, *p, Duration::from_secs(10))
-            .map_err(|e| StreamError::kafka(format!("reading end offsets of {topic}"), e))?;
-        out.insert(*p, high);
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
