@@ -305,7 +305,7 @@ struct Observed {
     pool_slots: BTreeMap<(i64, usize), i32>,
     /// Shadows the fleet refused or failed: (trace ms, kind, reason). Where the pipeline held
     /// fewer slots than its forecasts asked, these say why.
-    shadow_setbacks: Vec<(i64, FleetEventKind, String)>,
+    shadows_refused_or_failed: Vec<(i64, FleetEventKind, String)>,
 }
 
 type Shared = Arc<Mutex<Observed>>;
@@ -326,7 +326,7 @@ async fn follow<K: umbra_schemas::Record, V: umbra_schemas::Record>(
     let reader = RestoringReader::open(kafka, &topic).await?;
     let apply = Arc::new(apply);
     tokio::spawn(reader.run(
-        Arc::default(),
+        umbra_stream::http::Gate::default(),
         shutdown,
         Metrics::new("umbra-replay"),
         move |r: RawRecord| {
@@ -1000,7 +1000,7 @@ async fn evaluate(
                 if e.shadow_id.is_some()
                     && matches!(e.kind, FleetEventKind::Failed | FleetEventKind::Refused)
                 {
-                    o.shadow_setbacks
+                    o.shadows_refused_or_failed
                         .push((e.occurred_at, e.kind, e.reason.clone()));
                 }
                 o.ledger.apply(&e)
@@ -1416,7 +1416,7 @@ async fn evaluate(
                         &o.pool_slots,
                         &measured,
                         offline,
-                        &o.shadow_setbacks,
+                        &o.shadows_refused_or_failed,
                     )?;
                 }
             }
@@ -1531,7 +1531,7 @@ fn write_conformance(
     pipeline_slots: &BTreeMap<(i64, usize), i32>,
     m: &Measured,
     offline: &umbra_replay::sweep::UmbraSteps,
-    setbacks: &[(i64, FleetEventKind, String)],
+    refused_or_failed: &[(i64, FleetEventKind, String)],
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let path = out.join("conformance.jsonl");
@@ -1554,7 +1554,7 @@ fn write_conformance(
             "real_cores_fleet": m.real_cores.get(i).map(|r| r.fleet),
             "real_cores_trace": m.real_cores.get(i).map(|r| r.trace),
             "real_cores_apart": m.real_cores.get(i).map(|r| &r.apart),
-            "shadows_refused_or_failed": setbacks
+            "shadows_refused_or_failed": refused_or_failed
                 .iter()
                 .filter(|(at, _, _)| (t..t + STEP_S * 1000).contains(at))
                 .map(|(_, k, why)| format!("{k:?}: {why}"))

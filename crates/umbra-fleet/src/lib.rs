@@ -22,8 +22,6 @@
 pub mod sim;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -233,7 +231,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
     let commands: Input<HostKey, FleetCommand> =
         Input::new(rt.registry.clone(), commands_topic.clone()).await?;
     let out = FleetOutputs::new(&rt).await?;
-    let started: Arc<AtomicBool> = rt.readiness.gate(format!("restore {events_topic}"));
+    let started = rt.readiness.gate(format!("restore {events_topic}"));
     // The simulator's state is the fold of its own events.
     let mut ledger = Ledger::default();
     for e in rt
@@ -281,7 +279,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
     consumer
         .subscribe(&[&commands_topic])
         .map_err(|e| StreamError::kafka(format!("subscribing to {commands_topic}"), e))?;
-    started.store(true, Ordering::Release);
+    started.open();
 
     let (mut lose_next, mut duplicate_next) = (0u32, 0u32);
     let mut metrics_tick =

@@ -6,7 +6,6 @@
 //! is never remembered: each command lists what it acts on, and a re-list at start-up and
 //! every `relist_interval_ms` reconciles the two (see [`Cluster::relist`]).
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -201,7 +200,7 @@ pub async fn run_with_client(
     consumer
         .subscribe(&[&commands_topic])
         .map_err(|e| StreamError::kafka(format!("subscribing to {commands_topic}"), e))?;
-    started.store(true, Ordering::Release);
+    started.open();
 
     let mut watch = Box::pin(cluster.watch());
     let mut relist_tick =

@@ -1,5 +1,6 @@
 //! What a service does with an input record it cannot decode or that fails validation: part of
-//! each input's contract (docs/topics.md), chosen per input in the service's configuration.
+//! each input's contract (docs/architecture.md, *At-least-once processing*), chosen per input
+//! in the service's configuration (`bad_data`).
 
 /// What to do with a record that cannot be decoded or fails validation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]

@@ -4,7 +4,6 @@
 //! on shutdown; a crash re-delivers at most the records whose outputs were not acknowledged,
 //! which is why outputs carry ids that make their effects idempotent.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +16,7 @@ use umbra_schemas::Record;
 
 use crate::codec::{Codec, DecodeError};
 use crate::dlq::{dead_letter, BadDataPolicy, DeadLetter};
+use crate::http::Gate;
 use crate::metrics::Metrics;
 use crate::registry::SchemaRegistry;
 use crate::telemetry::{with_headers, TraceCtx};
@@ -233,14 +233,14 @@ impl<K: Record, V: Record> Processor<K, V> {
     pub async fn run<H: Handler<K, V>>(
         self,
         handler: &mut H,
-        started: Arc<AtomicBool>,
+        started: Gate,
         shutdown: CancellationToken,
     ) -> Result<ProcessorStats, StreamError> {
         let topic = self.input.topic().to_string();
         self.consumer
             .subscribe(&[&topic])
             .map_err(|e| StreamError::kafka(format!("subscribing to {topic}"), e))?;
-        started.store(true, Ordering::Release);
+        started.open();
         let lag_task = crate::kafka::spawn_lag_reporter(
             self.consumer.clone(),
             topic.clone(),

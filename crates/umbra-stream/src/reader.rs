@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +13,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::KafkaSettings;
+use crate::http::Gate;
 use crate::metrics::Metrics;
 use crate::{kafka, StreamError};
 
@@ -70,7 +70,7 @@ impl RestoringReader {
     /// once every partition has reached the end offset captured at open.
     pub async fn run<F, Fut>(
         self,
-        ready: Arc<AtomicBool>,
+        ready: Gate,
         shutdown: CancellationToken,
         metrics: Metrics,
         apply: F,
@@ -107,7 +107,7 @@ impl RestoringReader {
 
     async fn drive<F, Fut>(
         self,
-        ready: Option<Arc<AtomicBool>>,
+        ready: Option<Gate>,
         stop_at_end: bool,
         shutdown: CancellationToken,
         metrics: Metrics,
@@ -140,8 +140,8 @@ impl RestoringReader {
                     tracing::info!(topic = %self.topic, "restored");
                     return true;
                 }
-                if let Some(ready) = ready.as_ref().filter(|r| !r.load(Ordering::Acquire)) {
-                    ready.store(true, Ordering::Release);
+                if let Some(ready) = ready.as_ref().filter(|r| !r.is_open()) {
+                    ready.open();
                     tracing::info!(topic = %self.topic, "restored");
                 }
             }

@@ -4,14 +4,13 @@
 //! Nothing should read a table before [`Table::wait_ready`] returns.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
-use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use umbra_schemas::{EntityKey, Record};
 
 use crate::config::KafkaSettings;
+use crate::http::Gate;
 use crate::metrics::Metrics;
 use crate::processor::TopicCodecs;
 use crate::reader::{RawRecord, RestoringReader};
@@ -93,7 +92,7 @@ impl<V> TableState<V> {
 /// A live table: restored from its topic, then kept up to date by a background task.
 pub struct Table<V> {
     state: Arc<RwLock<TableState<V>>>,
-    ready: Arc<AtomicBool>,
+    ready: Gate,
     topic: String,
 }
 
@@ -113,7 +112,7 @@ impl<V: Record> Table<V> {
         kafka_settings: &KafkaSettings,
         registry: Arc<dyn SchemaRegistry>,
         topic: String,
-        ready: Arc<AtomicBool>,
+        ready: Gate,
         metrics: Metrics,
         shutdown: CancellationToken,
     ) -> Result<Self, StreamError> {
@@ -167,18 +166,15 @@ impl<V: Record> Table<V> {
 impl<V> Table<V> {
     /// True once the restore phase is over.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.ready.is_open()
     }
 
     /// Waits for the restore phase to end.
     pub async fn wait_ready(&self, shutdown: &CancellationToken) -> Result<(), StreamError> {
-        while !self.is_ready() {
-            tokio::select! {
-                _ = shutdown.cancelled() => return Err(StreamError::Cancelled("restoring a table")),
-                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-            }
+        tokio::select! {
+            _ = shutdown.cancelled() => Err(StreamError::Cancelled("restoring a table")),
+            _ = self.ready.opened() => Ok(()),
         }
-        Ok(())
     }
 
     /// A read view. Synchronous: do not hold it across an `.await`.

@@ -318,7 +318,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
         processor.clock_passes = true;
         umbra_stream::progress::act_in_passes();
     }
-    let gate = rt.readiness.gate("consumer umbra.usage.raw");
+    let gate = rt.readiness.consumer_gate("consumer umbra.usage.raw");
     let mut handler = Ingest {
         settings: rt.config.service.clone(),
         clock: rt.config.clock.clone(),
@@ -336,7 +336,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
             &format!("{NAME}-host-metrics"),
         )
         .await?;
-    let hosts_gate = rt.readiness.gate("consumer umbra.host.metrics");
+    let hosts_gate = rt.readiness.consumer_gate("consumer umbra.host.metrics");
     let mut hosts_handler = HostStates {
         settings: rt.config.service.clone(),
         clock: rt.config.clock.clone(),

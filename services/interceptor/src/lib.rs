@@ -270,7 +270,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
         rt.metrics.clone(),
         shutdown.clone(),
     );
-    let consumer_gate = rt.readiness.gate(format!("consumer {requests_topic}"));
+    let consumer_gate = rt
+        .readiness
+        .consumer_gate(format!("consumer {requests_topic}"));
 
     let mut core = Core::new(settings.clone());
     let mut ledger = Ledger::default();
@@ -292,16 +294,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
     for o in read_memory(&rt).await? {
         apply(o, &mut core, &mut ledger, &mut known);
     }
-    while !rt
-        .readiness
-        .waiting_for()
-        .iter()
-        .all(|g| g.starts_with("consumer "))
-    {
+    let restored = rt.readiness.inputs_restored();
+    tokio::pin!(restored);
+    loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
+            _ = &mut restored => break,
             Some(o) = rx.recv() => apply(o, &mut core, &mut ledger, &mut known),
-            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
         }
     }
     while let Ok(o) = rx.try_recv() {
@@ -310,7 +309,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
     consumer
         .subscribe(&[&requests_topic])
         .map_err(|e| StreamError::kafka(format!("subscribing to {requests_topic}"), e))?;
-    consumer_gate.store(true, Ordering::Release);
+    consumer_gate.open();
     tracing::info!(known = known.len(), "inputs restored; deciding");
 
     let decisions_counter = rt.metrics.counter(

@@ -67,11 +67,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
         sink.lock().unwrap_or_else(|p| p.into_inner()).apply(&e)
     })
     .await?;
-    while !rt.readiness.is_ready() {
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-        }
+    tokio::select! {
+        _ = shutdown.cancelled() => return Ok(()),
+        _ = rt.readiness.ready() => {}
     }
     tracing::info!("inputs restored; watching hosts");
     let overloaded_gauge = rt.metrics.gauge(

@@ -126,16 +126,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
     )
     .await?;
     tracing::info!(rows = rows.len(), "umbra.shadow.table restored");
-    table_gate.store(true, std::sync::atomic::Ordering::Release);
+    table_gate.open();
     let mut manager = Manager::new(settings.clone(), rows);
 
     // Decisions wait until every input is restored: a pass over a half-read ledger would
     // place shadows on hosts that are already full.
-    while !rt.readiness.is_ready() {
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-        }
+    tokio::select! {
+        _ = shutdown.cancelled() => return Ok(()),
+        _ = rt.readiness.ready() => {}
     }
     tracing::info!(rows = manager.table().len(), "inputs restored; reconciling");
     let rows_gauge = rt.metrics.table_rows.with_label_values(&[&table_topic]);
