@@ -292,8 +292,6 @@ fn plan(a: &ReplayArgs) -> anyhow::Result<Plan> {
 #[derive(Default)]
 struct Observed {
     ledger: Ledger,
-    /// Shadows the fleet failed to make room for a standard placement.
-    preempted: usize,
     decisions: HashMap<String, Vec<AllocationDecision>>,
     forecasts: ForecastLog,
     forecasted: HashSet<String>,
@@ -992,11 +990,6 @@ async fn evaluate(
             readers.clone(),
             move |e| {
                 let mut o = lock(&o);
-                if e.kind == FleetEventKind::Failed
-                    && e.reason.starts_with(umbra_fleet::sim::PREEMPTED)
-                {
-                    o.preempted += 1;
-                }
                 if e.shadow_id.is_some()
                     && matches!(e.kind, FleetEventKind::Failed | FleetEventKind::Refused)
                 {
@@ -1456,6 +1449,19 @@ fn write_decisions(out: &Path, o: &Observed, m: &Measured) -> anyhow::Result<()>
     Ok(())
 }
 
+/// The slots per pool (`classes` of them) the pipeline's scale-up stage held at live step `i`.
+fn slots_at(
+    p: &Plan,
+    pipeline: &BTreeMap<(i64, usize), i32>,
+    i: usize,
+    classes: usize,
+) -> Vec<usize> {
+    let t = p.live_start_ms + i as i64 * STEP_S * 1000;
+    (0..classes)
+        .map(|c| pipeline.get(&(t, c)).map_or(0, |n| (*n).max(0) as usize))
+        .collect()
+}
+
 /// Step by step, the slots per pool the pipeline's scale-up stage held against the offline
 /// core's at the same budget: where they part, the hit rates part.
 fn print_slot_conformance(
@@ -1463,14 +1469,10 @@ fn print_slot_conformance(
     pipeline: &BTreeMap<(i64, usize), i32>,
     offline: &[Vec<usize>],
 ) {
-    let step_ms = STEP_S * 1000;
     let mut same = 0usize;
     let mut differ: Vec<String> = Vec::new();
     for (i, want) in offline.iter().enumerate().take(p.steps) {
-        let t = p.live_start_ms + i as i64 * step_ms;
-        let held: Vec<usize> = (0..want.len())
-            .map(|c| pipeline.get(&(t, c)).map_or(0, |n| (*n).max(0) as usize))
-            .collect();
+        let held = slots_at(p, pipeline, i, want.len());
         if held == *want {
             same += 1;
         } else {
@@ -1540,9 +1542,7 @@ fn write_conformance(
     );
     for (i, want) in offline.slots.iter().enumerate().take(p.steps) {
         let t = p.live_start_ms + i as i64 * STEP_S * 1000;
-        let held: Vec<i32> = (0..want.len())
-            .map(|c| pipeline_slots.get(&(t, c)).copied().unwrap_or(0))
-            .collect();
+        let held = slots_at(p, pipeline_slots, i, want.len());
         let line = serde_json::json!({
             "step": i,
             "slots_pipeline": held,
@@ -2187,7 +2187,14 @@ fn summarize(a: &ReplayArgs, p: &Plan, o: &Observed, m: &Measured) -> Summary {
             used_core_hours: used,
             overload_steps: m.overload_steps,
             rebalances: o.reshadows,
-            preempted_shadows: o.preempted,
+            // Shadows the fleet failed to make room for a standard placement.
+            preempted_shadows: o
+                .shadows_refused_or_failed
+                .iter()
+                .filter(|(_, kind, why)| {
+                    *kind == FleetEventKind::Failed && why.starts_with(umbra_fleet::sim::PREEMPTED)
+                })
+                .count(),
         },
     );
     let reserved_core_h = umbra.unclaimed_core_hours;
